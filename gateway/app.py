@@ -1,0 +1,65 @@
+"""The gateway's ASGI app: webhooks in, raw records out, plus health, readiness and metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.metrics import GatewayMetrics
+from gateway.routes import RawSink, WebhookEndpoint
+from gateway.settings import GatewaySettings
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def create_app(
+    settings: GatewaySettings,
+    sink: RawSink,
+    *,
+    on_shutdown: Callable[[], object] | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Starlette:
+    metrics = GatewayMetrics()
+    webhook = WebhookEndpoint(settings, sink, metrics, **({"clock": clock} if clock else {}))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        reason = await sink.not_ready()
+        if reason is not None:
+            return JSONResponse({"status": "unavailable", "detail": reason}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            on_shutdown()
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/{source}", webhook.handle, methods=_ALL_METHODS),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )

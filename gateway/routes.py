@@ -1,0 +1,173 @@
+"""The webhook endpoint: refuse early and cheaply, persist to Kafka, answer only after the ack."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway import clientip
+from gateway.auth import Authenticator
+from gateway.errors import (
+    Forbidden,
+    GatewayError,
+    KafkaUnavailable,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RateLimited,
+    UnknownSource,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.ratelimit import TokenBucket
+from gateway.settings import GatewaySettings, SourceSettings
+from processors import logs
+from processors.errors import BrokerError
+from processors.kafka.producer import Delivered
+from processors.model import RawDelivery
+from processors.pipeline import routing_id
+from processors.providers import REGISTRY
+
+log = logs.get("kycstream.gateway")
+# Headers kept in the raw envelope for every source, besides those its provider reads.
+_KEPT_HEADERS = ("content-type", "user-agent", "x-request-id")
+
+
+class RawSink(Protocol):
+    topic: str
+
+    async def write(self, delivery: RawDelivery, key: str) -> Delivered: ...
+
+    async def not_ready(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    provider: str
+    methods: frozenset[str]
+    authenticator: Authenticator
+    allow: tuple[clientip.Network, ...]
+    max_body_bytes: int
+    kept_headers: tuple[str, ...]
+    bucket: TokenBucket | None
+
+    @classmethod
+    def build(cls, name: str, s: SourceSettings, default_max_body: int) -> Source:
+        assert s.auth.scheme is not None and s.auth.header is not None and s.methods is not None
+        return cls(
+            name=name,
+            provider=s.provider,
+            methods=frozenset(s.methods),
+            authenticator=Authenticator(
+                s.auth.scheme, s.auth.header, tuple(c.get_secret_value().encode() for c in s.auth.credentials)
+            ),
+            allow=clientip.networks(s.allow_ips),
+            max_body_bytes=s.max_body_bytes or default_max_body,
+            kept_headers=tuple(dict.fromkeys((*_KEPT_HEADERS, *REGISTRY[s.provider].HEADERS))),
+            bucket=TokenBucket(s.rate_limit.per_second, s.rate_limit.burst) if s.rate_limit else None,
+        )
+
+
+class WebhookEndpoint:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        sink: RawSink,
+        metrics: GatewayMetrics,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        server = settings.gateway
+        self.sources = {n: Source.build(n, s, server.max_body_bytes) for n, s in settings.sources.items()}
+        self.trusted = clientip.networks(server.trusted_proxies)
+        self.retry_after = str(server.retry_after_s)
+        self.sink = sink
+        self.metrics = metrics
+        self.clock = clock
+
+    async def handle(self, request: Request) -> Response:
+        name = request.path_params["source"]
+        request_id = str(uuid.uuid4())
+        started = time.perf_counter()
+        try:
+            response = await self._receive(request, name, request_id)
+        except GatewayError as exc:
+            response = JSONResponse(
+                {"error": exc.code, "detail": exc.detail, "request_id": request_id},
+                status_code=exc.status,
+                headers=exc.headers,
+            )
+        response.headers["x-request-id"] = request_id
+        label = name if name in self.sources else "_unknown"
+        self.metrics.requests.labels(label, str(response.status_code)).inc()
+        log.info(
+            "webhook",
+            source=label,
+            method=request.method,
+            status=response.status_code,
+            request_id=request_id,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return response
+
+    async def _receive(self, request: Request, name: str, request_id: str) -> Response:
+        source = self.sources.get(name)
+        if source is None:
+            raise UnknownSource(f"no webhook source named {name!r} is configured")
+        if request.method not in source.methods:
+            allow = ", ".join(sorted(source.methods))
+            raise MethodNotAllowed(f"source {name!r} accepts {allow}", {"allow": allow})
+        peer = request.client.host if request.client else None
+        address = clientip.client_ip(peer, request.headers.get("x-forwarded-for"), self.trusted)
+        if not clientip.allowed(address, source.allow):
+            raise Forbidden(f"this address may not deliver to source {name!r}")
+        if source.bucket is not None and (wait := source.bucket.take()) > 0:
+            seconds = str(max(1, int(wait + 0.999)))
+            raise RateLimited(f"source {name!r} is over its rate limit; retry later", {"retry-after": seconds})
+        body = await _read_body(request, source.max_body_bytes)
+        source.authenticator.check(request.headers, body)
+
+        headers = {h: v for h in source.kept_headers if (v := request.headers.get(h)) is not None}
+        delivery = RawDelivery(
+            request_id=request_id,
+            source=name,
+            provider=source.provider,
+            method=request.method,
+            received_at=self.clock(),
+            body=body,
+            headers=headers,
+            remote_addr=address,
+            content_type=request.headers.get("content-type"),
+        )
+        key = routing_id(source.provider, body) or request_id
+        self.metrics.in_flight.inc()
+        started = time.perf_counter()
+        try:
+            await self.sink.write(delivery, key)
+        except BrokerError as exc:
+            raise KafkaUnavailable(
+                f"{exc}; the delivery was not accepted, retry later", {"retry-after": self.retry_after}
+            ) from exc
+        finally:
+            self.metrics.in_flight.dec()
+        self.metrics.produce_seconds.observe(time.perf_counter() - started)
+        return JSONResponse({"status": "accepted", "request_id": request_id})
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

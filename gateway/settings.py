@@ -1,0 +1,128 @@
+"""Gateway settings: the shared Kafka/topic sections, the server, and one entry per source."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from processors.model import AuthScheme
+from processors.providers import REGISTRY
+from processors.settings import Section, Settings
+
+_SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_METHODS = {"POST", "PUT", "PATCH"}
+_DEFAULT_HEADER = {"api_key": "x-api-key", "hmac_sha256": "x-signature"}
+
+
+def _networks(values: list[str]) -> list[str]:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IP address or CIDR range (e.g. 10.0.0.0/8)") from exc
+    return values
+
+
+class AuthSettings(Section):
+    """How a source's deliveries prove who sent them. Unset fields take the provider's default."""
+
+    scheme: AuthScheme | None = None
+    header: str | None = None
+    # Several at once so a secret can rotate without downtime. Basic: "user:password".
+    credentials: list[SecretStr] = Field(default_factory=list)
+
+    @field_validator("header")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+
+class RateLimitSettings(Section):
+    per_second: float = Field(gt=0)
+    burst: int = Field(0, ge=0, description="0 means per_second rounded up")
+
+
+class SourceSettings(Section):
+    provider: str
+    auth: AuthSettings = AuthSettings()
+    methods: list[str] | None = None
+    allow_ips: list[str] = Field(default_factory=list)
+    rate_limit: RateLimitSettings | None = None
+    max_body_bytes: int | None = Field(None, ge=1)
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in REGISTRY:
+            raise ValueError(f"unknown provider {value!r}; known providers: {', '.join(sorted(REGISTRY))}")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        upper = [m.upper() for m in value]
+        if not upper or set(upper) - _METHODS:
+            raise ValueError(f"methods must be a non-empty subset of {sorted(_METHODS)}")
+        return upper
+
+    _allow_ips = field_validator("allow_ips")(classmethod(lambda cls, v: _networks(v)))
+
+    @model_validator(mode="after")
+    def _resolve_auth(self) -> Self:
+        default = REGISTRY[self.provider].DEFAULT_AUTH
+        scheme = self.auth.scheme or default.scheme
+        header = self.auth.header or (
+            default.header if scheme == default.scheme else _DEFAULT_HEADER.get(scheme, "authorization")
+        )
+        if scheme != "none" and not [c for c in self.auth.credentials if c.get_secret_value()]:
+            raise ValueError(
+                f"auth.credentials: a {self.provider} source with auth scheme {scheme!r} needs at least "
+                "one credential (or auth.scheme: none to accept unauthenticated deliveries)"
+            )
+        if scheme == "basic" and any(":" not in c.get_secret_value() for c in self.auth.credentials):
+            raise ValueError("auth.credentials: basic credentials are written user:password")
+        object.__setattr__(self, "auth", AuthSettings(scheme=scheme, header=header, credentials=self.auth.credentials))
+        if self.methods is None:
+            object.__setattr__(self, "methods", list(REGISTRY[self.provider].METHODS))
+        return self
+
+
+class ServerSettings(Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+    produce_timeout_s: float = Field(5.0, gt=0, le=60)
+    max_body_bytes: int = Field(1024 * 1024, ge=1)
+    linger_ms: float = Field(1.0, ge=0)
+    trusted_proxies: list[str] = Field(default_factory=list)
+    retry_after_s: int = Field(5, ge=1)
+
+    _trusted = field_validator("trusted_proxies")(classmethod(lambda cls, v: _networks(v)))
+
+
+class GatewaySettings(Settings):
+    gateway: ServerSettings = ServerSettings()
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
+
+    @field_validator("sources")
+    @classmethod
+    def _names(cls, value: dict[str, SourceSettings]) -> dict[str, SourceSettings]:
+        for name in value:
+            if not _SOURCE_NAME.match(name):
+                raise ValueError(
+                    f"source name {name!r} must be lowercase letters, digits, - or _ (it is a URL segment)"
+                )
+        return value
+
+    def require_sources(self) -> None:
+        from processors.errors import ConfigError
+
+        if not self.sources:
+            raise ConfigError(
+                "no webhook sources are configured: add a `sources:` section to the config file "
+                "(see deploy/kycstream.dev.yaml) and pass it with --config or KYCSTREAM_CONFIG"
+            )

@@ -1,0 +1,326 @@
+"""`kycstream`: the composition root. Each command loads its role's settings and starts that role."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from processors import logs
+from processors.errors import KycstreamError
+from processors.settings import ProcessorSettings, S, Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="KYC webhooks into Kafka, normalized.")
+topics_app = typer.Typer(no_args_is_help=True, help="Manage kycstream's Kafka topics.")
+app.add_typer(topics_app, name="topics")
+
+EXIT_DATAERR = 65  # sysexits.h: the input data was incorrect
+DEV_CONFIG = Path("deploy/kycstream.dev.yaml")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (default: $KYCSTREAM_CONFIG).")
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _load(cls: type[S], config: Path | None, **overrides: Any) -> S:
+    try:
+        settings = cls.load(config, **overrides)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+@app.command()
+def broker(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092,
+) -> None:
+    """Run the embedded Kafka-protocol broker (Tansu, memory-only) until Ctrl-C."""
+    from processors.kafka import embedded
+
+    try:
+        running = embedded.start(host, port, output=None)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"embedded broker ready on {running.bootstrap_servers} (memory-only; Ctrl-C stops it)", err=True)
+    _wait_for_signal(lambda: not running.alive())
+    running.stop()
+
+
+@topics_app.command("create")
+def topics_create(
+    config: ConfigOpt = None,
+    partitions: Annotated[int | None, typer.Option(help="Partitions per topic.")] = None,
+) -> None:
+    """Create the five topics with their configs; topics that exist are left as they are."""
+    from processors.kafka import topics
+
+    settings = _load(Settings, config)
+    if partitions is not None:
+        settings = _load(Settings, config, topics=settings.topics.model_copy(update={"partitions": partitions}))
+    try:
+        outcome = topics.create_all(settings.kafka, settings.topics)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    for name, what in outcome.items():
+        typer.echo(f"{what:8} {name}")
+
+
+@app.command()
+def gateway(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Override gateway.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override gateway.port.")] = None,
+) -> None:
+    """Serve the webhook gateway (Starlette on uvicorn)."""
+    from gateway.server import serve
+    from gateway.settings import GatewaySettings
+
+    settings = _load(GatewaySettings, config)
+    server = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if server:
+        settings = _load(GatewaySettings, config, gateway=settings.gateway.model_copy(update=server))
+    try:
+        serve(settings)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def process(
+    config: ConfigOpt = None,
+    group: Annotated[str | None, typer.Option(help="Override processor.group_id.")] = None,
+) -> None:
+    """Run the normalizer: raw deliveries in, events and dead letters out. SIGTERM stops it cleanly."""
+    from prometheus_client import start_http_server
+
+    from processors.kafka.runner import Normalizer
+
+    settings = _load(ProcessorSettings, config)
+    if group:
+        settings = _load(ProcessorSettings, config, processor=settings.processor.model_copy(update={"group_id": group}))
+    normalizer = Normalizer(settings)
+    if settings.processor.metrics_port:
+        start_http_server(settings.processor.metrics_port, registry=normalizer.metrics.registry)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    normalizer.run(stop)
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    broker_port: Annotated[int, typer.Option(help="Port of the embedded broker.")] = 9092,
+) -> None:
+    """Everything at once: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), topics, gateway, processor."""
+    from processors.kafka import embedded
+
+    config = config or (Path(os.environ["KYCSTREAM_CONFIG"]) if os.environ.get("KYCSTREAM_CONFIG") else None)
+    if config is None and DEV_CONFIG.is_file():
+        config = DEV_CONFIG
+    env = dict(os.environ)
+    running = None
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        try:
+            running = embedded.start("127.0.0.1", broker_port, output=subprocess.DEVNULL)
+        except KycstreamError as exc:
+            raise _fail(str(exc)) from exc
+        env["KAFKA_BOOTSTRAP_SERVERS"] = running.bootstrap_servers
+        typer.echo(f"embedded broker on {running.bootstrap_servers}", err=True)
+    me = [sys.executable, "-m", "processors.cli"]
+    cfg = ["--config", str(config)] if config else []
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        subprocess.run([*me, "topics", "create", *cfg], env=env, check=True)
+        children = [
+            subprocess.Popen([*me, "gateway", *cfg], env=env),
+            subprocess.Popen([*me, "process", *cfg], env=env),
+        ]
+        typer.echo("gateway and processor started; Ctrl-C stops everything", err=True)
+        _wait_for_signal(lambda: any(c.poll() is not None for c in children))
+    except subprocess.CalledProcessError as exc:
+        raise _fail("creating topics failed (see above)") from exc
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if running is not None:
+            running.stop()
+
+
+def _wait_for_signal(done: Any) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set() and not done():
+        stop.wait(0.2)
+
+
+_ROLE_TYPES = {
+    "raw": "RawDelivery",
+    "events": "VerificationEvent",
+    "state": "VerificationState",
+    "dedup": "DedupRecord",
+    "dlq": "DeadLetter",
+}
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Option(help="events, state, dlq, raw, dedup, or a topic name.")] = "events",
+    config: ConfigOpt = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest record.")] = False,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            help="Print N records and exit: the last N (or the first N with --from-beginning), "
+            "waiting for more if fewer exist."
+        ),
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Exit after S seconds without a new record.")] = None,
+) -> None:
+    """Decode a topic's records to JSON lines on stdout."""
+    from processors.kafka import reader
+    from processors.kafka.serde import Codec
+
+    settings = _load(Settings, config)
+    role = (
+        topic if topic in _ROLE_TYPES else next((r for r in _ROLE_TYPES if getattr(settings.topics, r) == topic), None)
+    )
+    if role is None:
+        raise _fail(f"unknown topic {topic!r}: use one of {', '.join(_ROLE_TYPES)} or a configured topic name")
+    name = getattr(settings.topics, role)
+    from processors.kafka import config as kconfig
+
+    codec = Codec(kconfig.schema_registry(settings.kafka))
+
+    def emit(record: reader.Record) -> None:
+        sys.stdout.buffer.write(_render(codec, role, name, record) + b"\n")
+        sys.stdout.flush()
+
+    start: reader.Start = "beginning" if from_beginning else (count if count else "end")
+    printed = 0
+    backlog: deque[reader.Record] = deque(maxlen=count if count and not from_beginning else None)
+    catching_up = isinstance(start, int)
+    try:
+        for item in reader.follow(settings.kafka, name, start, idle_timeout=timeout):
+            if isinstance(item, reader.CaughtUp):
+                if catching_up:
+                    catching_up = False
+                    for record in sorted(backlog, key=lambda r: r.timestamp_ms):
+                        emit(record)
+                        printed += 1
+                    backlog.clear()
+            elif catching_up:
+                backlog.append(item)
+                continue
+            else:
+                emit(item)
+                printed += 1
+            if count is not None and printed >= count:
+                return
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        return
+
+
+def _render(codec: Any, role: str, topic: str, record: Any) -> bytes:
+    from processors.errors import SerdeError
+
+    try:
+        value: Any = codec.decode(_ROLE_TYPES[role], record.value or b"", topic) if record.value else None
+    except SerdeError as exc:
+        value = {"_undecodable": str(exc)}
+    if role == "dlq" and isinstance(value, dict):
+        try:
+            value["original"] = codec.decode("RawDelivery", value["original_value"])
+            del value["original_value"]
+        except SerdeError:
+            pass
+    return orjson.dumps(_jsonable(value), option=orjson.OPT_SORT_KEYS)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value
+
+
+@app.command()
+def normalize(
+    file: Annotated[str, typer.Argument(help="The webhook body, or - for standard input.")],
+    provider: Annotated[str, typer.Option(help="Provider whose normalizer to use.")],
+    header: Annotated[list[str] | None, typer.Option(help="A request header, 'Name: value' (repeatable).")] = None,
+) -> None:
+    """Normalize one body offline: print the event as JSON (exit 0) or the dead-letter reason (exit 65)."""
+    from processors.kafka.serde import event_to_record
+    from processors.model import RawDelivery, Rejection
+    from processors.pipeline import normalize as run_pipeline
+    from processors.providers import REGISTRY
+
+    if provider not in REGISTRY:
+        raise _fail(f"unknown provider {provider!r}; known: {', '.join(sorted(REGISTRY))}")
+    headers: dict[str, str] = {}
+    for item in header or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise _fail(f"--header {item!r} must be 'Name: value'")
+        headers[name.strip().lower()] = value.strip()
+    try:
+        body = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}") from exc
+    delivery = RawDelivery(
+        request_id="offline",
+        source=provider,
+        provider=provider,
+        method="POST",
+        received_at=datetime.now(UTC),
+        body=body,
+        headers=headers,
+    )
+    outcome = run_pipeline(delivery)
+    if isinstance(outcome, Rejection):
+        typer.echo(f"{outcome.code}: {outcome.detail}", err=True)
+        raise typer.Exit(EXIT_DATAERR)
+    sys.stdout.buffer.write(orjson.dumps(_jsonable(event_to_record(outcome)), option=orjson.OPT_SORT_KEYS) + b"\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

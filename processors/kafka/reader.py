@@ -1,0 +1,115 @@
+"""Reading a topic without joining a group: from the start, from the last N, or from the end.
+
+"Caught up" is decided by partition EOF, never by comparing offsets with high watermarks
+(the embedded broker under-reports them).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+
+from processors.errors import BrokerError
+from processors.kafka import config
+from processors.settings import KafkaSettings
+
+Start = Literal["beginning", "end"] | int  # int: the last N records of each partition
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, str | bytes | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """Every partition has reached its end at least once."""
+
+
+def follow(
+    kafka: KafkaSettings, topic: str, start: Start, idle_timeout: float | None = None
+) -> Iterator[Record | CaughtUp]:
+    """Yield the topic's records from `start`, and one CaughtUp when all partitions hit their end.
+
+    Stops after `idle_timeout` seconds without a record (None: never).
+    """
+    consumer = Consumer(config.consumer(kafka, f"kycstream-reader-{uuid.uuid4()}"))
+    try:
+        try:
+            metadata = consumer.list_topics(topic, timeout=10)
+        except KafkaException as exc:
+            raise BrokerError(f"Kafka did not answer: {exc.args[0].str()}") from exc
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            raise BrokerError(f"topic {topic} does not exist (run `kycstream topics create`)")
+        partitions = sorted(info.partitions)
+        consumer.assign([_start(consumer, topic, p, start) for p in partitions])
+        pending = set(partitions)
+        last_seen = time.monotonic()
+        while True:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                if idle_timeout is not None and time.monotonic() - last_seen > idle_timeout:
+                    return
+                continue
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    if pending:
+                        pending.discard(msg.partition() or 0)
+                        if not pending:
+                            yield CaughtUp()
+                    continue
+                raise BrokerError(f"reading {topic} failed: {error.str()}")
+            last_seen = time.monotonic()
+            yield Record(
+                topic=msg.topic() or topic,
+                partition=msg.partition() or 0,
+                offset=msg.offset() or 0,
+                key=msg.key(),
+                value=msg.value(),
+                timestamp_ms=(msg.timestamp() or (0, 0))[1],
+                headers=tuple(_header_list(msg.headers())),
+            )
+    finally:
+        consumer.close()
+
+
+def _start(consumer: Consumer, topic: str, partition: int, start: Start) -> TopicPartition:
+    if start == "beginning":
+        return TopicPartition(topic, partition, OFFSET_BEGINNING)
+    if start == "end":
+        return TopicPartition(topic, partition, OFFSET_END)
+    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
+    # A high watermark that under-reports only makes us start earlier; callers keep the last N.
+    return TopicPartition(topic, partition, max(low, high - int(start)))
+
+
+def read_all(kafka: KafkaSettings, topic: str, timeout: float = 30.0) -> list[Record]:
+    """Every record currently in the topic (read to partition EOF)."""
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout
+    for item in follow(kafka, topic, "beginning", idle_timeout=timeout):
+        if isinstance(item, CaughtUp):
+            return records
+        records.append(item)
+        if time.monotonic() > deadline:
+            break
+    raise BrokerError(f"could not read {topic} to its end within {timeout:g}s")
+
+
+def _header_list(headers: object) -> list[tuple[str, str | bytes | None]]:
+    if isinstance(headers, dict):
+        return list(headers.items())
+    return list(headers) if isinstance(headers, list) else []

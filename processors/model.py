@@ -1,0 +1,168 @@
+"""The domain model: plain frozen data shared by the gateway, the providers and the pipeline.
+
+Nothing here knows about Kafka, HTTP or Avro; `to_record`/`from_record` in processors.kafka.serde
+turn these into the dicts the Avro schemas describe.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+
+class VerificationStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+    RESUBMISSION_REQUIRED = "RESUBMISSION_REQUIRED"
+    REVIEW = "REVIEW"
+    ERROR = "ERROR"
+
+
+class CheckOutcome(enum.StrEnum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+    SKIPPED = "SKIPPED"
+
+
+AuthScheme = Literal["header_token", "bearer", "basic", "api_key", "hmac_sha256", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSpec:
+    """How a provider authenticates its deliveries by default; a source may override it."""
+
+    scheme: AuthScheme
+    header: str = "authorization"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    outcome: CheckOutcome
+    score: float | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: str
+    message: str | None = None
+    field: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RawRef:
+    """Where the delivery an event came from lives in the raw topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RawDelivery:
+    """One authenticated webhook delivery, exactly as the gateway received it."""
+
+    request_id: str
+    source: str
+    provider: str
+    method: str
+    received_at: datetime
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    remote_addr: str | None = None
+    content_type: str | None = None
+    origin: str = "callback"
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    """What a provider module reads out of one payload: the provider-specific part of an event."""
+
+    verification_id: str
+    status: VerificationStatus
+    provider_status: str
+    idempotency_key: str | None = None
+    occurred_at: datetime | None = None
+    event_type: str | None = None
+    subject_id: str | None = None
+    session_id: str | None = None
+    checks: tuple[Check, ...] = ()
+    reasons: tuple[Reason, ...] = ()
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a payload is not an event of its provider; it becomes a dead letter with this reason."""
+
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationEvent:
+    event_id: str
+    idempotency_key: str
+    provider: str
+    source: str
+    verification_id: str
+    status: VerificationStatus
+    provider_status: str
+    received_at: datetime
+    occurred_at: datetime | None
+    raw_ref: RawRef | None
+    event_type: str | None = None
+    subject_id: str | None = None
+    session_id: str | None = None
+    checks: tuple[Check, ...] = ()
+    reasons: tuple[Reason, ...] = ()
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}:{self.verification_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationState:
+    key: str
+    provider: str
+    verification_id: str
+    status: VerificationStatus
+    last_event_id: str
+    updated_at: datetime
+    occurred_at: datetime | None = None
+    decided_at: datetime | None = None
+    event_count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A delivery that could not be normalized, with the original record so it can be redriven."""
+
+    reason: str
+    detail: str
+    failed_at: datetime
+    source_topic: str
+    partition: int
+    offset: int
+    original_value: bytes
+    original_key: bytes | None = None
+    request_id: str | None = None
+    source: str | None = None
+    provider: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DedupRecord:
+    idempotency_key: str
+    event_id: str
+    first_seen_at: datetime
+    expires_at: datetime

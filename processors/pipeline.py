@@ -1,0 +1,91 @@
+"""Pure normalization: one raw delivery in, one verification event or one rejection out.
+
+The runner acts on the answer (produce, dead-letter, commit); nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from processors.model import Normalized, RawDelivery, RawRef, Rejection, VerificationEvent
+from processors.providers import REGISTRY
+
+# Fixed namespace: event ids must be the same on every processor, every replay, every version.
+EVENT_ID_NAMESPACE = uuid.UUID("6f1b3c52-7c1e-4f0a-9a51-2f3d0c8b9e10")
+
+
+def event_id_for(idempotency_key: str) -> str:
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, idempotency_key))
+
+
+def parse_body(body: bytes) -> Mapping[str, Any] | Rejection:
+    if not body.strip():
+        return Rejection("empty_body", "the delivery has an empty body")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return Rejection("invalid_json", f"body is not valid JSON: {exc}")
+    if not isinstance(doc, dict):
+        return Rejection("not_an_object", f"body is JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+def routing_id(provider: str, body: bytes) -> str | None:
+    """`provider:verification_id` when the body yields it, else None (the gateway's record key)."""
+    module = REGISTRY.get(provider)
+    doc = parse_body(body) if module is not None else None
+    if module is None or isinstance(doc, Rejection) or doc is None:
+        return None
+    try:
+        vid = module.verification_id(doc)
+    except Exception:  # a provider bug must not refuse a delivery: key by request id instead
+        return None
+    return f"{provider}:{vid}" if vid else None
+
+
+def body_hash_key(provider: str, doc: Mapping[str, Any]) -> str:
+    canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    return f"{provider}:sha256:{hashlib.sha256(canonical).hexdigest()}"
+
+
+def normalize(delivery: RawDelivery, raw_ref: RawRef | None = None) -> VerificationEvent | Rejection:
+    module = REGISTRY.get(delivery.provider)
+    if module is None:
+        return Rejection("unknown_provider", f"no normalizer for provider {delivery.provider!r}")
+    doc = parse_body(delivery.body)
+    if isinstance(doc, Rejection):
+        return doc
+    headers = {name.lower(): value for name, value in delivery.headers.items()}
+    try:
+        result = module.normalize(doc, headers)
+    except Exception as exc:  # the contract is "event or reason", never a crashed processor
+        return Rejection("normalizer_error", f"{delivery.provider} normalizer raised {type(exc).__name__}")
+    if isinstance(result, Rejection):
+        return result
+    return _event(delivery, raw_ref, result, result.idempotency_key or body_hash_key(delivery.provider, doc))
+
+
+def _event(delivery: RawDelivery, raw_ref: RawRef | None, found: Normalized, idempotency_key: str) -> VerificationEvent:
+    return VerificationEvent(
+        event_id=event_id_for(idempotency_key),
+        idempotency_key=idempotency_key,
+        provider=delivery.provider,
+        source=delivery.source,
+        verification_id=found.verification_id,
+        status=found.status,
+        provider_status=found.provider_status,
+        received_at=delivery.received_at,
+        occurred_at=found.occurred_at,
+        raw_ref=raw_ref,
+        event_type=found.event_type,
+        subject_id=found.subject_id,
+        session_id=found.session_id,
+        checks=found.checks,
+        reasons=found.reasons,
+        attributes=found.attributes,
+    )

@@ -1,0 +1,77 @@
+"""Xendit `account.verification` webhooks (seed 004).
+
+Auth: the `x-callback-token` header equals the account's webhook verification token.
+Idempotency: Xendit's own `webhook-id` header, the same on every retry of one webhook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from processors.model import AuthSpec, Normalized, Reason, Rejection, VerificationStatus
+from processors.providers._read import obj, scalar_attributes, text, timestamp
+
+NAME = "xendit"
+DEFAULT_AUTH = AuthSpec(scheme="header_token", header="x-callback-token")
+METHODS = ("POST",)
+HEADERS = ("webhook-id",)
+
+_EVENT = "account.verification"
+_STATUS = {
+    "PASSED": VerificationStatus.APPROVED,
+    "RESUBMISSION_REQUIRED": VerificationStatus.RESUBMISSION_REQUIRED,
+    "FAILED": VerificationStatus.REJECTED,
+}
+
+
+def verification_id(doc: Mapping[str, Any]) -> str | None:
+    return text(obj(doc.get("data")).get("id"))
+
+
+def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Rejection:
+    event = text(doc.get("event"))
+    if event is not None and event.lower() != _EVENT:
+        return Rejection("unrecognized_event", f"xendit event {event!r} is not {_EVENT}")
+    data = obj(doc.get("data"))
+    kyc = obj(data.get("kyc"))
+    vid = verification_id(doc)
+    if vid is None:
+        return Rejection("missing_verification_id", "xendit payload has no data.id")
+    word = text(kyc.get("status"))
+    if word is None:
+        return Rejection("unrecognized_event", "xendit payload has no data.kyc.status")
+    status = _STATUS.get(word.upper())
+    if status is None:
+        return Rejection("unknown_status", f"xendit kyc status {word!r} has no mapping")
+
+    webhook_id = text(headers.get("webhook-id"))
+    return Normalized(
+        verification_id=vid,
+        status=status,
+        provider_status=word.upper(),
+        idempotency_key=f"{NAME}:webhook-id:{webhook_id}" if webhook_id else None,
+        occurred_at=(
+            timestamp(kyc.get("verified_at")) or timestamp(data.get("updated")) or timestamp(doc.get("created"))
+        ),
+        event_type=event or _EVENT,
+        reasons=_failure_reasons(kyc.get("failure_reasons")),
+        attributes=scalar_attributes(doc, "business_id"),
+    )
+
+
+def _failure_reasons(value: object) -> tuple[Reason, ...]:
+    if not isinstance(value, list):
+        return ()
+    reasons = []
+    for item in value:
+        entry = obj(item)
+        if entry:
+            reasons.append(
+                Reason(
+                    code="failure_reason",
+                    message=text(entry.get("message")),
+                    field=text(entry.get("field")),
+                )
+            )
+    return tuple(reasons)

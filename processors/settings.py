@@ -1,0 +1,158 @@
+"""Settings: one YAML file plus environment overrides, validated at start.
+
+Every role reads the same file and keeps the sections it needs. Precedence, highest first:
+the plain Kafka variables users expect (`KAFKA_BOOTSTRAP_SERVERS`, `SCHEMA_REGISTRY_URL`, ...),
+then `KYCSTREAM_<SECTION>__<FIELD>` variables, then the file, then the defaults here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Self, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from processors.errors import ConfigError
+
+CONFIG_ENV = "KYCSTREAM_CONFIG"
+DAY_MS = 24 * 3600 * 1000
+
+# Plain variables a Kafka user expects to work, mapped onto kafka.* settings.
+KAFKA_ENV = {
+    "KAFKA_BOOTSTRAP_SERVERS": "bootstrap_servers",
+    "KAFKA_SECURITY_PROTOCOL": "security_protocol",
+    "KAFKA_SASL_MECHANISM": "sasl_mechanism",
+    "KAFKA_SASL_USERNAME": "sasl_username",
+    "KAFKA_SASL_PASSWORD": "sasl_password",
+    "KAFKA_SSL_CA_LOCATION": "ssl_ca_location",
+    "SCHEMA_REGISTRY_URL": "schema_registry_url",
+}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "kycstream"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    schema_registry_url: str | None = None
+    schema_registry_basic_auth: SecretStr | None = Field(None, description="user:password")
+    # Any other librdkafka property, passed through as is (e.g. {"socket.keepalive.enable": "true"}).
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        for host in value.split(","):
+            if ":" not in host.strip():
+                raise ValueError(f"{host.strip()!r} needs host:port, e.g. 127.0.0.1:9092")
+        return value
+
+
+class TopicSettings(Section):
+    raw: str = "kyc.webhooks.raw.v1"
+    events: str = "kyc.verification.events.v1"
+    state: str = "kyc.verification.state.v1"
+    dedup: str = "kyc.dedup.v1"
+    dlq: str = "kyc.webhooks.dlq.v1"
+    partitions: int = Field(6, ge=1, le=10_000)
+    replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int | None = Field(None, ge=1)
+    raw_retention_ms: int = Field(30 * DAY_MS, ge=-1)
+    dlq_retention_ms: int = Field(30 * DAY_MS, ge=-1)
+    events_retention_ms: int = Field(30 * DAY_MS, ge=-1)
+
+
+class Settings(BaseSettings):
+    """Base of each role's settings: the sections every role shares."""
+
+    model_config = SettingsConfigDict(env_prefix="KYCSTREAM_", env_nested_delimiter="__", extra="ignore", frozen=True)
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init kwargs; environment variables must win over it.
+        return env_settings, init_settings
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Self:
+        return load_settings(cls, path, **overrides)
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def read_config_file(path: str | Path | None) -> dict[str, Any]:
+    chosen = path or os.environ.get(CONFIG_ENV)
+    if not chosen:
+        return {}
+    file = Path(chosen)
+    if not file.is_file():
+        raise ConfigError(f"config file {file} does not exist (from --config or ${CONFIG_ENV})")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a mapping of sections (kafka:, topics:, ...)")
+    return data
+
+
+def load_settings(cls: type[S], path: str | Path | None = None, **overrides: Any) -> S:
+    data = read_config_file(path)
+    kafka = dict(data.get("kafka") or {})
+    kafka.update({field: os.environ[var] for var, field in KAFKA_ENV.items() if os.environ.get(var)})
+    data["kafka"] = kafka
+    data.update(overrides)
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, path or os.environ.get(CONFIG_ENV))) from exc
+
+
+def describe_validation_error(exc: ValidationError, path: str | Path | None) -> str:
+    where = f"in {path}" if path else "in the environment/defaults"
+    lines = [f"invalid configuration {where}:"]
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"])
+        env = "KYCSTREAM_" + "__".join(str(part).upper() for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {message} (set it in the file or with {env})")
+    return "\n".join(lines)
+
+
+class ProcessorSection(Section):
+    group_id: str = "kycstream-normalizer"
+    batch_size: int = Field(500, ge=1, le=100_000)
+    poll_timeout_s: float = Field(0.5, gt=0)
+    session_timeout_ms: int = Field(6000, ge=1000)
+    linger_ms: float = Field(5.0, ge=0)
+    flush_timeout_s: float = Field(30.0, gt=0)
+    retry_backoff_s: float = Field(1.0, ge=0)
+    metrics_port: int | None = Field(9108, ge=1, le=65535)
+
+
+class ProcessorSettings(Settings):
+    processor: ProcessorSection = ProcessorSection()
