@@ -27,7 +27,7 @@ def parse_body(body: bytes) -> Mapping[str, Any] | Rejection:
     if not body.strip():
         return Rejection("empty_body", "the delivery has an empty body")
     try:
-        doc = orjson.loads(body)
+        doc = orjson.loads(body.removeprefix(b"\xef\xbb\xbf"))  # a UTF-8 BOM may be ignored (RFC 8259)
     except orjson.JSONDecodeError as exc:
         return Rejection("invalid_json", f"body is not valid JSON: {exc}")
     if not isinstance(doc, dict):

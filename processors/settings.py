@@ -151,7 +151,7 @@ class ProcessorSection(Section):
     linger_ms: float = Field(5.0, ge=0)
     flush_timeout_s: float = Field(30.0, gt=0)
     retry_backoff_s: float = Field(1.0, ge=0)
-    metrics_port: int | None = Field(9108, ge=1, le=65535)
+    metrics_port: int | None = Field(9108, ge=0, le=65535, description="0 or null: no metrics server")
 
 
 class ProcessorSettings(Settings):

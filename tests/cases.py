@@ -1,0 +1,60 @@
+"""Golden provider cases: tests/providers/<provider>/<case>.json.
+
+A case has `body` (JSON) or `body_text` (bytes sent as is), optional `headers`, and `expect`:
+either {"dead_letter": "<reason code>"} or the event fields to check (a subset; `checks` and
+`reasons` are compared as lists of subsets, `attributes` as a subset).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CASES_DIR = Path(__file__).parent / "providers"
+
+
+@dataclass(frozen=True)
+class Case:
+    provider: str
+    name: str
+    body: bytes
+    headers: dict[str, str]
+    expect: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return f"{self.provider}/{self.name}"
+
+    @property
+    def dead_letter(self) -> str | None:
+        return self.expect.get("dead_letter")
+
+
+def load(provider: str | None = None) -> list[Case]:
+    cases = []
+    for path in sorted(CASES_DIR.glob(f"{provider or '*'}/*.json")):
+        raw = json.loads(path.read_text())
+        body = raw["body_text"].encode() if "body_text" in raw else json.dumps(raw["body"]).encode()
+        cases.append(Case(path.parent.name, path.stem, body, raw.get("headers", {}), raw["expect"]))
+    return cases
+
+
+def assert_matches(event: dict[str, Any], expect: dict[str, Any]) -> None:
+    """`event` is a decoded VerificationEvent record (timestamps as ISO strings or datetimes)."""
+    for key, want in expect.items():
+        if key == "idempotency_key_prefix":
+            assert event["idempotency_key"].startswith(want), (event["idempotency_key"], want)
+        elif key in ("checks", "reasons"):
+            got = event[key]
+            assert len(got) == len(want), f"{key}: {got} != {want}"
+            for g, w in zip(got, want, strict=True):
+                assert {k: g[k] for k in w} == w, f"{key}: {g} does not match {w}"
+        elif key == "attributes":
+            assert {k: event["attributes"].get(k) for k in want} == want, event["attributes"]
+        else:
+            got = event[key]
+            if hasattr(got, "isoformat"):
+                got = got.isoformat().replace("+00:00", "Z")
+            assert got == want, f"{key}: {got!r} != {want!r}"

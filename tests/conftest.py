@@ -1,0 +1,165 @@
+"""Fixture factories: one broker per test session (per xdist worker), unique topics per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings, SourceSettings
+from processors.kafka import embedded, reader, topics
+from processors.kafka.runner import Normalizer
+from processors.kafka.serde import Codec
+from processors.kafka.sink import KafkaRawSink
+from processors.providers import REGISTRY
+from processors.settings import KafkaSettings, ProcessorSection, ProcessorSettings, TopicSettings
+
+DEV_SECRET = "dev-secret"
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS if set, else an embedded broker on a free port."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    running = embedded.start("127.0.0.1", embedded.free_port())
+    yield running.bootstrap_servers
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def codec() -> Codec:
+    return Codec()
+
+
+@pytest.fixture
+def kafka(broker: str) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=broker)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_topics(kafka: KafkaSettings) -> Callable[..., TopicSettings]:
+    def make(partitions: int = 3) -> TopicSettings:
+        tag = uuid.uuid4().hex[:10]
+        names = {role: f"test.{tag}.{role}" for role in topics.ROLES}
+        settings = TopicSettings(partitions=partitions, **names)
+        topics.create_all(kafka, settings)
+        return settings
+
+    return make
+
+
+@pytest.fixture
+def topic_settings(make_topics: Callable[..., TopicSettings]) -> TopicSettings:
+    return make_topics()
+
+
+def dev_sources(**overrides: dict[str, Any]) -> dict[str, SourceSettings]:
+    """One source per registered provider, named after it, with the provider's default auth."""
+    sources = {}
+    for name in REGISTRY:
+        spec: dict[str, Any] = {"provider": name, "auth": {"credentials": [DEV_SECRET]}}
+        spec.update(overrides.get(name, {}))
+        sources[name] = SourceSettings.model_validate(spec)
+    return sources
+
+
+@pytest.fixture
+def gateway_settings(kafka: KafkaSettings, topic_settings: TopicSettings) -> Callable[..., GatewaySettings]:
+    def make(sources: dict[str, SourceSettings] | None = None, **server: Any) -> GatewaySettings:
+        return GatewaySettings(
+            kafka=kafka,
+            topics=topic_settings,
+            sources=sources or dev_sources(),
+            gateway={"host": "127.0.0.1", "port": embedded.free_port(), **server},
+        )
+
+    return make
+
+
+class _ThreadedServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test runner owns the signals
+        pass
+
+
+@contextmanager
+def serving(settings: GatewaySettings, sink: Any = None) -> Iterator[str]:
+    own_sink = sink is None
+    sink = sink or KafkaRawSink(
+        settings.kafka, settings.topics, produce_timeout_s=settings.gateway.produce_timeout_s, linger_ms=1
+    )
+    app = create_app(settings, sink)
+    server = _ThreadedServer(
+        uvicorn.Config(app, host="127.0.0.1", port=settings.gateway.port, log_config=None, proxy_headers=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "gateway did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{settings.gateway.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        if own_sink:
+            sink.close(2)
+
+
+@pytest.fixture
+def gateway(gateway_settings: Callable[..., GatewaySettings]) -> Iterator[tuple[str, GatewaySettings]]:
+    settings = gateway_settings()
+    with serving(settings) as url:
+        yield url, settings
+
+
+@contextmanager
+def processing(kafka: KafkaSettings, topic_settings: TopicSettings, **section: Any) -> Iterator[Normalizer]:
+    settings = ProcessorSettings(
+        kafka=kafka,
+        topics=topic_settings,
+        processor=ProcessorSection(group_id=unique("test-group"), metrics_port=None, **section),
+    )
+    normalizer = Normalizer(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=normalizer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield normalizer
+    finally:
+        stop.set()
+        thread.join(20)
+
+
+def read(kafka: KafkaSettings, topic: str, codec: Codec, kind: Any, *, at_least: int = 0, timeout: float = 30) -> list[dict[str, Any]]:
+    """Decoded records of `topic`, waiting up to `timeout` until there are `at_least`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [codec.decode(kind, r.value or b"") | {"_key": r.key} for r in reader.read_all(kafka, topic)]
+        if len(records) >= at_least or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def post(url: str, body: bytes, headers: dict[str, str] | None = None, method: str = "POST") -> httpx.Response:
+    return httpx.request(method, url, content=body, headers=headers or {}, timeout=30)
+
+
+def run_async(coro: Any) -> Any:
+    return asyncio.run(coro)
