@@ -46,6 +46,13 @@ def _load(cls: type[S], config: Path | None, **overrides: Any) -> S:
     return settings
 
 
+def _override(settings: S, **sections: dict[str, Any]) -> S:
+    try:
+        return settings.with_overrides(**sections)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+
+
 @app.command()
 def broker(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -73,7 +80,7 @@ def topics_create(
 
     settings = _load(Settings, config)
     if partitions is not None:
-        settings = _load(Settings, config, topics=settings.topics.model_copy(update={"partitions": partitions}))
+        settings = _override(settings, topics={"partitions": partitions})
     try:
         outcome = topics.create_all(settings.kafka, settings.topics)
     except KycstreamError as exc:
@@ -94,10 +101,8 @@ def gateway(
 
     settings = _load(GatewaySettings, config)
     server = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    if server:
-        settings = _load(GatewaySettings, config, gateway=settings.gateway.model_copy(update=server))
     try:
-        serve(settings)
+        serve(_override(settings, gateway=server))
     except KycstreamError as exc:
         raise _fail(str(exc)) from exc
 
@@ -114,7 +119,7 @@ def process(
 
     settings = _load(ProcessorSettings, config)
     if group:
-        settings = _load(ProcessorSettings, config, processor=settings.processor.model_copy(update={"group_id": group}))
+        settings = _override(settings, processor={"group_id": group})
     normalizer = Normalizer(settings)
     if settings.processor.metrics_port:
         start_http_server(settings.processor.metrics_port, registry=normalizer.metrics.registry)

@@ -100,6 +100,16 @@ class Settings(BaseSettings):
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Self:
         return load_settings(cls, path, **overrides)
 
+    def with_overrides(self, **sections: dict[str, Any]) -> Self:
+        """A copy with some fields of some sections replaced (command-line flags), validated again."""
+        data = self.model_dump()
+        for section, fields in sections.items():
+            data[section] = {**data.get(section, {}), **fields}
+        try:
+            return self.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc, "the command line")) from exc
+
 
 S = TypeVar("S", bound=Settings)
 

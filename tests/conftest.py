@@ -147,7 +147,9 @@ def processing(kafka: KafkaSettings, topic_settings: TopicSettings, **section: A
         thread.join(20)
 
 
-def read(kafka: KafkaSettings, topic: str, codec: Codec, kind: Any, *, at_least: int = 0, timeout: float = 30) -> list[dict[str, Any]]:
+def read(
+    kafka: KafkaSettings, topic: str, codec: Codec, kind: Any, *, at_least: int = 0, timeout: float = 30
+) -> list[dict[str, Any]]:
     """Decoded records of `topic`, waiting up to `timeout` until there are `at_least`."""
     deadline = time.monotonic() + timeout
     while True:

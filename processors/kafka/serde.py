@@ -97,18 +97,17 @@ def _schema(name: str, definitions: Mapping[str, Any]) -> _Schema:
 class Codec:
     """Encodes and decodes the five record types. Build one per process and share it."""
 
-    def __init__(self, schema_registry: Mapping[str, str] | None = None) -> None:
-        definitions = _load_definitions(SCHEMA_DIR)
+    def __init__(self, schema_registry: Mapping[str, str] | None = None, schema_dir: Path = SCHEMA_DIR) -> None:
+        definitions = _load_definitions(schema_dir)
         self._schemas = {name: _schema(name, definitions) for name in RECORD_TYPES}
         # Writer schemas a reader may meet: the current ones plus retired versions in history/.
         self._writers: dict[bytes, Any] = {s.fingerprint: s.parsed for s in self._schemas.values()}
-        history = SCHEMA_DIR / "history"
-        if history.is_dir():
-            old = {**definitions, **_load_definitions(history)}
-            for name in RECORD_TYPES:
-                if f"{NAMESPACE}.{name}" in _load_definitions(history):
-                    retired = _schema(name, old)
-                    self._writers.setdefault(retired.fingerprint, retired.parsed)
+        history = schema_dir / "history"
+        retired_definitions = _load_definitions(history) if history.is_dir() else {}
+        for name in RECORD_TYPES:
+            if f"{NAMESPACE}.{name}" in retired_definitions:
+                retired = _schema(name, {**definitions, **retired_definitions})
+                self._writers.setdefault(retired.fingerprint, retired.parsed)
         self._registry = _RegistrySerde(schema_registry, self._schemas) if schema_registry else None
 
     def schema_json(self, name: RecordType) -> dict[str, Any]:
@@ -154,7 +153,7 @@ class _RegistrySerde:
         from confluent_kafka.schema_registry import SchemaRegistryClient
         from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 
-        client = SchemaRegistryClient(dict(conf))
+        client = SchemaRegistryClient.new_client(dict(conf))  # mock:// URLs give an in-memory registry
         self._serializers = {name: AvroSerializer(client, json.dumps(s.json)) for name, s in schemas.items()}
         self._deserializers = {name: AvroDeserializer(client, json.dumps(s.json)) for name, s in schemas.items()}
 

@@ -18,9 +18,7 @@ from tests.credentials import auth_headers
 
 pytestmark = pytest.mark.broker
 
-XENDIT = json.dumps(
-    {"event": "account.verification", "data": {"id": "acct-42", "kyc": {"status": "PASSED"}}}
-).encode()
+XENDIT = json.dumps({"event": "account.verification", "data": {"id": "acct-42", "kyc": {"status": "PASSED"}}}).encode()
 ESIGN = json.dumps({"submissionId": "sub-42", "status": "COMPLETED", "result": "VALID"}).encode()
 
 
@@ -46,7 +44,9 @@ def test_200_only_with_the_raw_record_in_kafka(
     assert record["remote_addr"] == "127.0.0.1"
 
 
-def test_esign_accepts_its_configured_methods(gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec) -> None:
+def test_esign_accepts_its_configured_methods(
+    gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec
+) -> None:
     url, settings = gateway
     for method in ("POST", "PUT", "PATCH"):
         response = post(f"{url}/webhooks/esign", ESIGN, {"authorization": "Bearer dev-secret"}, method)
@@ -56,7 +56,9 @@ def test_esign_accepts_its_configured_methods(gateway: tuple[str, GatewaySetting
     assert {r["_key"] for r in raw} == {b"esign:sub-42"}
 
 
-def test_unparseable_body_is_keyed_by_request_id(gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec) -> None:
+def test_unparseable_body_is_keyed_by_request_id(
+    gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec
+) -> None:
     url, settings = gateway
     response = post(f"{url}/webhooks/esign", b"NumberInt(200)", {"authorization": "Bearer dev-secret"})
     assert response.status_code == 200
@@ -98,7 +100,9 @@ def test_refusals_have_a_status_a_reason_and_never_reach_kafka(
         expect(405, "method_not_allowed", not_allowed)
         assert not_allowed.headers["allow"] == "POST"
         expect(405, "method_not_allowed", httpx.get(f"{url}/webhooks/xendit"))
-        expect(413, "payload_too_large", post(f"{url}/webhooks/xendit", b"x" * 4096, {"x-callback-token": "old-secret"}))
+        expect(
+            413, "payload_too_large", post(f"{url}/webhooks/xendit", b"x" * 4096, {"x-callback-token": "old-secret"})
+        )
 
         first = post(f"{url}/webhooks/limited", XENDIT, {"x-callback-token": "t"})
         assert first.status_code == 200

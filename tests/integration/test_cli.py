@@ -1,0 +1,95 @@
+"""The CLI against the real broker: broker, topics create, tail."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from gateway.settings import GatewaySettings
+from processors.kafka import embedded
+from processors.settings import KafkaSettings
+from tests.conftest import post, processing, unique
+
+pytestmark = pytest.mark.broker
+KYCSTREAM = [sys.executable, "-m", "processors.cli"]
+
+
+def _env(kafka: KafkaSettings, **extra: str) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, **extra}
+
+
+def test_broker_refuses_a_taken_port() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run([*KYCSTREAM, "broker", "--port", str(port)], capture_output=True, timeout=30)
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use".encode() in result.stderr
+
+
+def test_topics_create_is_idempotent_and_sets_configs(kafka: KafkaSettings) -> None:
+    tag = unique("cli")
+    env = _env(
+        kafka, **{f"KYCSTREAM_TOPICS__{r.upper()}": f"{tag}.{r}" for r in ("raw", "events", "state", "dedup", "dlq")}
+    )
+    first = subprocess.run(
+        [*KYCSTREAM, "topics", "create", "--partitions", "2"], env=env, capture_output=True, timeout=60
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.decode().count("created") == 5
+    again = subprocess.run([*KYCSTREAM, "topics", "create"], env=env, capture_output=True, timeout=60)
+    assert again.returncode == 0 and again.stdout.decode().count("exists") == 5
+
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    metadata = admin.list_topics(timeout=10)
+    assert len(metadata.topics[f"{tag}.raw"].partitions) == 2
+    configs = admin.describe_configs([ConfigResource("topic", f"{tag}.{r}") for r in ("state", "dedup", "raw")])
+    policy = {res.name: fut.result()["cleanup.policy"].value for res, fut in configs.items()}
+    assert policy == {f"{tag}.state": "compact", f"{tag}.dedup": "compact", f"{tag}.raw": "delete"}
+
+
+def test_tail_prints_the_last_events_as_json(gateway: tuple[str, GatewaySettings], kafka: KafkaSettings) -> None:
+    url, settings = gateway
+    body = b'{"submissionId": "tail-%d", "status": "COMPLETED", "result": "VALID"}'
+    for i in range(3):
+        assert post(f"{url}/webhooks/esign", body % i, {"authorization": "Bearer dev-secret"}).status_code == 200
+    env = _env(kafka, KYCSTREAM_TOPICS__EVENTS=settings.topics.events)
+    with processing(kafka, settings.topics):
+        result = subprocess.run(
+            [*KYCSTREAM, "tail", "--topic", "events", "--count", "2", "--timeout", "30"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 2
+    assert {line["status"] for line in lines} == {"APPROVED"}
+    assert all(line["verification_id"].startswith("tail-") for line in lines)
+
+    everything = subprocess.run(
+        [*KYCSTREAM, "tail", "--topic", settings.topics.events, "--from-beginning", "--timeout", "3"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert sorted(json.loads(line)["verification_id"] for line in everything.stdout.splitlines()) == [
+        "tail-0",
+        "tail-1",
+        "tail-2",
+    ]
+
+
+def test_embedded_broker_start_and_stop() -> None:
+    running = embedded.start("127.0.0.1", embedded.free_port())
+    assert running.alive()
+    running.stop()
+    assert not running.alive()

@@ -1,0 +1,51 @@
+"""`kycstream normalize`, offline: the event as JSON and exit 0, or the reason and exit 65."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests import cases
+
+KYCSTREAM = [sys.executable, "-m", "processors.cli"]
+
+
+def _normalize(provider: str, body: bytes, *headers: str) -> subprocess.CompletedProcess[bytes]:
+    args = [*KYCSTREAM, "normalize", "--provider", provider, "-"]
+    for header in headers:
+        args += ["--header", header]
+    return subprocess.run(args, input=body, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("case", [c for c in cases.load() if c.provider in ("esign", "xendit")], ids=lambda c: c.id)
+def test_normalize_prints_the_event_or_exits_65(case: cases.Case) -> None:
+    result = _normalize(case.provider, case.body, *(f"{k}: {v}" for k, v in case.headers.items()))
+    if case.dead_letter:
+        assert result.returncode == 65, result.stdout
+        assert result.stderr.decode().startswith(f"{case.dead_letter}: ")
+        assert result.stdout == b""
+    else:
+        assert result.returncode == 0, result.stderr
+        cases.assert_matches(json.loads(result.stdout), case.expect)
+
+
+def test_normalize_reads_a_file(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "body.json"
+    path.write_text('{"submissionId": "s", "status": "COMPLETED", "result": "VALID"}')
+    result = subprocess.run(
+        [*KYCSTREAM, "normalize", "--provider", "esign", str(path)], capture_output=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["status"] == "APPROVED"
+
+
+def test_normalize_usage_errors_are_clear() -> None:
+    unknown = _normalize("nobody", b"{}")
+    assert unknown.returncode == 2 and b"unknown provider 'nobody'" in unknown.stderr
+    bad_header = _normalize("xendit", b"{}", "no-colon")
+    assert bad_header.returncode == 2 and b"must be 'Name: value'" in bad_header.stderr

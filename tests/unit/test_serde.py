@@ -1,0 +1,159 @@
+"""Avro: every schema round-trips, the single-object wire format, registry mode, and evolution."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import fastavro
+import pytest
+
+from processors.errors import SerdeError
+from processors.kafka import serde
+from processors.kafka.serde import Codec
+from processors.model import (
+    Check,
+    CheckOutcome,
+    DeadLetter,
+    DedupRecord,
+    RawDelivery,
+    RawRef,
+    Reason,
+    VerificationEvent,
+    VerificationState,
+    VerificationStatus,
+)
+from schemas import SCHEMA_DIR
+
+T0 = datetime(2026, 5, 8, 10, 30, tzinfo=UTC)
+T1 = datetime(2026, 5, 8, 10, 31, 0, 123000, tzinfo=UTC)
+
+EVENT = VerificationEvent(
+    event_id="e-1",
+    idempotency_key="esign:s-1:COMPLETED:VALID:2026-05-08T10:30:00Z",
+    provider="esign",
+    source="esign",
+    verification_id="s-1",
+    status=VerificationStatus.APPROVED,
+    provider_status="COMPLETED/VALID",
+    received_at=T1,
+    occurred_at=T0,
+    raw_ref=RawRef("kyc.webhooks.raw.v1", 2, 41, "r-1"),
+    event_type="submission_result",
+    subject_id="user-1",
+    session_id="sess-1",
+    checks=(
+        Check("selfie", CheckOutcome.PASS),
+        Check("facematch", CheckOutcome.FAIL, 20.4, "legacy.error", "no match"),
+    ),
+    reasons=(Reason("DUKCAPIL_REJECTED", "mismatch", None), Reason("failure_reason", "expired", "doc[0]")),
+    attributes={"registrationId": "6dab"},
+)
+OBJECTS = [
+    (
+        "RawDelivery",
+        RawDelivery("r-1", "esign", "esign", "PUT", T1, b"\x00{}\xff", {"content-type": "x"}, "10.0.0.1", "x"),
+        serde.delivery_to_record,
+        serde.delivery_from_record,
+    ),
+    ("VerificationEvent", EVENT, serde.event_to_record, serde.event_from_record),
+    (
+        "VerificationState",
+        VerificationState("esign:s-1", "esign", "s-1", VerificationStatus.REVIEW, "e-1", T1, T0, None, 3),
+        serde.state_to_record,
+        serde.state_from_record,
+    ),
+    (
+        "DeadLetter",
+        DeadLetter("invalid_json", "bad", T1, "raw", 1, 7, b"\xc3\x01raw", b"k", "r-1", "esign", "esign"),
+        serde.dead_letter_to_record,
+        serde.dead_letter_from_record,
+    ),
+    ("DedupRecord", DedupRecord("k", "e-1", T0, T1), serde.dedup_to_record, serde.dedup_from_record),
+]
+
+
+@pytest.mark.parametrize(("kind", "obj", "to_record", "from_record"), OBJECTS, ids=[o[0] for o in OBJECTS])
+def test_every_schema_round_trips(kind, obj, to_record, from_record) -> None:  # type: ignore[no-untyped-def]
+    codec = Codec()
+    data = codec.encode(kind, to_record(obj))
+    assert from_record(codec.decode(kind, data)) == obj
+
+
+def test_single_object_encoding_is_the_avro_spec_form() -> None:
+    codec = Codec()
+    data = codec.encode("VerificationEvent", serde.event_to_record(EVENT))
+    assert data[:2] == b"\xc3\x01"
+    parsed = fastavro.parse_schema(codec.schema_json("VerificationEvent"))
+    canonical = fastavro.schema.to_parsing_canonical_form(parsed)
+    assert data[2:10] == bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+    # Any Avro reader with the schema decodes the body that follows the 10-byte header.
+    assert fastavro.schemaless_reader(io.BytesIO(data[10:]), parsed)["event_id"] == "e-1"
+
+
+def test_spec_fingerprint_vector() -> None:
+    # Avro spec: CRC-64-AVRO of "null" is 0x63dd24e7cc258f8a, written little-endian.
+    assert bytes.fromhex(fastavro.schema.fingerprint('"null"', "CRC-64-AVRO")) == bytes.fromhex("8a8f25cce724dd63")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "bad magic"),
+        (b"{}", "bad magic"),
+        (b"\xc3\x01" + b"\x00" * 8 + b"\x02", "unknown schema fingerprint"),
+    ],
+)
+def test_undecodable_bytes_raise_serde_error(data: bytes, message: str) -> None:
+    with pytest.raises(SerdeError, match=message):
+        Codec().decode("VerificationEvent", data)
+
+
+def test_truncated_record_raises_serde_error() -> None:
+    codec = Codec()
+    data = codec.encode("VerificationEvent", serde.event_to_record(EVENT))
+    with pytest.raises(SerdeError, match="corrupt"):
+        codec.decode("VerificationEvent", data[:20])
+
+
+def test_records_of_another_type_are_refused() -> None:
+    codec = Codec()
+    data = codec.encode("DedupRecord", serde.dedup_to_record(DedupRecord("k", "e", T0, T1)))
+    with pytest.raises(SerdeError):
+        codec.decode("VerificationEvent", data)
+
+
+def test_schema_registry_wire_format_with_mock_registry() -> None:
+    codec = Codec({"url": "mock://kycstream-test"})
+    data = codec.encode("VerificationEvent", serde.event_to_record(EVENT), "events")
+    assert data[0] == 0, "Confluent wire format: magic byte 0 then a 4-byte schema id"
+    assert serde.event_from_record(codec.decode("VerificationEvent", data, "events")) == EVENT
+
+
+def test_old_writer_schema_reads_with_the_new_reader(tmp_path: Path) -> None:
+    """Evolution: a record written before `attributes` and `event_type` existed decodes with defaults."""
+    shutil.copytree(SCHEMA_DIR, tmp_path / "schemas", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    old = json.loads((SCHEMA_DIR / "kycstream.VerificationEvent.avsc").read_text())
+    old["fields"] = [f for f in old["fields"] if f["name"] not in ("attributes", "event_type")]
+    (tmp_path / "schemas" / "history").mkdir()
+    (tmp_path / "schemas" / "history" / "kycstream.VerificationEvent.avsc").write_text(json.dumps(old))
+
+    definitions = {p.name.removesuffix(".avsc"): json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.avsc")}
+    definitions["kycstream.VerificationEvent"] = old
+    old_parsed = fastavro.parse_schema(serde.expand_schema("VerificationEvent", definitions))
+    fingerprint = fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(old_parsed), "CRC-64-AVRO")
+    record = serde.event_to_record(EVENT)
+    body = io.BytesIO()
+    fastavro.schemaless_writer(
+        body, old_parsed, {k: v for k, v in record.items() if k not in ("attributes", "event_type")}
+    )
+    data = b"\xc3\x01" + bytes.fromhex(fingerprint) + body.getvalue()
+
+    with pytest.raises(SerdeError, match="unknown schema fingerprint"):
+        Codec().decode("VerificationEvent", data)
+    decoded = Codec(schema_dir=tmp_path / "schemas").decode("VerificationEvent", data)
+    assert decoded["attributes"] == {} and decoded["event_type"] is None
+    assert decoded["checks"] == record["checks"]

@@ -1,0 +1,74 @@
+"""Settings: file + environment, validated at start with messages a person can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import GatewaySettings
+from processors.errors import ConfigError
+from processors.settings import ProcessorSettings
+
+DEV_CONFIG = Path(__file__).parents[2] / "deploy" / "kycstream.dev.yaml"
+
+
+def test_dev_config_is_valid_for_every_role() -> None:
+    gateway = GatewaySettings.load(DEV_CONFIG)
+    assert {"xendit", "esign"} <= set(gateway.sources)
+    assert gateway.sources["xendit"].auth.header == "x-callback-token"
+    assert gateway.sources["esign"].methods == ["POST", "PUT", "PATCH"]
+    ProcessorSettings.load(DEV_CONFIG)
+
+
+def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-0:9093,kafka-1:9093")
+    monkeypatch.setenv("KYCSTREAM_GATEWAY__PORT", "9000")
+    monkeypatch.setenv("KYCSTREAM_SOURCES__ESIGN__AUTH__CREDENTIALS", '["a", "b"]')
+    settings = GatewaySettings.load(DEV_CONFIG)
+    assert settings.kafka.bootstrap_servers == "kafka-0:9093,kafka-1:9093"
+    assert settings.gateway.port == 9000
+    assert [c.get_secret_value() for c in settings.sources["esign"].auth.credentials] == ["a", "b"]
+    assert "a" not in repr(settings.sources["esign"].auth.credentials)
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "kycstream.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sources:\n  x:\n    provider: nobody\n    auth: {credentials: [a]}\n", "unknown provider 'nobody'"),
+        ("sources:\n  x:\n    provider: xendit\n", "needs at least one credential"),
+        ("sources:\n  Bad Name:\n    provider: xendit\n    auth: {credentials: [a]}\n", "URL segment"),
+        ("sources:\n  x:\n    provider: esign\n    methods: [GET]\n    auth: {credentials: [a]}\n", "methods"),
+        (
+            "sources:\n  x:\n    provider: xendit\n    allow_ips: [10.0.0.300]\n    auth: {credentials: [a]}\n",
+            "not an IP address",
+        ),
+        ("sources:\n  x:\n    provider: esign\n    auth: {scheme: basic, credentials: [nocolon]}\n", "user:password"),
+        ("gateway:\n  port: 70000\n", "gateway.port"),
+        ("kafka:\n  bootstrap_servers: localhost\n", "host:port"),
+        ("gateway: [1, 2]\n", "gateway"),
+        ("- just a list\n", "mapping of sections"),
+        ("key: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_invalid_config_says_what_to_fix(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        GatewaySettings.load(_config(tmp_path, text))
+    assert message in str(error.value)
+    assert str(tmp_path) in str(error.value)
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        GatewaySettings.load(tmp_path / "absent.yaml")
+
+
+def test_gateway_without_sources_refuses_to_start() -> None:
+    with pytest.raises(ConfigError, match="no webhook sources"):
+        GatewaySettings().require_sources()
