@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from processors.model import AuthSpec, Normalized, Rejection
-from processors.providers import esign, xendit
+from processors.providers import esign, incode, metamap, signicat, xendit
 
 
 class Provider(Protocol):
@@ -33,5 +33,8 @@ class Provider(Protocol):
 
 REGISTRY: dict[str, Provider] = {
     "esign": esign,
+    "signicat": signicat,
+    "incode": incode,
+    "metamap": metamap,
     "xendit": xendit,
 }

@@ -57,6 +57,26 @@ def test_routing_key_is_the_event_key(case: cases.Case) -> None:
     assert routing_id(case.provider, case.body) == outcome.key
 
 
+def _strings(value: object) -> set[str]:
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return {s for v in value.values() for s in _strings(v)}
+    if isinstance(value, list):
+        return {s for v in value for s in _strings(v)}
+    return set()
+
+
+@pytest.mark.parametrize("case", [c for c in ALL if c.provider == "metamap" and not c.dead_letter], ids=lambda c: c.id)
+def test_metamap_events_carry_no_personal_data(case: cases.Case) -> None:
+    doc = json.loads(case.body)
+    step = doc.get("step") if isinstance(doc.get("step"), dict) else {}
+    personal = _strings(step.get("data")) | _strings(doc.get("metadata"))
+    outcome = _deliver(case.provider, case.body, case.headers)
+    assert isinstance(outcome, VerificationEvent)
+    assert not personal & _strings(event_to_record(outcome))
+
+
 def test_same_result_same_event_id_whatever_the_request() -> None:
     case = next(c for c in ALL if c.id == "esign/seed_completed_valid")
     first = _deliver("esign", case.body)
@@ -91,22 +111,107 @@ json_values = st.recursive(
 
 def _shaped(provider: str) -> st.SearchStrategy[object]:
     """Documents near each provider's real shape, so fuzzing reaches deep into the normalizer."""
-    words = st.sampled_from(["COMPLETED", "PARTIALLY_COMPLETED", "ERROR", "PASSED", "FAILED", "valid", "INVALID"])
-    return st.fixed_dictionaries(
+    words = st.sampled_from(
+        [
+            *("COMPLETED", "PARTIALLY_COMPLETED", "ERROR", "PASSED", "FAILED", "valid", "INVALID"),
+            *("accepted", "Rejected", "inconclusive", "processing", "cancelled", "expired"),
+            *("ONBOARDING_FINISHED", "ID_VALIDATION_FINISHED", "MANUAL_REVIEW_APPROVED", "UNKNOWN"),
+            *("Session Started", "session.succeeded", "SESSION_FAILED", "Session Pending Review"),
+            *("verified", "reviewNeeded", "rejected"),
+        ]
+    )
+    ids = st.text(alphabet="0123456789abcdef-", min_size=1, max_size=24) | json_values
+    events = st.sampled_from(
+        [
+            "verification_started",
+            "verification_inputs_completed",
+            "step_completed",
+            "verification_completed",
+            "verification_updated",
+            "verification_expired",
+            "verification_postponed",
+        ]
+    )
+    error = st.fixed_dictionaries(
         {},
         optional={
-            "submissionId": json_values,
-            "status": words | json_values,
-            "result": words | json_values,
+            "type": st.sampled_from(["StepError", "LegacyError", "SystemError", "REQUEST_REJECTED"]) | json_values,
+            "code": json_values,
+            "message": json_values,
             "reasonCode": json_values,
-            "processedAt": st.text(max_size=30) | json_values,
-            "submissionDetails": st.fixed_dictionaries({}, optional={"verificationResult": json_values}) | json_values,
-            "event": st.just("account.verification") | json_values,
+        },
+    )
+    step = st.fixed_dictionaries(
+        {},
+        optional={
+            "id": st.sampled_from(["facematch", "document-reading", "age-check"]) | json_values,
+            "status": st.just(200) | json_values,
+            "error": st.none() | error | json_values,
             "data": st.fixed_dictionaries(
-                {}, optional={"id": json_values, "kyc": st.fixed_dictionaries({}, optional={"status": words})}
+                {}, optional={"score": st.floats(allow_nan=False, allow_infinity=False) | json_values}
             )
             | json_values,
+            "documentType": json_values,
         },
+    )
+    modules = (
+        st.dictionaries(
+            st.text(max_size=12), words | st.fixed_dictionaries({"status": words}) | json_values, max_size=4
+        )
+        | st.lists(
+            st.fixed_dictionaries({}, optional={"module": json_values, "name": json_values, "status": words}),
+            max_size=4,
+        )
+        | json_values
+    )
+    resource = st.builds(
+        "https://api.getmati.com/v2/verifications/{}{}".format, ids, st.sampled_from(["", "/", "?a=1"])
+    )
+    optional: dict[str, st.SearchStrategy[object]] = {
+        "submissionId": json_values,
+        "status": words | json_values,
+        "result": words | json_values,
+        "reasonCode": json_values,
+        "processedAt": st.text(max_size=30) | json_values,
+        "submissionDetails": st.fixed_dictionaries({}, optional={"verificationResult": json_values}) | json_values,
+        "event": st.just("account.verification") | words | json_values,
+        "data": st.fixed_dictionaries(
+            {}, optional={"id": json_values, "kyc": st.fixed_dictionaries({}, optional={"status": words})}
+        )
+        | json_values,
+        # signicat
+        "processId": ids,
+        "dossierId": ids,
+        # incode
+        "interviewId": ids,
+        "sessionId": ids,
+        "session_id": ids,
+        "onboardingStatus": words | json_values,
+        "eventType": words | json_values,
+        "type": words | json_values,
+        "modules": modules,
+        "clientId": json_values,
+        "flowId": json_values,
+        "externalId": json_values,
+        # metamap
+        "eventName": events | json_values,
+        "resource": resource | json_values,
+        "verificationId": ids,
+        "identityStatus": words | json_values,
+        "step": step | json_values,
+        "error": error | json_values,
+        "timestamp": st.just("2021-08-15T00:00:01.421Z") | st.text(max_size=30) | json_values,
+        "identity": json_values,
+    }
+    # The id (and MetaMap's event name) always present: otherwise most documents stop at the first check.
+    required = {
+        "signicat": ("processId",),
+        "incode": ("interviewId",),
+        "metamap": ("eventName", "resource"),
+    }.get(provider, ())
+    return st.fixed_dictionaries(
+        {key: optional[key] for key in required},
+        optional={key: value for key, value in optional.items() if key not in required},
     )
 
 

@@ -1,0 +1,140 @@
+"""MetaMap (formerly Mati) verification webhooks: per-step `step_completed` and verification-level
+events (seed 003).
+
+Auth: MetaMap hashes the payload with the webhook secret set in its Dashboard (HMAC-SHA256, hex)
+and sends it in the `x-signature` header.
+Personal data: `step.data` carries names, document numbers, dates of birth and the like; only the
+step id, its outcome, a numeric `data.score` and the error code/message are read from a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from processors.model import (
+    AuthSpec,
+    Check,
+    CheckOutcome,
+    Normalized,
+    Reason,
+    Rejection,
+    VerificationStatus,
+)
+from processors.providers._read import number, obj, scalar_attributes, text, timestamp
+
+NAME = "metamap"
+DEFAULT_AUTH = AuthSpec(scheme="hmac_sha256", header="x-signature")
+METHODS = ("POST",)
+HEADERS: tuple[str, ...] = ()
+
+_IN_PROGRESS = {"verification_started", "verification_inputs_completed", "step_completed"}
+_DECIDED = {"verification_completed", "verification_updated"}
+_EXPIRED = "verification_expired"
+_IDENTITY_STATUS = {
+    "verified": VerificationStatus.APPROVED,
+    "rejected": VerificationStatus.REJECTED,
+    "reviewneeded": VerificationStatus.REVIEW,
+}
+_FAILED_STEP = {"steperror", "legacyerror"}  # the user's input failed the step; anything else is MetaMap's side
+_SYSTEM_CHECK = "system"  # a top-level error object, not tied to a step
+
+
+def verification_id(doc: Mapping[str, Any]) -> str | None:
+    """The segment after /verifications/ in `resource`, else an explicit id field, else the last
+    segment of `resource` (e.g. https://api.getmati.com/v2/verifications/6156311aba4c52001b1290a2)."""
+    segments = _path_segments(doc.get("resource"))
+    if "verifications" in segments[:-1]:
+        return segments[segments.index("verifications") + 1]
+    explicit = text(doc.get("verificationId")) or text(doc.get("verification"))
+    return explicit or (segments[-1] if segments else None)
+
+
+def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Rejection:
+    raw_event = text(doc.get("eventName"))
+    if raw_event is None:
+        return Rejection("unrecognized_event", "metamap payload has no eventName")
+    vid = verification_id(doc)
+    if vid is None:
+        return Rejection("missing_verification_id", "metamap payload has no resource nor verification id")
+    event = raw_event.lower()
+    identity_word = text(doc.get("identityStatus")) or text(doc.get("status"))
+    if event in _DECIDED:
+        if identity_word is None:
+            return Rejection("unrecognized_event", f"metamap {event} has no identityStatus")
+        status = _IDENTITY_STATUS.get(identity_word.lower())
+        if status is None:
+            return Rejection("unknown_status", f"metamap {event} identityStatus {identity_word!r} has no mapping")
+        provider_status = f"{event}/{identity_word}"
+    elif event in _IN_PROGRESS:
+        status, provider_status = VerificationStatus.PENDING, event
+    elif event == _EXPIRED:
+        status, provider_status = VerificationStatus.RESUBMISSION_REQUIRED, event
+    else:
+        return Rejection("unknown_status", f"metamap eventName {raw_event!r} has no mapping")
+
+    step = doc.get("step")
+    step_id = text(obj(step).get("id"))
+    checks, reasons = _step_detail(step, step_id)
+    top_error = doc.get("error")
+    if top_error is not None:
+        checks.append(_check(_SYSTEM_CHECK, CheckOutcome.ERROR, None, top_error))
+        reasons.extend(_reasons(top_error, None))
+
+    moment = text(doc.get("timestamp"))
+    attributes = scalar_attributes(doc, "flowId")
+    attributes.update(scalar_attributes(obj(step), "documentType"))
+    if (reason_code := text(obj(obj(step).get("error")).get("reasonCode"))) is not None:
+        attributes["errorReasonCode"] = reason_code
+    return Normalized(
+        verification_id=vid,
+        status=status,
+        provider_status=provider_status,
+        # Without a timestamp two different results could share a key; the body hash keeps them apart.
+        idempotency_key=f"{NAME}:{vid}:{event}:{step_id or ''}:{moment}" if moment else None,
+        occurred_at=timestamp(moment),
+        event_type=event,
+        subject_id=text(doc.get("identity")),
+        checks=tuple(checks),
+        reasons=tuple(reasons),
+        attributes=attributes,
+    )
+
+
+def _path_segments(resource: object) -> list[str]:
+    raw = text(resource)
+    if raw is None:
+        return []
+    path = raw.split("?", 1)[0].split("#", 1)[0]
+    return [segment.strip() for segment in path.split("/") if segment.strip()]
+
+
+def _step_detail(step: object, step_id: str | None) -> tuple[list[Check], list[Reason]]:
+    if not isinstance(step, Mapping):
+        return [], []
+    error = step.get("error")
+    if error is None:
+        outcome = CheckOutcome.PASS
+    elif (text(obj(error).get("type")) or "").lower() in _FAILED_STEP:
+        outcome = CheckOutcome.FAIL
+    else:
+        outcome = CheckOutcome.ERROR  # SystemError, REQUEST_REJECTED and any type not known to be the user's
+    score = number(obj(step.get("data")).get("score"))
+    return [_check(step_id or "step", outcome, score, error)], _reasons(error, step_id)
+
+
+def _check(name: str, outcome: CheckOutcome, score: float | None, error: object) -> Check:
+    details = obj(error)
+    return Check(
+        name=name[:128],
+        outcome=outcome,
+        score=score,
+        code=text(details.get("code")),
+        message=text(details.get("message")),
+    )
+
+
+def _reasons(error: object, step_id: str | None) -> list[Reason]:
+    details = obj(error)
+    code = text(details.get("code")) or text(details.get("type"))
+    return [Reason(code, text(details.get("message")), step_id)] if code else []

@@ -1,0 +1,58 @@
+"""Signicat Assure process-finished callbacks to the process's notificationUrl (seed 001).
+
+Body: {"dossierId", "processId", "status"}. Auth: Signicat sends the `authorizationHeader` value
+given at process creation as the Authorization header; set it to "Bearer <secret>".
+Some identity providers behind Assure never retry, so a lost callback is gone for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from processors.model import AuthSpec, Normalized, Rejection, VerificationStatus
+from processors.providers._read import scalar_attributes, text
+
+NAME = "signicat"
+DEFAULT_AUTH = AuthSpec(scheme="bearer")
+METHODS = ("POST",)
+HEADERS: tuple[str, ...] = ()
+
+_STATUS = {
+    "accepted": VerificationStatus.APPROVED,
+    "rejected": VerificationStatus.REJECTED,
+    "inconclusive": VerificationStatus.REVIEW,
+    "pending": VerificationStatus.PENDING,
+    "processing": VerificationStatus.PENDING,
+    "failed": VerificationStatus.ERROR,
+    "error": VerificationStatus.ERROR,
+    "canceled": VerificationStatus.RESUBMISSION_REQUIRED,
+    "cancelled": VerificationStatus.RESUBMISSION_REQUIRED,
+    "expired": VerificationStatus.RESUBMISSION_REQUIRED,
+}
+
+
+def verification_id(doc: Mapping[str, Any]) -> str | None:
+    return text(doc.get("processId"))
+
+
+def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Rejection:
+    vid = verification_id(doc)
+    if vid is None:
+        return Rejection("missing_verification_id", "signicat payload has no processId")
+    word = text(doc.get("status"))
+    if word is None:
+        return Rejection("unrecognized_event", "signicat payload has no status")
+    status_word = word.lower()
+    status = _STATUS.get(status_word)
+    if status is None:
+        return Rejection("unknown_status", f"signicat process status {word!r} has no mapping")
+    return Normalized(
+        verification_id=vid,
+        status=status,
+        provider_status=status_word,
+        idempotency_key=f"{NAME}:{vid}:{status_word}",
+        event_type="process_finished",
+        session_id=text(doc.get("dossierId")),
+        attributes=scalar_attributes(doc, "dossierId"),
+    )
