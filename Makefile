@@ -31,4 +31,8 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-deploy .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: deploy-check
+deploy-check:  ## render, schema-validate (offline), checkov and yamllint deploy/ and the Dockerfile; no Docker engine
+	bash deploy/check.sh

@@ -142,6 +142,8 @@ def test_every_provider_source_authenticates_its_own_way(
         assert good.status_code == 200, (name, good.text)
         bad = post(f"{url}/webhooks/{name}", body, auth_headers(source, body, secret="not-the-secret"))
         assert bad.status_code == 401, (name, bad.text)
+        missing = post(f"{url}/webhooks/{name}", body)
+        assert missing.status_code == 401, (name, missing.text)
     raw = read(kafka, settings.topics.raw, codec, "RawDelivery", at_least=len(settings.sources))
     assert sorted(r["source"] for r in raw) == sorted(settings.sources)
 

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
 
+from processors.cli import app
 from tests import cases
 
 KYCSTREAM = [sys.executable, "-m", "processors.cli"]
@@ -20,16 +22,26 @@ def _normalize(provider: str, body: bytes, *headers: str) -> subprocess.Complete
     return subprocess.run(args, input=body, capture_output=True, timeout=60)
 
 
-@pytest.mark.parametrize("case", [c for c in cases.load() if c.provider in ("esign", "xendit")], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", cases.load(), ids=lambda c: c.id)
 def test_normalize_prints_the_event_or_exits_65(case: cases.Case) -> None:
-    result = _normalize(case.provider, case.body, *(f"{k}: {v}" for k, v in case.headers.items()))
+    args = ["normalize", "--provider", case.provider, "-"]
+    for name, value in case.headers.items():
+        args += ["--header", f"{name}: {value}"]
+    result = CliRunner().invoke(app, args, input=case.body)
     if case.dead_letter:
-        assert result.returncode == 65, result.stdout
-        assert result.stderr.decode().startswith(f"{case.dead_letter}: ")
-        assert result.stdout == b""
+        assert result.exit_code == 65, result.stdout
+        assert result.stderr.startswith(f"{case.dead_letter}: ")
+        assert result.stdout == ""
     else:
-        assert result.returncode == 0, result.stderr
+        assert result.exit_code == 0, result.stderr
         cases.assert_matches(json.loads(result.stdout), case.expect)
+
+
+def test_normalize_as_a_process() -> None:
+    good = _normalize("xendit", b'{"data": {"id": "a", "kyc": {"status": "FAILED"}}}', "webhook-id: w-1")
+    assert good.returncode == 0 and json.loads(good.stdout)["status"] == "REJECTED"
+    bad = _normalize("metamap", b'{"step": {"status": NumberInt(200)}}')
+    assert bad.returncode == 65 and bad.stderr.startswith(b"invalid_json: ")
 
 
 def test_normalize_reads_a_file(tmp_path: object) -> None:
