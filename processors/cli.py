@@ -20,7 +20,12 @@ from processors import logs
 from processors.errors import KycstreamError
 from processors.settings import ProcessorSettings, S, Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="KYC webhooks into Kafka, normalized.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="KYC webhooks into Kafka, normalized.",
+)
 topics_app = typer.Typer(no_args_is_help=True, help="Manage kycstream's Kafka topics.")
 app.add_typer(topics_app, name="topics")
 
@@ -126,7 +131,10 @@ def process(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    normalizer.run(stop)
+    try:
+        normalizer.run(stop)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
 
 
 @app.command()

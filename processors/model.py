@@ -166,3 +166,4 @@ class DedupRecord:
     event_id: str
     first_seen_at: datetime
     expires_at: datetime
+    events_offset: int = -1

@@ -162,6 +162,13 @@ class ProcessorSection(Section):
     flush_timeout_s: float = Field(30.0, gt=0)
     retry_backoff_s: float = Field(1.0, ge=0)
     metrics_port: int | None = Field(9108, ge=0, le=65535, description="0 or null: no metrics server")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    transactional_id: str | None = Field(None, description="exactly_once: stable per instance (default: group-host)")
+    dedup_window_s: int = Field(7 * 24 * 3600, ge=60)
+    dedup_store: Literal["memory", "sqlite"] = "memory"
+    state_dir: Path = Path("/tmp/kycstream")
+    expiry_interval_s: float = Field(60.0, gt=0)
+    restore_timeout_s: float = Field(300.0, gt=0)
 
 
 class ProcessorSettings(Settings):

@@ -1,26 +1,52 @@
 """The normalizer's run loop: consume raw deliveries, act on what the pipeline decides, commit.
 
-Order of effects per batch: produce every output, wait for all acknowledgements, then commit the
-offsets. A failure anywhere before the commit rewinds to the batch start and tries again, so a
-crash or a broker outage can repeat outputs (their ids are deterministic) but never lose one.
+at_least_once (default, any broker), per batch:
+  1. produce events, states and dead letters; wait for every acknowledgement. Any failure rewinds
+     the consumer to the batch start; nothing is remembered.
+  2. remember the batch's idempotency keys and states, then produce their dedup records (each
+     carrying "every event below offset X of this partition has its record"); retried until
+     acknowledged.
+  3. commit the offsets.
+A crash between 1 and 2 leaves events without dedup records; the next owner of the partition
+finds them by reading the events partition from X on restore, so a replayed delivery is still
+recognised: every event is written once (by event_id), none is lost.
+
+exactly_once (real Kafka): the same outputs and the offsets in one transaction per batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from processors import logs
-from processors.errors import SerdeError
-from processors.kafka import config
-from processors.kafka.serde import Codec, dead_letter_to_record, delivery_from_record, event_to_record
-from processors.model import DeadLetter, RawDelivery, RawRef, Rejection, VerificationEvent
+from processors import logs, state
+from processors.errors import BrokerError, ConfigError, SerdeError
+from processors.kafka import config, recovery
+from processors.kafka.serde import (
+    Codec,
+    dead_letter_to_record,
+    dedup_to_record,
+    delivery_from_record,
+    event_to_record,
+    state_to_record,
+)
+from processors.model import (
+    DeadLetter,
+    DedupRecord,
+    RawDelivery,
+    RawRef,
+    Rejection,
+    VerificationEvent,
+    VerificationState,
+)
 from processors.pipeline import normalize
 from processors.settings import ProcessorSettings
 
@@ -30,23 +56,34 @@ log = logs.get("kycstream.processor")
 class ProcessorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        r = self.registry
         self.events = Counter(
-            "kycstream_events",
-            "Normalized events by provider and status.",
-            ["provider", "status"],
-            registry=self.registry,
+            "kycstream_events", "Events emitted by provider and status.", ["provider", "status"], registry=r
         )
         self.dead_letters = Counter(
             "kycstream_dead_letters",
             "Deliveries sent to the DLQ by provider and reason.",
             ["provider", "reason"],
-            registry=self.registry,
+            registry=r,
+        )
+        self.dedup_hits = Counter(
+            "kycstream_dedup_hits", "Deliveries recognised as repeats, by provider.", ["provider"], registry=r
         )
         self.retries = Counter(
-            "kycstream_batch_retries",
-            "Batches rewound because an output was not acknowledged.",
-            registry=self.registry,
+            "kycstream_batch_retries", "Batches rewound because an output was not acknowledged.", registry=r
         )
+        self.repaired = Counter(
+            "kycstream_restore_repaired_events",
+            "Events found without their dedup record on restore (after a crash).",
+            registry=r,
+        )
+        self.restore_seconds = Gauge(
+            "kycstream_restore_seconds", "Duration of the last restore, by partition.", ["partition"], registry=r
+        )
+        self.dedup_keys = Gauge(
+            "kycstream_dedup_keys", "Idempotency keys held, by partition.", ["partition"], registry=r
+        )
+        self.owned = Gauge("kycstream_partitions_owned", "Raw partitions this processor owns.", registry=r)
 
 
 @dataclass
@@ -54,14 +91,40 @@ class _Batch:
     first: dict[tuple[str, int], int] = field(default_factory=dict)
     last: dict[tuple[str, int], int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    keys: dict[int, dict[str, VerificationEvent]] = field(default_factory=dict)  # partition -> new keys
+    states: dict[int, dict[str, VerificationState]] = field(default_factory=dict)
+    event_offsets: dict[int, list[int]] = field(default_factory=dict)
 
     def saw(self, msg: Message) -> None:
         tp = (msg.topic() or "", msg.partition() or 0)
         self.first.setdefault(tp, msg.offset() or 0)
         self.last[tp] = msg.offset() or 0
 
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failures.append(err.str())
 
-class Normalizer:
+    def on_event_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failures.append(err.str())
+        else:
+            self.event_offsets.setdefault(msg.partition() or 0, []).append(msg.offset() or 0)
+
+
+def _collect_failure(
+    failed: list[tuple[int, DedupRecord]], item: tuple[int, DedupRecord]
+) -> Callable[[KafkaError | None, Message], None]:
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(item)
+
+    return on_delivery
+
+
+class Engine:
+    """Normalize, deduplicate and keep state for the raw partitions it owns. Shared by the group
+    consumer (`Normalizer`) and by `replay`."""
+
     def __init__(
         self,
         settings: ProcessorSettings,
@@ -72,40 +135,103 @@ class Normalizer:
     ) -> None:
         self.settings = settings
         self.topics = settings.topics
+        self.p = settings.processor
         self.codec = codec or Codec(config.schema_registry(settings.kafka))
         self.metrics = metrics or ProcessorMetrics()
         self.clock = clock
-        p = settings.processor
-        self.consumer = Consumer(
-            config.consumer(
-                settings.kafka,
-                p.group_id,
-                **{"session.timeout.ms": p.session_timeout_ms, "enable.partition.eof": False},
+        self.window = timedelta(seconds=self.p.dedup_window_s)
+        self.transactional = self.p.processing_guarantee == "exactly_once"
+        overrides: dict[str, object] = {"linger.ms": self.p.linger_ms}
+        if self.transactional:
+            overrides["transactional.id"] = (
+                self.p.transactional_id or f"kycstream-{self.p.group_id}-{socket.gethostname()}"
             )
+        self.producer = Producer(config.producer(settings.kafka, **overrides))
+        if self.transactional:
+            self.producer.init_transactions(30)
+        self._restorer = Consumer(
+            config.consumer(settings.kafka, f"{self.p.group_id}-restore", **{"enable.partition.eof": True})
         )
-        self.producer = Producer(config.producer(settings.kafka, **{"linger.ms": p.linger_ms}))
+        self.owned: dict[int, recovery.PartitionStores] = {}
+        self._last_expiry = time.monotonic()
 
-    def run(self, stop: threading.Event) -> None:
-        p = self.settings.processor
-        self.consumer.subscribe(
-            [self.topics.raw], on_assign=_log_assignment("assigned"), on_revoke=_log_assignment("revoked")
-        )
-        log.info("processor_started", group=p.group_id, topic=self.topics.raw)
+    def check_partitions(self) -> int:
+        """Raw, events, state and dedup must have the same partition count: outputs are co-partitioned."""
         try:
-            while not stop.is_set():
-                try:
-                    messages = self.consumer.consume(p.batch_size, p.poll_timeout_s)
-                except KafkaException as exc:
-                    log.warning("consume_failed", error=exc.args[0].str())
-                    time.sleep(p.retry_backoff_s)
-                    continue
-                if messages:
-                    self._process(messages)
-        finally:
-            self.close()
+            metadata = self._restorer.list_topics(timeout=10)
+        except KafkaException as exc:
+            raise BrokerError(f"Kafka did not answer: {exc.args[0].str()}") from exc
+        counts = {}
+        for name in (self.topics.raw, self.topics.events, self.topics.state, self.topics.dedup, self.topics.dlq):
+            topic = metadata.topics.get(name)
+            if topic is None or topic.error is not None:
+                raise ConfigError(f"topic {name} does not exist: run `kycstream topics create` first")
+            counts[name] = len(topic.partitions)
+        raw = counts[self.topics.raw]
+        wrong = {n: c for n, c in counts.items() if n != self.topics.dlq and c != raw}
+        if wrong:
+            raise ConfigError(
+                f"{self.topics.raw} has {raw} partitions but "
+                + ", ".join(f"{n} has {c}" for n, c in wrong.items())
+                + ": events, state and dedup are co-partitioned with the raw topic and need the same count"
+            )
+        return raw
 
-    def _process(self, messages: list[Message]) -> None:
+    # --- ownership -----------------------------------------------------------------------------
+
+    def restore(self, partition: int) -> None:
+        started = time.monotonic()
+        now = self.clock()
+        stores = recovery.PartitionStores(
+            partition, recovery.new_store(self.p.dedup_store, self.p.state_dir, self.topics.dedup, partition)
+        )
+        timeout = self.p.restore_timeout_s
+        recovery.restore_dedup(self._restorer, self.codec, self.topics.dedup, stores, now, timeout)
+        recovery.restore_states(self._restorer, self.codec, self.topics.state, stores, timeout)
+        self.owned[partition] = stores
+        repaired = 0
+        if not self.transactional:  # a transaction never leaves events without their dedup records
+            batch = _Batch()
+            for offset, event in recovery.unmarked_events(
+                self._restorer, self.codec, self.topics.events, stores, timeout
+            ):
+                self._remember(stores, batch, event)
+                batch.event_offsets.setdefault(partition, []).append(offset)
+                repaired += 1
+            self._tombstone(partition, stores.expired, batch)
+            if repaired or stores.expired:
+                self._produce_states(batch)
+                self._flush_or_raise(batch, "restore")
+                self._apply(batch)
+                self._write_dedup_records(batch, anchor_override=stores.repair_from)
+        stores.expired.clear()
+        elapsed = time.monotonic() - started
+        self.metrics.restore_seconds.labels(str(partition)).set(elapsed)
+        self.metrics.dedup_keys.labels(str(partition)).set(len(stores.dedup))
+        self.metrics.owned.set(len(self.owned))
+        self.metrics.repaired.inc(repaired)
+        log.info(
+            "partition_restored",
+            partition=partition,
+            keys=len(stores.dedup),
+            states=len(stores.states),
+            repaired=repaired,
+            seconds=round(elapsed, 3),
+        )
+
+    def release(self, partition: int) -> None:
+        stores = self.owned.pop(partition, None)
+        if stores is not None:
+            stores.dedup.close()
+        self.metrics.owned.set(len(self.owned))
+
+    # --- processing ------------------------------------------------------------------------------
+
+    def process(self, messages: Iterable[Message], consumer: Consumer | None, stop: threading.Event) -> bool:
+        """Handle one batch; True when its outputs are durable (the caller may commit / move on)."""
         batch = _Batch()
+        if self.transactional:
+            self.producer.begin_transaction()
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -113,58 +239,67 @@ class Normalizer:
                     log.warning("consume_error", error=error.str())
                 continue
             batch.saw(msg)
+            if (msg.partition() or 0) not in self.owned:
+                self.restore(msg.partition() or 0)
             self._handle(msg, batch)
+        if self.transactional:
+            return self._commit_transaction(batch, consumer)
         if not batch.last:
-            return
-        left = self.producer.flush(self.settings.processor.flush_timeout_s)
+            return True
+        self._produce_states(batch)
+        left = self.producer.flush(self.p.flush_timeout_s)
         if left or batch.failures:
-            self.metrics.retries.inc()
-            log.warning("batch_rewound", undelivered=left, failures=batch.failures[:3])
-            for (topic, partition), offset in batch.first.items():
-                self.consumer.seek(TopicPartition(topic, partition, offset))
-            time.sleep(self.settings.processor.retry_backoff_s)
-            return
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in batch.last.items()]
-        try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            # Uncommitted work is redone by whoever owns the partition next; ids make it harmless.
-            log.warning("commit_failed", error=exc.args[0].str())
+            self._rewind(batch, consumer, f"undelivered={left} {batch.failures[:3]}")
+            return False
+        self._apply(batch)
+        return self._write_dedup_records(batch, stop=stop)
 
     def _handle(self, msg: Message, batch: _Batch) -> None:
         value = msg.value() or b""
-        ref_topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-
-        def on_delivery(err: KafkaError | None, _: Message) -> None:
-            if err is not None:
-                batch.failures.append(err.str())
-
+        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
         delivery: RawDelivery | None = None
         try:
-            delivery = delivery_from_record(self.codec.decode("RawDelivery", value, ref_topic))
+            delivery = delivery_from_record(self.codec.decode("RawDelivery", value, topic))
         except (SerdeError, KeyError, TypeError) as exc:
             outcome: VerificationEvent | Rejection = Rejection("undecodable_envelope", str(exc))
         else:
-            outcome = normalize(delivery, RawRef(ref_topic, partition, offset, delivery.request_id))
+            outcome = normalize(delivery, RawRef(topic, partition, offset, delivery.request_id))
 
-        if isinstance(outcome, VerificationEvent):
-            self.producer.produce(
-                self.topics.events,
-                key=outcome.key.encode(),
-                value=self.codec.encode("VerificationEvent", event_to_record(outcome), self.topics.events),
-                headers=[("kycstream-event-id", outcome.event_id.encode())],
-                on_delivery=on_delivery,
-            )
-            self.metrics.events.labels(outcome.provider, outcome.status.value).inc()
+        if isinstance(outcome, Rejection):
+            self._dead_letter(msg, delivery, outcome, batch)
             return
-        letter = DeadLetter(
-            reason=outcome.code,
-            detail=outcome.detail,
-            failed_at=self.clock(),
-            source_topic=ref_topic,
+        stores = self.owned[partition]
+        key = outcome.idempotency_key
+        if key in stores.dedup or key in batch.keys.get(partition, {}):
+            self.metrics.dedup_hits.labels(outcome.provider).inc()
+            return
+        self.producer.produce(
+            self.topics.events,
+            key=outcome.key.encode(),
+            value=self.codec.encode("VerificationEvent", event_to_record(outcome), self.topics.events),
             partition=partition,
-            offset=offset,
-            original_value=value,
+            headers=[("kycstream-event-id", outcome.event_id.encode())],
+            on_delivery=batch.on_event_delivery,
+        )
+        self._remember(stores, batch, outcome)
+        self.metrics.events.labels(outcome.provider, outcome.status.value).inc()
+
+    def _remember(self, stores: recovery.PartitionStores, batch: _Batch, event: VerificationEvent) -> None:
+        p = stores.partition
+        batch.keys.setdefault(p, {})[event.idempotency_key] = event
+        pending = batch.states.setdefault(p, {})
+        current = pending.get(event.key) or stores.states.get(event.key)
+        pending[event.key] = state.apply(current, event, self.clock())
+
+    def _dead_letter(self, msg: Message, delivery: RawDelivery | None, why: Rejection, batch: _Batch) -> None:
+        letter = DeadLetter(
+            reason=why.code,
+            detail=why.detail,
+            failed_at=self.clock(),
+            source_topic=msg.topic() or "",
+            partition=msg.partition() or 0,
+            offset=msg.offset() or 0,
+            original_value=msg.value() or b"",
             original_key=msg.key(),
             request_id=delivery.request_id if delivery else None,
             source=delivery.source if delivery else None,
@@ -174,30 +309,219 @@ class Normalizer:
             self.topics.dlq,
             key=msg.key(),
             value=self.codec.encode("DeadLetter", dead_letter_to_record(letter), self.topics.dlq),
-            headers=[("kycstream-reason", outcome.code.encode())],
-            on_delivery=on_delivery,
+            headers=[("kycstream-reason", why.code.encode())],
+            on_delivery=batch.on_delivery,
         )
-        self.metrics.dead_letters.labels(letter.provider or "unknown", outcome.code).inc()
+        self.metrics.dead_letters.labels(letter.provider or "unknown", why.code).inc()
         log.info(
             "dead_letter",
-            reason=outcome.code,
+            reason=why.code,
             provider=letter.provider,
             request_id=letter.request_id,
-            partition=partition,
-            offset=offset,
+            partition=letter.partition,
+            offset=letter.offset,
         )
 
+    def _produce_states(self, batch: _Batch) -> None:
+        for partition, states in batch.states.items():
+            for key, current in states.items():
+                self.producer.produce(
+                    self.topics.state,
+                    key=key.encode(),
+                    value=self.codec.encode("VerificationState", state_to_record(current), self.topics.state),
+                    partition=partition,
+                    on_delivery=batch.on_delivery,
+                )
+
+    def _apply(self, batch: _Batch) -> None:
+        """Only acknowledged outputs are remembered, so a rewound batch is redone in full."""
+        for partition, states in batch.states.items():
+            stores = self.owned.get(partition)
+            if stores is not None:
+                stores.states.update(states)
+
+    def _dedup_records(self, batch: _Batch, anchor_override: int | None) -> list[tuple[int, DedupRecord]]:
+        now = self.clock()
+        records = []
+        for partition, keys in batch.keys.items():
+            offsets = batch.event_offsets.get(partition) or [-1]
+            anchor = anchor_override if anchor_override is not None else min(offsets)
+            for key, event in keys.items():
+                records.append((partition, DedupRecord(key, event.event_id, now, now + self.window, anchor)))
+        return records
+
+    def _write_dedup_records(
+        self, batch: _Batch, *, stop: threading.Event | None = None, anchor_override: int | None = None
+    ) -> bool:
+        pending = self._dedup_records(batch, anchor_override)
+        for partition, record in pending:
+            stores = self.owned.get(partition)
+            if stores is not None:
+                stores.dedup.add(record.idempotency_key, int(record.expires_at.timestamp()))
+        while pending:
+            failed: list[tuple[int, DedupRecord]] = []
+            for partition, record in pending:
+                self.producer.produce(
+                    self.topics.dedup,
+                    key=record.idempotency_key.encode(),
+                    value=self.codec.encode("DedupRecord", dedup_to_record(record), self.topics.dedup),
+                    partition=partition,
+                    on_delivery=_collect_failure(failed, (partition, record)),
+                )
+            left = self.producer.flush(self.p.flush_timeout_s)
+            if not failed and not left:
+                return True
+            self.metrics.retries.inc()
+            log.warning("dedup_records_retry", failed=len(failed), undelivered=left)
+            if stop is not None and stop.is_set():
+                return False  # not committed: the next owner repairs from the events topic
+            time.sleep(self.p.retry_backoff_s)
+            pending = failed if not left else pending
+        return True
+
+    def _tombstone(self, partition: int, keys: list[str], batch: _Batch) -> None:
+        for key in keys:
+            self.producer.produce(
+                self.topics.dedup, key=key.encode(), value=None, partition=partition, on_delivery=batch.on_delivery
+            )
+
+    def _flush_or_raise(self, batch: _Batch, what: str) -> None:
+        left = self.producer.flush(self.p.flush_timeout_s)
+        if left or batch.failures:
+            raise BrokerError(f"{what}: outputs not acknowledged ({left} undelivered, {batch.failures[:3]})")
+
+    def _rewind(self, batch: _Batch, consumer: Consumer | None, why: str) -> None:
+        self.metrics.retries.inc()
+        log.warning("batch_rewound", why=why)
+        if consumer is not None:
+            for (topic, partition), offset in batch.first.items():
+                consumer.seek(TopicPartition(topic, partition, offset))
+        time.sleep(self.p.retry_backoff_s)
+
+    def _commit_transaction(self, batch: _Batch, consumer: Consumer | None) -> bool:
+        try:
+            self._produce_states(batch)
+            for partition, record in self._dedup_records(batch, None):
+                self.producer.produce(
+                    self.topics.dedup,
+                    key=record.idempotency_key.encode(),
+                    value=self.codec.encode("DedupRecord", dedup_to_record(record), self.topics.dedup),
+                    partition=partition,
+                )
+            if consumer is not None:
+                offsets = [TopicPartition(t, p, o + 1) for (t, p), o in batch.last.items()]
+                self.producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+            self.producer.commit_transaction(self.p.flush_timeout_s)
+        except KafkaException as exc:
+            with contextlib.suppress(KafkaException):
+                self.producer.abort_transaction(30)
+            self._rewind(batch, consumer, f"transaction aborted: {exc.args[0].str()}")
+            return False
+        self._apply(batch)
+        for partition, keys in batch.keys.items():
+            for key in keys:
+                self.owned[partition].dedup.add(key, int((self.clock() + self.window).timestamp()))
+        return True
+
+    def expire(self, force: bool = False) -> int:
+        """Tombstone the idempotency keys whose window has passed."""
+        if not force and time.monotonic() - self._last_expiry < self.p.expiry_interval_s:
+            return 0
+        self._last_expiry = time.monotonic()
+        now_s = int(self.clock().timestamp())
+        batch = _Batch()
+        count = 0
+        if self.transactional:
+            self.producer.begin_transaction()
+        for partition, stores in self.owned.items():
+            keys = stores.dedup.pop_expired(now_s)
+            self._tombstone(partition, keys, batch)
+            count += len(keys)
+            self.metrics.dedup_keys.labels(str(partition)).set(len(stores.dedup))
+        if self.transactional:
+            self.producer.commit_transaction(self.p.flush_timeout_s)
+        elif count:
+            self.producer.flush(self.p.flush_timeout_s)
+        if count:
+            log.info("dedup_keys_expired", count=count)
+        return count
+
     def close(self) -> None:
-        left = self.producer.flush(self.settings.processor.flush_timeout_s)
+        self.producer.flush(self.p.flush_timeout_s)
+        for partition in list(self.owned):
+            self.release(partition)
+        self._restorer.close()
+
+
+class Normalizer:
+    """The group member: partitions come and go by rebalance; each is restored before use."""
+
+    def __init__(self, settings: ProcessorSettings, **engine_options: object) -> None:
+        self.settings = settings
+        self.engine = Engine(settings, **engine_options)  # type: ignore[arg-type]
+        self.metrics = self.engine.metrics
+        p = settings.processor
+        self.consumer = Consumer(
+            config.consumer(
+                settings.kafka,
+                p.group_id,
+                **{"session.timeout.ms": p.session_timeout_ms, "enable.partition.eof": False},
+            )
+        )
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions_assigned", partitions=[tp.partition for tp in partitions])
+        for tp in partitions:
+            self.engine.restore(tp.partition)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions_revoked", partitions=[tp.partition for tp in partitions])
+        for tp in partitions:
+            self.engine.release(tp.partition)
+
+    def run(self, stop: threading.Event) -> None:
+        p = self.settings.processor
+        self.engine.check_partitions()
+        self.consumer.subscribe(
+            [self.settings.topics.raw],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        log.info(
+            "processor_started", group=p.group_id, topic=self.settings.topics.raw, guarantee=p.processing_guarantee
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    messages = self.consumer.consume(p.batch_size, p.poll_timeout_s)
+                except KafkaException as exc:
+                    log.warning("consume_failed", error=exc.args[0].str())
+                    time.sleep(p.retry_backoff_s)
+                    continue
+                if messages and self.engine.process(messages, self.consumer, stop) and not self.engine.transactional:
+                    self._commit(messages)
+                self.engine.expire()
+        finally:
+            self.close()
+
+    def _commit(self, messages: list[Message]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            if msg.error() is None:
+                last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()], asynchronous=False
+            )
+        except KafkaException as exc:
+            # Uncommitted work is redone by whoever owns the partition next; dedup makes it harmless.
+            log.warning("commit_failed", error=exc.args[0].str())
+
+    def close(self) -> None:
         try:
             self.consumer.close()
-        except KafkaException as exc:
-            log.warning("consumer_close_failed", error=exc.args[0].str())
-        log.info("processor_stopped", undelivered=left)
-
-
-def _log_assignment(what: str) -> Callable[[Consumer, list[TopicPartition]], None]:
-    def callback(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info(f"partitions_{what}", partitions=[p.partition for p in partitions])
-
-    return callback
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("consumer_close_failed", error=str(exc))
+        self.engine.close()
+        log.info("processor_stopped")

@@ -342,8 +342,11 @@ def dedup_to_record(d: DedupRecord) -> dict[str, Any]:
         "event_id": d.event_id,
         "first_seen_at": _utc(d.first_seen_at),
         "expires_at": _utc(d.expires_at),
+        "events_offset": d.events_offset,
     }
 
 
 def dedup_from_record(r: Mapping[str, Any]) -> DedupRecord:
-    return DedupRecord(r["idempotency_key"], r["event_id"], r["first_seen_at"], r["expires_at"])
+    return DedupRecord(
+        r["idempotency_key"], r["event_id"], r["first_seen_at"], r["expires_at"], r.get("events_offset", -1)
+    )

@@ -7,11 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 import pytest
 
 from gateway.settings import GatewaySettings
+from processors.kafka import topics
 from processors.kafka.serde import Codec
+from processors.model import RawDelivery, VerificationEvent
+from processors.pipeline import normalize
 from processors.settings import KafkaSettings
 from tests import cases
 from tests.conftest import post, processing, read
@@ -32,12 +36,16 @@ def test_every_golden_case_through_gateway_and_normalizer(
         assert response.status_code == 200, (case.id, response.text)
         sent[response.json()["request_id"]] = case
 
-    expected_events = sum(1 for c in sent.values() if not c.dead_letter)
+    # Cases that are the same provider result (same idempotency key) must yield one event between them.
+    keys = {rid: _idempotency_key(case) for rid, case in sent.items() if not case.dead_letter}
+    expected_events = len(set(keys.values()))
+    dead = len(sent) - len(keys)
     with processing(kafka, settings.topics):
         events = read(kafka, settings.topics.events, codec, "VerificationEvent", at_least=expected_events)
-        letters = read(kafka, settings.topics.dlq, codec, "DeadLetter", at_least=len(sent) - expected_events)
+        letters = read(kafka, settings.topics.dlq, codec, "DeadLetter", at_least=dead)
 
     assert len(events) == expected_events
+    assert sorted(e["idempotency_key"] for e in events) == sorted(set(keys.values()))
     for event in events:
         case = sent[event["raw_ref"]["request_id"]]
         assert not case.dead_letter, f"{case.id} should have been dead-lettered"
@@ -45,13 +53,21 @@ def test_every_golden_case_through_gateway_and_normalizer(
         assert event["_key"] == f"{event['provider']}:{event['verification_id']}".encode()
         assert event["source"] == case.provider
 
-    assert len(letters) == len(sent) - expected_events
+    assert len(letters) == dead
     for letter in letters:
         case = sent[letter["request_id"]]
         assert letter["reason"] == case.dead_letter, case.id
         assert letter["detail"]
         original = codec.decode("RawDelivery", letter["original_value"])
         assert original["body"] == case.body, "the DLQ keeps the delivery, to redrive it after a fix"
+
+
+def _idempotency_key(case: cases.Case) -> str:
+    outcome = normalize(
+        RawDelivery("r", case.provider, case.provider, "POST", datetime.now(UTC), case.body, dict(case.headers))
+    )
+    assert isinstance(outcome, VerificationEvent)
+    return outcome.idempotency_key
 
 
 def test_a_record_that_is_not_an_envelope_goes_to_the_dlq(
@@ -69,14 +85,26 @@ def test_a_record_that_is_not_an_envelope_goes_to_the_dlq(
     assert letters[0]["original_value"] == b"not avro at all"
 
 
+def test_processor_refuses_to_start_without_its_topics(kafka: KafkaSettings) -> None:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "KYCSTREAM_TOPICS__RAW": "no.such.topic",
+        "KYCSTREAM_PROCESSOR__METRICS_PORT": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "processors.cli", "process"], env=env, capture_output=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert b"topic no.such.topic does not exist: run `kycstream topics create` first" in result.stderr
+
+
 def test_sigterm_stops_the_processor_cleanly(gateway: tuple[str, GatewaySettings], kafka: KafkaSettings) -> None:
     _, settings = gateway
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "KYCSTREAM_TOPICS__RAW": settings.topics.raw,
-        "KYCSTREAM_TOPICS__EVENTS": settings.topics.events,
-        "KYCSTREAM_TOPICS__DLQ": settings.topics.dlq,
+        **{f"KYCSTREAM_TOPICS__{role.upper()}": getattr(settings.topics, role) for role in topics.ROLES},
         "KYCSTREAM_PROCESSOR__METRICS_PORT": "0",
     }
     with subprocess.Popen(

@@ -1,0 +1,67 @@
+"""The state table's rule: the latest decision per verification, never regressing.
+
+- PENDING and ERROR (in progress, retryable) never replace a decision or a review.
+- A decision or review replaces any in-progress status, whatever its timestamp.
+- Among decisions and reviews (and among in-progress statuses), the later provider timestamp
+  wins, so a manual review may overturn a decision; an older event never replaces a newer one.
+- Ties are broken deterministically: decision over review, then the greater event id.
+Every event counts in `event_count`, whether or not it changes the status.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from processors.model import VerificationEvent, VerificationState, VerificationStatus
+
+DECISIONS = frozenset(
+    {VerificationStatus.APPROVED, VerificationStatus.REJECTED, VerificationStatus.RESUBMISSION_REQUIRED}
+)
+_SETTLED = DECISIONS | {VerificationStatus.REVIEW}
+
+
+def _tier(status: VerificationStatus) -> int:
+    return 2 if status in DECISIONS else 1 if status is VerificationStatus.REVIEW else 0
+
+
+def _when(event: VerificationEvent) -> datetime:
+    return event.occurred_at or event.received_at
+
+
+def supersedes(event: VerificationEvent, state: VerificationState) -> bool:
+    """Whether `event` should become the current status of `state`'s verification."""
+    new_settled, old_settled = event.status in _SETTLED, state.status in _SETTLED
+    if new_settled != old_settled:
+        return new_settled
+    old_when = state.occurred_at or state.updated_at
+    if _when(event) != old_when:
+        return _when(event) > old_when
+    if _tier(event.status) != _tier(state.status):
+        return _tier(event.status) > _tier(state.status)
+    return event.event_id > state.last_event_id
+
+
+def apply(state: VerificationState | None, event: VerificationEvent, now: datetime) -> VerificationState:
+    if state is None or supersedes(event, state):
+        return VerificationState(
+            key=event.key,
+            provider=event.provider,
+            verification_id=event.verification_id,
+            status=event.status,
+            last_event_id=event.event_id,
+            updated_at=now,
+            occurred_at=_when(event),
+            decided_at=_when(event) if event.status in DECISIONS else (state.decided_at if state else None),
+            event_count=(state.event_count if state else 0) + 1,
+        )
+    return VerificationState(
+        key=state.key,
+        provider=state.provider,
+        verification_id=state.verification_id,
+        status=state.status,
+        last_event_id=state.last_event_id,
+        updated_at=now,
+        occurred_at=state.occurred_at,
+        decided_at=state.decided_at,
+        event_count=state.event_count + 1,
+    )
