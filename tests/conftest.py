@@ -165,3 +165,50 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None, method: s
 
 def run_async(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def raw_delivery(provider: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    from datetime import UTC, datetime
+
+    from processors.model import RawDelivery
+
+    return RawDelivery(str(uuid.uuid4()), provider, provider, "POST", datetime.now(UTC), body, headers or {})
+
+
+def produce_raw(kafka: KafkaSettings, topic: str, deliveries: list[Any], codec: Codec) -> None:
+    """Write envelopes to the raw topic exactly as the gateway does (same key, same encoding)."""
+    from confluent_kafka import Producer
+
+    from processors.kafka import config
+    from processors.kafka.serde import delivery_to_record
+    from processors.pipeline import routing_id
+
+    producer = Producer(config.producer(kafka, **{"linger.ms": 20}))
+    for d in deliveries:
+        key = routing_id(d.provider, d.body) or d.request_id
+        producer.produce(topic, key=key.encode(), value=codec.encode("RawDelivery", delivery_to_record(d)))
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def latest_states(kafka: KafkaSettings, topic: str, codec: Codec) -> dict[str, dict[str, Any]]:
+    """The state table as a downstream consumer sees it: the last record per key."""
+    table: dict[str, dict[str, Any]] = {}
+    for record in reader.read_all(kafka, topic):
+        key = (record.key or b"").decode()
+        if record.value is None:
+            table.pop(key, None)
+        else:
+            table[key] = codec.decode("VerificationState", record.value)
+    return table
+
+
+def processor_env(kafka: KafkaSettings, topic_settings: TopicSettings, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "KYCSTREAM_PROCESSOR__METRICS_PORT": "0",
+        "KYCSTREAM_LOG_LEVEL": "WARNING",
+        **{f"KYCSTREAM_TOPICS__{role.upper()}": getattr(topic_settings, role) for role in topics.ROLES},
+        **extra,
+    }

@@ -40,65 +40,74 @@ def new_store(kind: str, state_dir: Path, topic: str, partition: int) -> DedupSt
     return MemoryDedupStore()
 
 
-def read_partition(consumer: Consumer, topic: str, partition: int, start: int, timeout: float) -> Iterator[Message]:
-    """Every record of topic/partition from `start` up to its end (partition EOF)."""
-    consumer.assign([TopicPartition(topic, partition, start if start >= 0 else OFFSET_BEGINNING)])
+def read_partitions(consumer: Consumer, starts: list[tuple[str, int, int]], timeout: float) -> Iterator[Message]:
+    """Every record of each (topic, partition) from its start offset up to its end (partition EOF),
+    all read at once."""
+    if not starts:
+        return
+    consumer.assign([TopicPartition(t, p, s if s >= 0 else OFFSET_BEGINNING) for t, p, s in starts])
+    pending = {(t, p) for t, p, _ in starts}
     deadline = time.monotonic() + timeout
     try:
-        while True:
+        while pending:
             if time.monotonic() > deadline:
-                raise BrokerError(f"restoring {topic}[{partition}] did not reach its end within {timeout:g}s")
-            for msg in consumer.consume(10_000, 0.5):
+                raise BrokerError(f"restoring {sorted(pending)} did not reach the end within {timeout:g}s")
+            for msg in consumer.consume(10_000, 0.2):
                 error = msg.error()
                 if error is None:
                     yield msg
                 elif error.code() == KafkaError._PARTITION_EOF:
-                    return
+                    pending.discard((msg.topic() or "", msg.partition() or 0))
                 else:
-                    raise BrokerError(f"restoring {topic}[{partition}] failed: {error.str()}")
+                    raise BrokerError(f"restoring {msg.topic()}[{msg.partition()}] failed: {error.str()}")
     finally:
         consumer.unassign()
 
 
-def restore_dedup(
-    consumer: Consumer, codec: Codec, topic: str, stores: PartitionStores, now: datetime, timeout: float
+def restore(
+    consumer: Consumer,
+    codec: Codec,
+    dedup_topic: str,
+    state_topic: str,
+    stores: dict[int, PartitionStores],
+    now: datetime,
+    timeout: float,
 ) -> None:
+    """Fill each partition's dedup store and state table from the changelogs, all partitions at once."""
     now_s = int(now.timestamp())
-    decode = codec.decode
-    for msg in read_partition(consumer, topic, stores.partition, OFFSET_BEGINNING, timeout):
+    starts = [(topic, p, OFFSET_BEGINNING) for p in stores for topic in (dedup_topic, state_topic)]
+    for msg in read_partitions(consumer, starts, timeout):
+        target = stores[msg.partition() or 0]
         key = (msg.key() or b"").decode()
         value = msg.value()
-        if value is None:
-            stores.dedup.discard(key)
-            continue
-        record = dedup_from_record(decode("DedupRecord", value, topic))
-        stores.repair_from = max(stores.repair_from, record.events_offset)
-        expires_s = int(record.expires_at.timestamp())
-        if expires_s > now_s:
-            stores.dedup.add(key, expires_s)
+        if msg.topic() == dedup_topic:
+            if value is None:
+                target.dedup.discard(key)
+                continue
+            record = dedup_from_record(codec.decode("DedupRecord", value, dedup_topic))
+            target.repair_from = max(target.repair_from, record.events_offset)
+            expires_s = int(record.expires_at.timestamp())
+            if expires_s > now_s:
+                target.dedup.add(key, expires_s)
+            else:
+                target.dedup.discard(key)
+                target.expired.append(key)
+        elif value is None:
+            target.states.pop(key, None)
         else:
-            stores.dedup.discard(key)
-            stores.expired.append(key)
-    stores.restored_keys = len(stores.dedup)
-
-
-def restore_states(consumer: Consumer, codec: Codec, topic: str, stores: PartitionStores, timeout: float) -> None:
-    for msg in read_partition(consumer, topic, stores.partition, OFFSET_BEGINNING, timeout):
-        key = (msg.key() or b"").decode()
-        value = msg.value()
-        if value is None:
-            stores.states.pop(key, None)
-        else:
-            stores.states[key] = state_from_record(codec.decode("VerificationState", value, topic))
+            target.states[key] = state_from_record(codec.decode("VerificationState", value, state_topic))
+    for target in stores.values():
+        target.restored_keys = len(target.dedup)
 
 
 def unmarked_events(
-    consumer: Consumer, codec: Codec, topic: str, stores: PartitionStores, timeout: float
-) -> Iterator[tuple[int, VerificationEvent]]:
-    """Events written after the last acknowledged dedup records (a crash between the two)."""
-    for msg in read_partition(consumer, topic, stores.partition, stores.repair_from, timeout):
+    consumer: Consumer, codec: Codec, topic: str, stores: dict[int, PartitionStores], timeout: float
+) -> Iterator[tuple[int, int, VerificationEvent]]:
+    """(partition, offset, event) of events written after the last acknowledged dedup records."""
+    starts = [(topic, p, target.repair_from) for p, target in stores.items()]
+    for msg in read_partitions(consumer, starts, timeout):
         if msg.value() is None:
             continue
         event = event_from_record(codec.decode("VerificationEvent", msg.value() or b"", topic))
-        if event.idempotency_key not in stores.dedup:
-            yield msg.offset() or 0, event
+        if event.idempotency_key not in stores[msg.partition() or 0].dedup:
+            yield msg.partition() or 0, msg.offset() or 0, event

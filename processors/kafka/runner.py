@@ -150,7 +150,11 @@ class Engine:
         if self.transactional:
             self.producer.init_transactions(30)
         self._restorer = Consumer(
-            config.consumer(settings.kafka, f"{self.p.group_id}-restore", **{"enable.partition.eof": True})
+            config.consumer(
+                settings.kafka,
+                f"{self.p.group_id}-restore",
+                **{"enable.partition.eof": True, "fetch.wait.max.ms": 10},  # bulk reads: never wait for data
+            )
         )
         self.owned: dict[int, recovery.PartitionStores] = {}
         self._last_expiry = time.monotonic()
@@ -179,42 +183,51 @@ class Engine:
 
     # --- ownership -----------------------------------------------------------------------------
 
-    def restore(self, partition: int) -> None:
+    def restore(self, partitions: list[int]) -> None:
+        """Take ownership of raw partitions: restore their stores, then repair after a crash."""
         started = time.monotonic()
-        now = self.clock()
-        stores = recovery.PartitionStores(
-            partition, recovery.new_store(self.p.dedup_store, self.p.state_dir, self.topics.dedup, partition)
-        )
+        fresh = {
+            p: recovery.PartitionStores(
+                p, recovery.new_store(self.p.dedup_store, self.p.state_dir, self.topics.dedup, p)
+            )
+            for p in partitions
+            if p not in self.owned
+        }
+        if not fresh:
+            return
         timeout = self.p.restore_timeout_s
-        recovery.restore_dedup(self._restorer, self.codec, self.topics.dedup, stores, now, timeout)
-        recovery.restore_states(self._restorer, self.codec, self.topics.state, stores, timeout)
-        self.owned[partition] = stores
+        recovery.restore(self._restorer, self.codec, self.topics.dedup, self.topics.state, fresh, self.clock(), timeout)
+        self.owned.update(fresh)
         repaired = 0
         if not self.transactional:  # a transaction never leaves events without their dedup records
             batch = _Batch()
-            for offset, event in recovery.unmarked_events(
-                self._restorer, self.codec, self.topics.events, stores, timeout
+            for partition, offset, event in recovery.unmarked_events(
+                self._restorer, self.codec, self.topics.events, fresh, timeout
             ):
-                self._remember(stores, batch, event)
+                if event.idempotency_key in batch.keys.get(partition, {}):
+                    continue
+                self._remember(fresh[partition], batch, event)
                 batch.event_offsets.setdefault(partition, []).append(offset)
                 repaired += 1
-            self._tombstone(partition, stores.expired, batch)
-            if repaired or stores.expired:
-                self._produce_states(batch)
-                self._flush_or_raise(batch, "restore")
-                self._apply(batch)
-                self._write_dedup_records(batch, anchor_override=stores.repair_from)
-        stores.expired.clear()
+            for partition, stores in fresh.items():
+                self._tombstone(partition, stores.expired, batch)
+            self._produce_states(batch)
+            self._flush_or_raise(batch, "restore")
+            self._apply(batch)
+            anchors = {p: stores.repair_from for p, stores in fresh.items()}
+            self._write_dedup_records(batch, anchors=anchors)
         elapsed = time.monotonic() - started
-        self.metrics.restore_seconds.labels(str(partition)).set(elapsed)
-        self.metrics.dedup_keys.labels(str(partition)).set(len(stores.dedup))
+        for partition, stores in fresh.items():
+            stores.expired.clear()
+            self.metrics.restore_seconds.labels(str(partition)).set(elapsed)
+            self.metrics.dedup_keys.labels(str(partition)).set(len(stores.dedup))
         self.metrics.owned.set(len(self.owned))
         self.metrics.repaired.inc(repaired)
         log.info(
-            "partition_restored",
-            partition=partition,
-            keys=len(stores.dedup),
-            states=len(stores.states),
+            "partitions_restored",
+            partitions=sorted(fresh),
+            keys=sum(len(s.dedup) for s in fresh.values()),
+            states=sum(len(s.states) for s in fresh.values()),
             repaired=repaired,
             seconds=round(elapsed, 3),
         )
@@ -240,7 +253,7 @@ class Engine:
                 continue
             batch.saw(msg)
             if (msg.partition() or 0) not in self.owned:
-                self.restore(msg.partition() or 0)
+                self.restore([msg.partition() or 0])
             self._handle(msg, batch)
         if self.transactional:
             return self._commit_transaction(batch, consumer)
@@ -340,20 +353,20 @@ class Engine:
             if stores is not None:
                 stores.states.update(states)
 
-    def _dedup_records(self, batch: _Batch, anchor_override: int | None) -> list[tuple[int, DedupRecord]]:
+    def _dedup_records(self, batch: _Batch, anchors: dict[int, int] | None) -> list[tuple[int, DedupRecord]]:
         now = self.clock()
         records = []
         for partition, keys in batch.keys.items():
             offsets = batch.event_offsets.get(partition) or [-1]
-            anchor = anchor_override if anchor_override is not None else min(offsets)
+            anchor = anchors[partition] if anchors is not None else min(offsets)
             for key, event in keys.items():
                 records.append((partition, DedupRecord(key, event.event_id, now, now + self.window, anchor)))
         return records
 
     def _write_dedup_records(
-        self, batch: _Batch, *, stop: threading.Event | None = None, anchor_override: int | None = None
+        self, batch: _Batch, *, stop: threading.Event | None = None, anchors: dict[int, int] | None = None
     ) -> bool:
-        pending = self._dedup_records(batch, anchor_override)
+        pending = self._dedup_records(batch, anchors)
         for partition, record in pending:
             stores = self.owned.get(partition)
             if stores is not None:
@@ -471,8 +484,7 @@ class Normalizer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions_assigned", partitions=[tp.partition for tp in partitions])
-        for tp in partitions:
-            self.engine.restore(tp.partition)
+        self.engine.restore([tp.partition for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions_revoked", partitions=[tp.partition for tp in partitions])

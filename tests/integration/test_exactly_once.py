@@ -1,0 +1,247 @@
+"""Exactly one event per provider result, and a state that never regresses, whatever happens."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from gateway.settings import GatewaySettings
+from processors.kafka.runner import Normalizer
+from processors.kafka.serde import Codec
+from processors.settings import KafkaSettings, TopicSettings
+from tests import cases
+from tests.conftest import (
+    latest_states,
+    post,
+    processing,
+    processor_env,
+    produce_raw,
+    raw_delivery,
+    read,
+    unique,
+)
+from tests.credentials import auth_headers
+
+pytestmark = pytest.mark.broker
+
+
+def _esign(submission: str, status: str, result: str, processed_at: str) -> bytes:
+    return json.dumps(
+        {"submissionId": submission, "status": status, "result": result, "processedAt": processed_at}
+    ).encode()
+
+
+def _metamap(vid: str, event: str, identity: str | None, timestamp: str) -> bytes:
+    doc = {"eventName": event, "resource": f"https://api.getmati.com/v2/verifications/{vid}", "timestamp": timestamp}
+    if identity:
+        doc["identityStatus"] = identity
+    return json.dumps(doc).encode()
+
+
+def _dedup_hits(normalizer: Normalizer) -> float:
+    return sum(
+        sample.value
+        for metric in normalizer.metrics.registry.collect()
+        if metric.name == "kycstream_dedup_hits"
+        for sample in metric.samples
+        if sample.name == "kycstream_dedup_hits_total"
+    )
+
+
+def test_every_delivery_sent_three_times_yields_one_event(
+    gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec
+) -> None:
+    url, settings = gateway
+    good = [c for c in cases.load() if not c.dead_letter]
+
+    def send(case: cases.Case) -> None:
+        source = settings.sources[case.provider]
+        response = post(
+            f"{url}/webhooks/{case.provider}", case.body, {**case.headers, **auth_headers(source, case.body)}
+        )
+        assert response.status_code == 200
+
+    for case in good:
+        send(case)
+    threads = [threading.Thread(target=send, args=(case,)) for case in good for _ in range(2)]  # concurrent repeats
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    with processing(kafka, settings.topics) as normalizer:
+        raw = read(kafka, settings.topics.raw, codec, "RawDelivery", at_least=3 * len(good))
+        assert len({r["request_id"] for r in raw}) == 3 * len(good)
+        deadline = time.monotonic() + 60
+        while _dedup_hits(normalizer) < 2 * len(good):
+            assert time.monotonic() < deadline, "the repeats were not all processed"
+            time.sleep(0.2)
+        events = read(kafka, settings.topics.events, codec, "VerificationEvent")
+    ids = Counter(e["event_id"] for e in events)
+    assert ids and max(ids.values()) == 1, [i for i, n in ids.items() if n > 1]
+    assert len(ids) == len({e["idempotency_key"] for e in events})
+
+
+def test_late_pending_never_overwrites_a_decision(
+    gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec
+) -> None:
+    url, settings = gateway
+    bearer = {"authorization": "Bearer dev-secret"}
+    sub = unique("sub")
+    assert post(f"{url}/webhooks/esign", _esign(sub, "COMPLETED", "VALID", "2026-05-08T10:30:00Z"), bearer).is_success
+    assert post(
+        f"{url}/webhooks/esign", _esign(sub, "PARTIALLY_COMPLETED", "VALID", "2026-05-08T10:31:00Z"), bearer
+    ).is_success
+    with processing(kafka, settings.topics):
+        read(kafka, settings.topics.events, codec, "VerificationEvent", at_least=2)
+        read(kafka, settings.topics.state, codec, "VerificationState", at_least=1)
+    state = latest_states(kafka, settings.topics.state, codec)[f"esign:{sub}"]
+    assert state["status"] == "APPROVED"
+    assert state["event_count"] == 2
+    assert state["decided_at"].isoformat().startswith("2026-05-08T10:30:00")
+
+
+def test_a_later_review_overturns_a_decision_and_an_older_one_does_not(
+    gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec
+) -> None:
+    url, settings = gateway
+    source = settings.sources["metamap"]
+    vid = "5f2b" + unique("v").replace("-", "")
+
+    def send(body: bytes) -> None:
+        assert post(f"{url}/webhooks/metamap", body, auth_headers(source, body)).is_success
+
+    send(_metamap(vid, "verification_completed", "verified", "2026-05-08T10:00:00Z"))
+    send(_metamap(vid, "verification_updated", "rejected", "2026-05-08T12:00:00Z"))
+    send(_metamap(vid, "verification_updated", "reviewNeeded", "2026-05-08T11:00:00Z"))  # late, older
+    send(_metamap(vid, "step_completed", None, "2026-05-08T13:00:00Z"))  # later, but in progress
+    with processing(kafka, settings.topics):
+        read(kafka, settings.topics.events, codec, "VerificationEvent", at_least=4)
+        read(kafka, settings.topics.state, codec, "VerificationState", at_least=1)
+    state = latest_states(kafka, settings.topics.state, codec)[f"metamap:{vid}"]
+    assert state["status"] == "REJECTED"
+    assert state["event_count"] == 4
+
+
+def test_restart_restores_dedup_and_state_from_the_changelogs(
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
+) -> None:
+    first = [raw_delivery("esign", _esign(f"r-{i}", "COMPLETED", "VALID", "2026-05-08T10:30:00Z")) for i in range(50)]
+    produce_raw(kafka, topic_settings.raw, first, codec)
+    with processing(kafka, topic_settings):
+        read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=50)
+        read(kafka, topic_settings.dedup, codec, "DedupRecord", at_least=50)
+
+    again = [raw_delivery("esign", d.body) for d in first]  # the provider retries every one
+    late = [
+        raw_delivery("esign", _esign(f"r-{i}", "PARTIALLY_COMPLETED", "VALID", "2026-05-08T11:00:00Z"))
+        for i in range(5)
+    ]
+    produce_raw(kafka, topic_settings.raw, again + late, codec)
+    with processing(kafka, topic_settings) as normalizer:  # a new instance: it knows only what it restores
+        events = read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=55)
+        deadline = time.monotonic() + 30
+        while _dedup_hits(normalizer) < 50:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert len(read(kafka, topic_settings.events, codec, "VerificationEvent")) == 55 == len(events)
+    states = latest_states(kafka, topic_settings.state, codec)
+    assert {s["status"] for s in states.values()} == {"APPROVED"}
+    assert states["esign:r-0"]["event_count"] == 2
+
+
+def test_dedup_and_raw_partition_counts_must_match(
+    make_topics: Callable[..., TopicSettings], kafka: KafkaSettings
+) -> None:
+    from processors.errors import ConfigError
+    from processors.kafka.runner import Engine
+    from processors.settings import ProcessorSettings
+
+    three, two = make_topics(3), make_topics(2)
+    mixed = three.model_copy(update={"dedup": two.dedup})
+    engine = Engine(ProcessorSettings(kafka=kafka, topics=mixed, processor={"group_id": unique("g")}))
+    with pytest.raises(ConfigError, match=r"has 3 partitions but .*dedup has 2"):
+        engine.check_partitions()
+    engine.close()
+
+
+def _stream(n: int, duplicate_share: float, seed: int) -> tuple[list, set[str]]:
+    rng = random.Random(seed)
+    deliveries = []
+    for i in range(n):
+        if i % 2:
+            body = _esign(f"s-{seed}-{i}", "COMPLETED", rng.choice(["VALID", "INVALID"]), "2026-05-08T10:30:00Z")
+            deliveries.append(raw_delivery("esign", body))
+        else:
+            body = json.dumps(
+                {"event": "account.verification", "data": {"id": f"a-{seed}-{i}", "kyc": {"status": "PASSED"}}}
+            )
+            deliveries.append(raw_delivery("xendit", body.encode(), {"webhook-id": f"wh-{seed}-{i}"}))
+    repeats = [raw_delivery(d.provider, d.body, d.headers) for d in rng.sample(deliveries, int(n * duplicate_share))]
+    for repeat in repeats:
+        deliveries.insert(rng.randrange(len(deliveries) + 1), repeat)
+    return deliveries, set()
+
+
+def _kill_and_recover(
+    kafka: KafkaSettings, topic_settings: TopicSettings, codec: Codec, n: int, second_joins: bool
+) -> None:
+    deliveries, _ = _stream(n, 0.10, seed=n + second_joins)
+    produce_raw(kafka, topic_settings.raw, deliveries, codec)
+    expected = n
+    env = processor_env(kafka, topic_settings)
+    group = unique("kill")
+    command = [sys.executable, "-m", "processors.cli", "process", "--group", group]
+    victim = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(read(kafka, topic_settings.events, codec, "VerificationEvent")) < expected // 4:
+            assert time.monotonic() < deadline and victim.poll() is None
+            time.sleep(0.3)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        survivors = [subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)]
+        if second_joins:
+            time.sleep(2)
+            survivors.append(subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL))
+        try:
+            events = read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=expected, timeout=240)
+            time.sleep(3)  # anything doubled would arrive now
+            events = read(kafka, topic_settings.events, codec, "VerificationEvent")
+        finally:
+            for proc in survivors:
+                proc.terminate()
+            for proc in survivors:
+                assert proc.wait(30) == 0
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    ids = Counter(e["event_id"] for e in events)
+    doubled = [i for i, count in ids.items() if count > 1]
+    assert not doubled, f"{len(doubled)} events written twice"
+    assert len(ids) == expected, f"{expected - len(ids)} events missing"
+
+
+@pytest.mark.parametrize("second_joins", [False, True], ids=["restart", "restart-and-second-joins"])
+def test_sigkill_mid_stream_loses_and_doubles_nothing(
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec, second_joins: bool
+) -> None:
+    _kill_and_recover(kafka, topic_settings, codec, 3_000, second_joins)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second_joins", [False, True], ids=["restart", "restart-and-second-joins"])
+def test_sigkill_mid_stream_of_20000(
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec, second_joins: bool
+) -> None:
+    _kill_and_recover(kafka, topic_settings, codec, 20_000, second_joins)
