@@ -191,6 +191,95 @@ def _wait_for_signal(done: Any) -> None:
         stop.wait(0.2)
 
 
+@app.command()
+def replay(
+    config: ConfigOpt = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Replay the whole raw topic.")] = False,
+    since: Annotated[
+        datetime | None, typer.Option(help="Replay deliveries received at or after this time (ISO 8601, UTC).")
+    ] = None,
+    events_topic: Annotated[str | None, typer.Option(help="Write events here instead (a fresh topic).")] = None,
+    state_topic: Annotated[str | None, typer.Option(help="Write states here instead.")] = None,
+    dedup_topic: Annotated[
+        str | None, typer.Option(help="Dedup changelog to use (fresh with a fresh events topic).")
+    ] = None,
+    dlq_topic: Annotated[str | None, typer.Option(help="Dead letters go here instead.")] = None,
+) -> None:
+    """Rebuild events and state from the raw topic through the current normalizers, then exit.
+
+    Into the existing topics only what is missing is emitted (dedup is restored first); into
+    fresh topics (--events-topic, --state-topic, --dedup-topic) everything is rebuilt.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from processors.kafka import topics
+    from processors.kafka.replay import replay as run_replay
+
+    if from_beginning == (since is not None):
+        raise _fail("give exactly one of --from-beginning or --since TIME")
+    settings = _load(ProcessorSettings, config)
+    targets = {
+        k: v
+        for k, v in (("events", events_topic), ("state", state_topic), ("dedup", dedup_topic), ("dlq", dlq_topic))
+        if v
+    }
+    if targets.get("events", settings.topics.events) != settings.topics.events and "dedup" not in targets:
+        raise _fail(
+            "a fresh --events-topic needs a fresh --dedup-topic too: with the live dedup changelog "
+            "every event would be recognised as already emitted"
+        )
+    settings = _override(settings, topics=targets)
+    try:
+        created = topics.create_all(settings.kafka, settings.topics)
+        for name, what in created.items():
+            if what == "created":
+                typer.echo(f"created {name}", err=True)
+        with Progress(
+            TextColumn("replaying {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        ) as bar:
+            task = bar.add_task(settings.topics.raw, total=None)
+
+            def progress(done: int, total: int | None) -> None:
+                bar.update(task, completed=done, total=max(done, total) if total is not None else None)
+
+            tally = run_replay(settings, None if from_beginning else _utc(since), progress)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(
+        f"replayed: {tally['events']} events emitted, {tally['duplicates']} already emitted, "
+        f"{tally['dead_letters']} dead letters",
+        err=True,
+    )
+
+
+@app.command()
+def redrive(
+    config: ConfigOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would happen.")] = False,
+) -> None:
+    """Send the DLQ's records (since the last redrive) back through the current normalizers.
+
+    Those that normalize now return to the raw topic; those that still fail stay, with their new reason.
+    """
+    from processors.kafka.replay import redrive as run_redrive
+
+    settings = _load(ProcessorSettings, config)
+    try:
+        tally = run_redrive(settings, dry_run=dry_run)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    verb = "would be" if dry_run else "were"
+    typer.echo(f"{tally.pop('redriven', 0)} dead letters {verb} redriven to the raw topic", err=True)
+    for reason, count in sorted(tally.items()):
+        typer.echo(f"{count} {verb} still failing: {reason.removeprefix('still_failing:')}", err=True)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
 _ROLE_TYPES = {
     "raw": "RawDelivery",
     "events": "VerificationEvent",

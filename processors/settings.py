@@ -101,14 +101,19 @@ class Settings(BaseSettings):
         return load_settings(cls, path, **overrides)
 
     def with_overrides(self, **sections: dict[str, Any]) -> Self:
-        """A copy with some fields of some sections replaced (command-line flags), validated again."""
-        data = self.model_dump()
-        for section, fields in sections.items():
-            data[section] = {**data.get(section, {}), **fields}
-        try:
-            return self.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(exc, "the command line")) from exc
+        """A copy with some fields of some sections replaced (command-line flags), validated again.
+
+        Each section is validated on its own: validating the whole settings object would read
+        the environment again, and the command line must win over it.
+        """
+        updates = {}
+        for name, fields in sections.items():
+            current = getattr(self, name)
+            try:
+                updates[name] = type(current).model_validate({**current.model_dump(), **fields})
+            except ValidationError as exc:
+                raise ConfigError(describe_validation_error(exc, "the command line", prefix=(name,))) from exc
+        return self.model_copy(update=updates)
 
 
 S = TypeVar("S", bound=Settings)
@@ -142,12 +147,13 @@ def load_settings(cls: type[S], path: str | Path | None = None, **overrides: Any
         raise ConfigError(describe_validation_error(exc, path or os.environ.get(CONFIG_ENV))) from exc
 
 
-def describe_validation_error(exc: ValidationError, path: str | Path | None) -> str:
+def describe_validation_error(exc: ValidationError, path: str | Path | None, prefix: tuple[str, ...] = ()) -> str:
     where = f"in {path}" if path else "in the environment/defaults"
     lines = [f"invalid configuration {where}:"]
     for error in exc.errors():
-        loc = ".".join(str(part) for part in error["loc"])
-        env = "KYCSTREAM_" + "__".join(str(part).upper() for part in error["loc"])
+        parts = (*prefix, *(str(part) for part in error["loc"]))
+        loc = ".".join(parts)
+        env = "KYCSTREAM_" + "__".join(part.upper() for part in parts)
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"  {loc}: {message} (set it in the file or with {env})")
     return "\n".join(lines)

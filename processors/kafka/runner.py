@@ -16,6 +16,7 @@ exactly_once (real Kafka): the same outputs and the offsets in one transaction p
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import socket
 import threading
@@ -94,6 +95,7 @@ class _Batch:
     keys: dict[int, dict[str, VerificationEvent]] = field(default_factory=dict)  # partition -> new keys
     states: dict[int, dict[str, VerificationState]] = field(default_factory=dict)
     event_offsets: dict[int, list[int]] = field(default_factory=dict)
+    tally: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def saw(self, msg: Message) -> None:
         tp = (msg.topic() or "", msg.partition() or 0)
@@ -157,6 +159,7 @@ class Engine:
             )
         )
         self.owned: dict[int, recovery.PartitionStores] = {}
+        self.tally: collections.Counter[str] = collections.Counter()  # events, duplicates, dead_letters since start
         self._last_expiry = time.monotonic()
 
     def check_partitions(self) -> int:
@@ -265,7 +268,10 @@ class Engine:
             self._rewind(batch, consumer, f"undelivered={left} {batch.failures[:3]}")
             return False
         self._apply(batch)
-        return self._write_dedup_records(batch, stop=stop)
+        done = self._write_dedup_records(batch, stop=stop)
+        if done:
+            self.tally.update(batch.tally)
+        return done
 
     def _handle(self, msg: Message, batch: _Batch) -> None:
         value = msg.value() or b""
@@ -280,12 +286,15 @@ class Engine:
 
         if isinstance(outcome, Rejection):
             self._dead_letter(msg, delivery, outcome, batch)
+            batch.tally["dead_letters"] += 1
             return
         stores = self.owned[partition]
         key = outcome.idempotency_key
         if key in stores.dedup or key in batch.keys.get(partition, {}):
             self.metrics.dedup_hits.labels(outcome.provider).inc()
+            batch.tally["duplicates"] += 1
             return
+        batch.tally["events"] += 1
         self.producer.produce(
             self.topics.events,
             key=outcome.key.encode(),
@@ -434,6 +443,7 @@ class Engine:
         for partition, keys in batch.keys.items():
             for key in keys:
                 self.owned[partition].dedup.add(key, int((self.clock() + self.window).timestamp()))
+        self.tally.update(batch.tally)
         return True
 
     def expire(self, force: bool = False) -> int:

@@ -1,0 +1,140 @@
+"""Replay rebuilds events and state from the raw topic; redrive sends dead letters back through."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from processors.kafka.serde import Codec
+from processors.settings import KafkaSettings, TopicSettings
+from tests.conftest import latest_states, processing, processor_env, produce_raw, raw_delivery, read, unique
+
+pytestmark = pytest.mark.broker
+KYCSTREAM = [sys.executable, "-m", "processors.cli"]
+
+
+def _esign(i: int, status: str = "COMPLETED") -> bytes:
+    return json.dumps(
+        {
+            "submissionId": f"rp-{i}",
+            "status": status,
+            "result": "VALID",
+            "processedAt": f"2026-05-08T10:{i % 60:02d}:00Z",
+        }
+    ).encode()
+
+
+def test_replay_into_the_live_topics_emits_only_what_is_missing(
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
+) -> None:
+    produce_raw(kafka, topic_settings.raw, [raw_delivery("esign", _esign(i)) for i in range(30)], codec)
+    with processing(kafka, topic_settings):
+        read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=30)
+    result = subprocess.run(
+        [*KYCSTREAM, "replay", "--from-beginning"],
+        env=processor_env(kafka, topic_settings),
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"0 events emitted, 30 already emitted" in result.stderr
+    events = read(kafka, topic_settings.events, codec, "VerificationEvent")
+    assert len(events) == 30 and len({e["event_id"] for e in events}) == 30
+
+
+def test_replay_into_fresh_topics_rebuilds_events_and_state(
+    make_topics: Callable[..., TopicSettings], kafka: KafkaSettings, codec: Codec
+) -> None:
+    live, fresh = make_topics(), make_topics()
+    deliveries = [raw_delivery("esign", _esign(i)) for i in range(20)]
+    deliveries += [raw_delivery("esign", _esign(i, "PARTIALLY_COMPLETED")) for i in range(5)]  # late, never regress
+    deliveries += [raw_delivery("esign", _esign(i)) for i in range(20)]  # provider retries
+    deliveries += [raw_delivery("esign", b"NumberInt(200)")]
+    produce_raw(kafka, live.raw, deliveries, codec)
+    env = processor_env(kafka, live)
+    args = [
+        "--events-topic",
+        fresh.events,
+        "--state-topic",
+        fresh.state,
+        "--dedup-topic",
+        fresh.dedup,
+        "--dlq-topic",
+        fresh.dlq,
+    ]
+    refused = subprocess.run(
+        [*KYCSTREAM, "replay", "--from-beginning", "--events-topic", fresh.events],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and b"needs a fresh --dedup-topic" in refused.stderr
+    result = subprocess.run(
+        [*KYCSTREAM, "replay", "--from-beginning", *args], env=env, capture_output=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"25 events emitted, 20 already emitted, 1 dead letters" in result.stderr
+    events = read(kafka, fresh.events, codec, "VerificationEvent")
+    assert Counter(e["status"] for e in events) == {"APPROVED": 20, "PENDING": 5}
+    states = latest_states(kafka, fresh.state, codec)
+    assert len(states) == 20 and {s["status"] for s in states.values()} == {"APPROVED"}
+    assert [d["reason"] for d in read(kafka, fresh.dlq, codec, "DeadLetter")] == ["invalid_json"]
+    assert read(kafka, live.events, codec, "VerificationEvent") == [], "the live topics are untouched"
+
+
+def test_replay_since_a_time_skips_older_deliveries(
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
+) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    produce_raw(kafka, topic_settings.raw, [raw_delivery("esign", _esign(i)) for i in range(10)], codec)
+    time.sleep(1.5)
+    cut = datetime.now(UTC)
+    time.sleep(0.5)
+    produce_raw(kafka, topic_settings.raw, [raw_delivery("esign", _esign(i)) for i in range(10, 14)], codec)
+    result = subprocess.run(
+        [*KYCSTREAM, "replay", "--since", cut.strftime("%Y-%m-%dT%H:%M:%S.%f")],
+        env=processor_env(kafka, topic_settings),
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    events = read(kafka, topic_settings.events, codec, "VerificationEvent")
+    assert sorted(e["verification_id"] for e in events) == ["rp-10", "rp-11", "rp-12", "rp-13"]
+
+
+def test_redrive_sends_fixed_letters_back_and_keeps_the_rest_with_their_new_reason(
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from processors.kafka.replay import redrive
+    from processors.providers import REGISTRY, esign
+    from processors.settings import ProcessorSettings
+
+    new_word = json.dumps({"submissionId": "rd-1", "status": "VERIFIED", "result": "VALID"}).encode()
+    produce_raw(kafka, topic_settings.raw, [raw_delivery("esign", new_word), raw_delivery("esign", b"not json")], codec)
+    with processing(kafka, topic_settings):
+        letters = read(kafka, topic_settings.dlq, codec, "DeadLetter", at_least=2)
+    assert sorted(d["reason"] for d in letters) == ["invalid_json", "unknown_status"]
+
+    settings = ProcessorSettings(kafka=kafka, topics=topic_settings, processor={"group_id": unique("redrive")})
+    assert redrive(settings, dry_run=True) == Counter(
+        {"still_failing:invalid_json": 1, "still_failing:unknown_status": 1}
+    )
+
+    # A newer normalizer learns the word: the delivery now normalizes.
+    original = esign._status
+    monkeypatch.setattr(esign, "_status", lambda s, r, c: original("COMPLETED" if s == "VERIFIED" else s, r, c))
+    assert REGISTRY["esign"] is esign
+    tally = redrive(settings)
+    assert tally == Counter({"redriven": 1, "still_failing:invalid_json": 1})
+    raw = read(kafka, topic_settings.raw, codec, "RawDelivery")
+    assert [r["body"] for r in raw].count(new_word) == 2, "the original delivery is back in the raw topic"
+    letters = read(kafka, topic_settings.dlq, codec, "DeadLetter")
+    assert [d["reason"] for d in letters][-1] == "invalid_json"
+    assert redrive(settings) == Counter({"still_failing:invalid_json": 1}), "the next run starts after the last"
