@@ -134,7 +134,7 @@ def processing(kafka: KafkaSettings, topic_settings: TopicSettings, **section: A
     settings = ProcessorSettings(
         kafka=kafka,
         topics=topic_settings,
-        processor=ProcessorSection(group_id=unique("test-group"), metrics_port=None, **section),
+        processor=ProcessorSection(**{"group_id": unique("test-group"), "metrics_port": None, **section}),
     )
     normalizer = Normalizer(settings)
     stop = threading.Event()

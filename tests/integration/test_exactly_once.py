@@ -245,3 +245,29 @@ def test_sigkill_mid_stream_of_20000(
     topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec, second_joins: bool
 ) -> None:
     _kill_and_recover(kafka, topic_settings, codec, 20_000, second_joins)
+
+
+def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
+) -> None:
+    """The transactional path end to end (the embedded broker does not hide aborted transactions,
+    so only the happy path is meaningful here; real Kafka covers the rest)."""
+    first = [raw_delivery("esign", _esign(f"x-{i}", "COMPLETED", "VALID", "2026-05-08T10:30:00Z")) for i in range(20)]
+    produce_raw(kafka, topic_settings.raw, first + [raw_delivery("esign", d.body) for d in first[:5]], codec)
+    options = {"processing_guarantee": "exactly_once", "transactional_id": unique("tx"), "group_id": unique("eos")}
+    with processing(kafka, topic_settings, **options) as normalizer:
+        read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=20)
+        deadline = time.monotonic() + 30
+        while _dedup_hits(normalizer) < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    produce_raw(kafka, topic_settings.raw, [raw_delivery("esign", d.body) for d in first[5:10]], codec)
+    with processing(kafka, topic_settings, **options) as normalizer:  # restored, and offsets were committed
+        deadline = time.monotonic() + 30
+        while _dedup_hits(normalizer) < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1)
+        assert normalizer.engine.tally == Counter(duplicates=5), "only the new records were read again"
+    assert len(read(kafka, topic_settings.events, codec, "VerificationEvent")) == 20
+    assert len(read(kafka, topic_settings.dedup, codec, "DedupRecord")) == 20
