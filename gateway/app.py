@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.expectations import ExpectationsEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.routes import RawSink, WebhookEndpoint
 from gateway.settings import GatewaySettings
@@ -28,7 +29,9 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
 ) -> Starlette:
     metrics = GatewayMetrics()
-    webhook = WebhookEndpoint(settings, sink, metrics, **({"clock": clock} if clock else {}))
+    clock = clock or (lambda: datetime.now(UTC))
+    webhook = WebhookEndpoint(settings, sink, metrics, clock)
+    expectations = ExpectationsEndpoint(settings, sink, clock)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -56,6 +59,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/webhooks/{source}", webhook.handle, methods=_ALL_METHODS),
+            Route("/expectations/{source}", expectations.handle, methods=_ALL_METHODS),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),

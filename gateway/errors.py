@@ -46,3 +46,8 @@ class RateLimited(GatewayError):
 class KafkaUnavailable(GatewayError):
     status = 503
     code = "kafka_unavailable"
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    code = "invalid_request"

@@ -24,14 +24,14 @@ from gateway.errors import (
     UnknownSource,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.ratelimit import TokenBucket
 from gateway.settings import GatewaySettings, SourceSettings
 from processors import logs
 from processors.errors import BrokerError
 from processors.kafka.producer import Delivered
-from processors.model import RawDelivery
+from processors.model import Expectation, RawDelivery
 from processors.pipeline import routing_id
 from processors.providers import REGISTRY
+from processors.ratelimit import TokenBucket
 
 log = logs.get("kycstream.gateway")
 # Headers kept in the raw envelope for every source, besides those its provider reads.
@@ -42,6 +42,8 @@ class RawSink(Protocol):
     topic: str
 
     async def write(self, delivery: RawDelivery, key: str) -> Delivered: ...
+
+    async def write_expectation(self, expectation: Expectation) -> Delivered: ...
 
     async def not_ready(self) -> str | None: ...
 
@@ -97,11 +99,7 @@ class WebhookEndpoint:
         try:
             response = await self._receive(request, name, request_id)
         except GatewayError as exc:
-            response = JSONResponse(
-                {"error": exc.code, "detail": exc.detail, "request_id": request_id},
-                status_code=exc.status,
-                headers=exc.headers,
-            )
+            response = error_response(exc, request_id)
         response.headers["x-request-id"] = request_id
         label = name if name in self.sources else "_unknown"
         self.metrics.requests.labels(label, str(response.status_code)).inc()
@@ -129,7 +127,7 @@ class WebhookEndpoint:
         if source.bucket is not None and (wait := source.bucket.take()) > 0:
             seconds = str(max(1, int(wait + 0.999)))
             raise RateLimited(f"source {name!r} is over its rate limit; retry later", {"retry-after": seconds})
-        body = await _read_body(request, source.max_body_bytes)
+        body = await read_body(request, source.max_body_bytes)
         source.authenticator.check(request.headers, body)
 
         headers = {h: v for h in source.kept_headers if (v := request.headers.get(h)) is not None}
@@ -159,7 +157,14 @@ class WebhookEndpoint:
         return JSONResponse({"status": "accepted", "request_id": request_id})
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def error_response(exc: GatewayError, request_id: str | None) -> JSONResponse:
+    content = {"error": exc.code, "detail": exc.detail}
+    if request_id is not None:
+        content["request_id"] = request_id
+    return JSONResponse(content, status_code=exc.status, headers=exc.headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")

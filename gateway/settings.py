@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from processors.model import AuthScheme
 from processors.providers import REGISTRY
-from processors.settings import Section, Settings
+from processors.settings import PollSettings, Section, Settings
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _METHODS = {"POST", "PUT", "PATCH"}
@@ -52,6 +52,7 @@ class SourceSettings(Section):
     allow_ips: list[str] = Field(default_factory=list)
     rate_limit: RateLimitSettings | None = None
     max_body_bytes: int | None = Field(None, ge=1)
+    poll: PollSettings | None = None  # read by `kycstream reconcile`
 
     @field_validator("provider")
     @classmethod
@@ -100,6 +101,8 @@ class ServerSettings(Section):
     linger_ms: float = Field(1.0, ge=0)
     trusted_proxies: list[str] = Field(default_factory=list)
     retry_after_s: int = Field(5, ge=1)
+    # Keys for POST /expectations/{source} (Authorization: Bearer <key>); none: the route is off.
+    expectations_api_keys: list[SecretStr] = Field(default_factory=list)
 
     _trusted = field_validator("trusted_proxies")(classmethod(lambda cls, v: _networks(v)))
 

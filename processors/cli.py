@@ -138,6 +138,29 @@ def process(
 
 
 @app.command()
+def reconcile(config: ConfigOpt = None) -> None:
+    """Poll provider status APIs for expected verifications that have no final result in time."""
+    from prometheus_client import start_http_server
+
+    from processors.kafka.reconciler import Reconciler
+    from processors.settings import ReconcileSettings
+
+    settings = _load(ReconcileSettings, config)
+    if not any(source.poll for source in settings.sources.values()):
+        raise _fail("no source has a `poll:` section (base_url, token): there is nothing to reconcile")
+    reconciler = Reconciler(settings)
+    if settings.reconcile.metrics_port:
+        start_http_server(settings.reconcile.metrics_port, registry=reconciler.metrics.registry)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        reconciler.run(stop)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
 def run(
     config: ConfigOpt = None,
     broker_port: Annotated[int, typer.Option(help="Port of the embedded broker.")] = 9092,

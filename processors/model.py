@@ -161,6 +161,32 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class Expectation:
+    """The integrator's word that a verification was started: poll its provider if no result comes."""
+
+    source: str
+    provider: str
+    verification_id: str
+    expected_at: datetime
+    lookup: dict[str, str] = field(default_factory=dict)
+    window_s: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}:{self.verification_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PollRequest:
+    """One status-API call, described by a provider module and made by the reconciler."""
+
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    method: str = "GET"
+
+
+@dataclass(frozen=True, slots=True)
 class DedupRecord:
     idempotency_key: str
     event_id: str

@@ -66,6 +66,7 @@ class TopicSettings(Section):
     state: str = "kyc.verification.state.v1"
     dedup: str = "kyc.dedup.v1"
     dlq: str = "kyc.webhooks.dlq.v1"
+    expected: str = "kyc.verification.expected.v1"
     partitions: int = Field(6, ge=1, le=10_000)
     replication_factor: int = Field(1, ge=1)
     min_insync_replicas: int | None = Field(None, ge=1)
@@ -157,6 +158,46 @@ def describe_validation_error(exc: ValidationError, path: str | Path | None, pre
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"  {loc}: {message} (set it in the file or with {env})")
     return "\n".join(lines)
+
+
+class PollSettings(Section):
+    """How the reconciler reaches a source's provider status API."""
+
+    base_url: str = Field(description="e.g. https://api.provider.example (no trailing path)")
+    token: SecretStr = Field(description="the provider API credential (token, API key or secret key)")
+    window_s: int = Field(600, ge=1, description="poll a verification with no final result after this long")
+    rate_per_s: float = Field(2.0, gt=0)
+    concurrency: int = Field(4, ge=1, le=256)
+    timeout_s: float = Field(10.0, gt=0)
+    max_attempts: int = Field(4, ge=1, le=20, description="tries per poll on 5xx and timeouts (backoff, jitter)")
+    give_up_after_s: int = Field(24 * 3600, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must start with https:// (or http:// for a local test server)")
+        return value.rstrip("/")
+
+
+class ReconcileSource(BaseModel):
+    """The parts of a `sources:` entry the reconciler reads (the gateway reads the rest)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    provider: str
+    poll: PollSettings | None = None
+
+
+class ReconcileSection(Section):
+    group_id: str = "kycstream-reconciler"
+    tick_s: float = Field(5.0, gt=0)
+    session_timeout_ms: int = Field(6000, ge=1000)
+    metrics_port: int | None = Field(9109, ge=0, le=65535, description="0 or null: no metrics server")
+
+
+class ReconcileSettings(Settings):
+    reconcile: ReconcileSection = ReconcileSection()
+    sources: dict[str, ReconcileSource] = Field(default_factory=dict)
 
 
 class ProcessorSection(Section):

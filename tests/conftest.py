@@ -98,26 +98,33 @@ class _ThreadedServer(uvicorn.Server):
 
 
 @contextmanager
+def serving_app(app: Any, port: int | None = None) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    port = port or embedded.free_port()
+    server = _ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, proxy_headers=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@contextmanager
 def serving(settings: GatewaySettings, sink: Any = None) -> Iterator[str]:
     own_sink = sink is None
     sink = sink or KafkaRawSink(
         settings.kafka, settings.topics, produce_timeout_s=settings.gateway.produce_timeout_s, linger_ms=1
     )
-    app = create_app(settings, sink)
-    server = _ThreadedServer(
-        uvicorn.Config(app, host="127.0.0.1", port=settings.gateway.port, log_config=None, proxy_headers=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{settings.gateway.port}"
+        with serving_app(create_app(settings, sink), settings.gateway.port) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(10)
         if own_sink:
             sink.close(2)
 

@@ -23,6 +23,7 @@ from processors.model import (
     CheckOutcome,
     DeadLetter,
     DedupRecord,
+    Expectation,
     RawDelivery,
     RawRef,
     Reason,
@@ -32,13 +33,16 @@ from processors.model import (
 )
 from schemas import NAMESPACE, SCHEMA_DIR
 
-RecordType = Literal["RawDelivery", "VerificationEvent", "VerificationState", "DeadLetter", "DedupRecord"]
+RecordType = Literal[
+    "RawDelivery", "VerificationEvent", "VerificationState", "DeadLetter", "DedupRecord", "Expectation"
+]
 RECORD_TYPES: tuple[RecordType, ...] = (
     "RawDelivery",
     "VerificationEvent",
     "VerificationState",
     "DeadLetter",
     "DedupRecord",
+    "Expectation",
 )
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 
@@ -349,4 +353,26 @@ def dedup_to_record(d: DedupRecord) -> dict[str, Any]:
 def dedup_from_record(r: Mapping[str, Any]) -> DedupRecord:
     return DedupRecord(
         r["idempotency_key"], r["event_id"], r["first_seen_at"], r["expires_at"], r.get("events_offset", -1)
+    )
+
+
+def expectation_to_record(e: Expectation) -> dict[str, Any]:
+    return {
+        "source": e.source,
+        "provider": e.provider,
+        "verification_id": e.verification_id,
+        "lookup": dict(e.lookup),
+        "expected_at": _utc(e.expected_at),
+        "window_s": e.window_s,
+    }
+
+
+def expectation_from_record(r: Mapping[str, Any]) -> Expectation:
+    return Expectation(
+        source=r["source"],
+        provider=r["provider"],
+        verification_id=r["verification_id"],
+        expected_at=r["expected_at"],
+        lookup=dict(r.get("lookup") or {}),
+        window_s=r.get("window_s"),
     )

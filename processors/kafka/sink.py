@@ -8,9 +8,9 @@ import time
 from processors.errors import BrokerError
 from processors.kafka import config
 from processors.kafka.producer import AsyncProducer, Delivered
-from processors.kafka.serde import Codec, delivery_to_record
+from processors.kafka.serde import Codec, delivery_to_record, expectation_to_record
 from processors.kafka.topics import specs
-from processors.model import RawDelivery
+from processors.model import Expectation, RawDelivery
 from processors.settings import KafkaSettings, TopicSettings
 
 
@@ -25,6 +25,7 @@ class KafkaRawSink:
         codec: Codec | None = None,
     ) -> None:
         self.topic = topics.raw
+        self._expected = topics.expected
         self._wanted = [s.name for s in specs(topics)]
         self._timeout = produce_timeout_s
         self._codec = codec or Codec(config.schema_registry(kafka))
@@ -49,6 +50,10 @@ class KafkaRawSink:
             ("kycstream-provider", delivery.provider.encode()),
         ]
         return await self._producer.send(self.topic, value, key.encode(), headers, self._timeout)
+
+    async def write_expectation(self, expectation: Expectation) -> Delivered:
+        value = self._codec.encode("Expectation", expectation_to_record(expectation), self._expected)
+        return await self._producer.send(self._expected, value, expectation.key.encode(), None, self._timeout)
 
     async def not_ready(self) -> str | None:
         """None when Kafka answers and every topic exists, else why not (cached for 2 s)."""

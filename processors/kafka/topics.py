@@ -12,7 +12,7 @@ from processors.kafka import config
 from processors.settings import KafkaSettings, TopicSettings
 
 TopicRole = str  # "raw" | "events" | "state" | "dedup" | "dlq"
-ROLES: tuple[TopicRole, ...] = ("raw", "events", "state", "dedup", "dlq")
+ROLES: tuple[TopicRole, ...] = ("raw", "events", "state", "dedup", "dlq", "expected")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ def specs(t: TopicSettings) -> tuple[TopicSpec, ...]:
         spec("state", compacted),
         spec("dedup", compacted),
         spec("dlq", {"cleanup.policy": "delete", "retention.ms": str(t.dlq_retention_ms)}),
+        spec("expected", compacted),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from processors.model import AuthSpec, Normalized, Rejection
+from processors.model import AuthSpec, Normalized, PollRequest, Rejection
 from processors.providers import esign, incode, metamap, signicat, xendit
 
 
@@ -29,6 +29,14 @@ class Provider(Protocol):
     def verification_id(self, doc: Mapping[str, Any]) -> str | None: ...
 
     def normalize(self, doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Rejection: ...
+
+    # Reconciliation: the status API call for one verification, and its answer as a webhook body
+    # (so a polled result and a late callback for the same result share their idempotency key).
+    def poll_request(self, verification_id: str, lookup: Mapping[str, str], token: str) -> PollRequest: ...
+
+    def poll_result(
+        self, verification_id: str, lookup: Mapping[str, str], answer: Mapping[str, Any]
+    ) -> dict[str, Any] | None: ...
 
 
 REGISTRY: dict[str, Provider] = {

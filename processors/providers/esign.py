@@ -14,6 +14,7 @@ from processors.model import (
     Check,
     CheckOutcome,
     Normalized,
+    PollRequest,
     Reason,
     Rejection,
     VerificationStatus,
@@ -105,3 +106,28 @@ def _checks(value: object) -> tuple[Check, ...]:
             )
         )
     return tuple(checks)
+
+
+# --- reconciliation: Get Submission Details (seed 000, "Fallback Polling") ---------------------
+
+
+def poll_request(verification_id: str, lookup: Mapping[str, str], token: str) -> PollRequest:
+    return PollRequest(
+        path="/esign-partner/v1/submissions",
+        headers={
+            "x-onekyc-token": token,
+            "x-partner-user-id": lookup.get("userId", ""),
+            "x-partner-user-id-type": lookup.get("userIdType", ""),
+            "x-partner-session-id": lookup.get("partnerSessionId", ""),
+        },
+        params={"submissionId": verification_id},
+    )
+
+
+def poll_result(verification_id: str, lookup: Mapping[str, str], answer: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The submission as a callback would carry it (the API may wrap it in `data`)."""
+    data = obj(answer.get("data"))
+    submission = data if text(data.get("submissionId")) else answer
+    if text(submission.get("submissionId")) not in (None, verification_id):
+        return None
+    return {**submission, "submissionId": verification_id}

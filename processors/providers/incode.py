@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from processors.model import AuthSpec, Check, CheckOutcome, Normalized, Rejection, VerificationStatus
+from processors.model import AuthSpec, Check, CheckOutcome, Normalized, PollRequest, Rejection, VerificationStatus
 from processors.providers._read import obj, scalar_attributes, text, timestamp
 
 NAME = "incode"
@@ -125,3 +125,21 @@ def _checks(value: object) -> tuple[Check, ...]:
                 )
             )
     return tuple(checks)
+
+
+# --- reconciliation: the onboarding-status endpoint (GET /omni/get/onboarding/status?id=...) -----
+
+
+def poll_request(verification_id: str, lookup: Mapping[str, str], token: str) -> PollRequest:
+    return PollRequest(
+        path="/omni/get/onboarding/status",
+        headers={"x-api-key": token, "api-version": "1.0"},
+        params={"id": verification_id},
+    )
+
+
+def poll_result(verification_id: str, lookup: Mapping[str, str], answer: Mapping[str, Any]) -> dict[str, Any] | None:
+    status = text(answer.get("onboardingStatus"))
+    if status is None:
+        return None
+    return {"interviewId": verification_id, "onboardingStatus": status}

@@ -17,6 +17,7 @@ from processors.model import (
     Check,
     CheckOutcome,
     Normalized,
+    PollRequest,
     Reason,
     Rejection,
     VerificationStatus,
@@ -138,3 +139,25 @@ def _reasons(error: object, step_id: str | None) -> list[Reason]:
     details = obj(error)
     code = text(details.get("code")) or text(details.get("type"))
     return [Reason(code, text(details.get("message")), step_id)] if code else []
+
+
+# --- reconciliation: the verification resource (GET /v2/verifications/{id}) --------------------
+
+
+def poll_request(verification_id: str, lookup: Mapping[str, str], token: str) -> PollRequest:
+    return PollRequest(path=f"/v2/verifications/{verification_id}", headers={"authorization": f"Bearer {token}"})
+
+
+def poll_result(verification_id: str, lookup: Mapping[str, str], answer: Mapping[str, Any]) -> dict[str, Any] | None:
+    identity = obj(answer.get("identity"))
+    status = text(identity.get("status")) or text(answer.get("identityStatus")) or text(answer.get("status"))
+    if status is None:
+        return None
+    doc: dict[str, Any] = {
+        "eventName": "verification_updated",
+        "resource": f"https://api.getmati.com/v2/verifications/{verification_id}",
+        "identityStatus": status,
+    }
+    if moment := text(answer.get("updatedAt")) or text(answer.get("timestamp")):
+        doc["timestamp"] = moment
+    return doc

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from processors.model import AuthSpec, Normalized, Rejection, VerificationStatus
+from processors.model import AuthSpec, Normalized, PollRequest, Rejection, VerificationStatus
 from processors.providers._read import scalar_attributes, text
 
 NAME = "signicat"
@@ -56,3 +56,21 @@ def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized 
         session_id=text(doc.get("dossierId")),
         attributes=scalar_attributes(doc, "dossierId"),
     )
+
+
+# --- reconciliation: Assure's process lookup by dossierId and processId -------------------------
+
+
+def poll_request(verification_id: str, lookup: Mapping[str, str], token: str) -> PollRequest:
+    dossier = lookup.get("dossierId", "")
+    return PollRequest(
+        path=f"/assure/dossiers/{dossier}/processes/{verification_id}",
+        headers={"authorization": f"Bearer {token}"},
+    )
+
+
+def poll_result(verification_id: str, lookup: Mapping[str, str], answer: Mapping[str, Any]) -> dict[str, Any] | None:
+    status = text(answer.get("status"))
+    if status is None:
+        return None
+    return {"dossierId": lookup.get("dossierId"), "processId": verification_id, "status": status}

@@ -6,10 +6,11 @@ Idempotency: Xendit's own `webhook-id` header, the same on every retry of one we
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
-from processors.model import AuthSpec, Normalized, Reason, Rejection, VerificationStatus
+from processors.model import AuthSpec, Normalized, PollRequest, Reason, Rejection, VerificationStatus
 from processors.providers._read import obj, scalar_attributes, text, timestamp
 
 NAME = "xendit"
@@ -75,3 +76,19 @@ def _failure_reasons(value: object) -> tuple[Reason, ...]:
                 )
             )
     return tuple(reasons)
+
+
+# --- reconciliation: the account lookup (GET /v2/accounts/{id}, Basic auth with the secret key) -
+
+
+def poll_request(verification_id: str, lookup: Mapping[str, str], token: str) -> PollRequest:
+    basic = base64.b64encode(f"{token}:".encode()).decode()
+    return PollRequest(path=f"/v2/accounts/{verification_id}", headers={"authorization": f"Basic {basic}"})
+
+
+def poll_result(verification_id: str, lookup: Mapping[str, str], answer: Mapping[str, Any]) -> dict[str, Any] | None:
+    kyc = obj(answer.get("kyc"))
+    if text(kyc.get("status")) is None:
+        return None
+    # No webhook-id on a polled answer: its idempotency key is the body hash.
+    return {"event": _EVENT, "data": {"id": verification_id, "updated": answer.get("updated"), "kyc": dict(kyc)}}

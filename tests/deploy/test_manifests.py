@@ -319,7 +319,14 @@ def test_kafka_topics_match_the_app(strimzi: list[Doc], processor_settings: Proc
         assert {k: str(v) for k, v in topic["config"].items()} == s.config
         assert s.config["min.insync.replicas"] == "2"
     policies = {s.role: s.config["cleanup.policy"] for s in wanted}
-    assert policies == {"raw": "delete", "events": "delete", "state": "compact", "dedup": "compact", "dlq": "delete"}
+    assert policies == {
+        "raw": "delete",
+        "events": "delete",
+        "state": "compact",
+        "dedup": "compact",
+        "dlq": "delete",
+        "expected": "compact",
+    }
 
 
 def _acls(strimzi: list[Doc], user: str) -> dict[tuple[str, str], set[str]]:

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from gateway.settings import GatewaySettings
-from processors.kafka import embedded
+from processors.kafka import embedded, topics
 from processors.settings import KafkaSettings
 from tests.conftest import post, processing, unique
 
@@ -37,23 +37,23 @@ def test_broker_refuses_a_taken_port() -> None:
 
 def test_topics_create_is_idempotent_and_sets_configs(kafka: KafkaSettings) -> None:
     tag = unique("cli")
-    env = _env(
-        kafka, **{f"KYCSTREAM_TOPICS__{r.upper()}": f"{tag}.{r}" for r in ("raw", "events", "state", "dedup", "dlq")}
-    )
+    env = _env(kafka, **{f"KYCSTREAM_TOPICS__{r.upper()}": f"{tag}.{r}" for r in topics.ROLES})
     first = subprocess.run(
         [*KYCSTREAM, "topics", "create", "--partitions", "2"], env=env, capture_output=True, timeout=60
     )
     assert first.returncode == 0, first.stderr
-    assert first.stdout.decode().count("created") == 5
+    assert first.stdout.decode().count("created") == len(topics.ROLES)
     again = subprocess.run([*KYCSTREAM, "topics", "create"], env=env, capture_output=True, timeout=60)
-    assert again.returncode == 0 and again.stdout.decode().count("exists") == 5
+    assert again.returncode == 0 and again.stdout.decode().count("exists") == len(topics.ROLES)
 
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
     metadata = admin.list_topics(timeout=10)
     assert len(metadata.topics[f"{tag}.raw"].partitions) == 2
-    configs = admin.describe_configs([ConfigResource("topic", f"{tag}.{r}") for r in ("state", "dedup", "raw")])
-    policy = {res.name: fut.result()["cleanup.policy"].value for res, fut in configs.items()}
-    assert policy == {f"{tag}.state": "compact", f"{tag}.dedup": "compact", f"{tag}.raw": "delete"}
+    policy = {}
+    for role in ("state", "dedup", "expected", "raw"):
+        (future,) = admin.describe_configs([ConfigResource("topic", f"{tag}.{role}")]).values()
+        policy[role] = future.result()["cleanup.policy"].value
+    assert policy == {"state": "compact", "dedup": "compact", "expected": "compact", "raw": "delete"}
 
 
 def test_tail_prints_the_last_events_as_json(gateway: tuple[str, GatewaySettings], kafka: KafkaSettings) -> None:

@@ -1,0 +1,294 @@
+"""`kycstream reconcile`: find expected verifications without a final result and poll their provider.
+
+Expectations (kyc.verification.expected.v1) are a table split across reconcilers by the consumer
+group; the state table (kyc.verification.state.v1) is read whole. A poll answer enters the raw
+topic as a delivery with origin `poll`, so it goes through the same normalizer, dedup and state
+rules as a callback: a polled result and a late callback for the same result give one event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from processors import logs
+from processors.errors import BrokerError, SerdeError
+from processors.kafka import config
+from processors.kafka.serde import (
+    Codec,
+    dead_letter_to_record,
+    delivery_to_record,
+    expectation_from_record,
+    state_from_record,
+)
+from processors.model import DeadLetter, Expectation, RawDelivery, VerificationStatus
+from processors.pipeline import routing_id
+from processors.polling import Poller, PollOutcome
+from processors.providers import REGISTRY
+from processors.settings import ReconcileSettings
+
+log = logs.get("kycstream.reconcile")
+FINAL = frozenset(
+    {
+        VerificationStatus.APPROVED,
+        VerificationStatus.REJECTED,
+        VerificationStatus.RESUBMISSION_REQUIRED,
+        VerificationStatus.REVIEW,
+    }
+)
+
+
+class ReconcileMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.polls = Counter(
+            "kycstream_polls",
+            "Status-API polls by provider and outcome.",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.open = Gauge(
+            "kycstream_expectations_open", "Expected verifications without a final result.", registry=self.registry
+        )
+
+
+@dataclass
+class _Tracked:
+    expectation: Expectation
+    partition: int
+    offset: int
+    raw: bytes
+    polls: int = 0
+    last_poll: datetime | None = None
+    closed: bool = False  # gave up, or the provider refused our credential: never polled again
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: ReconcileSettings,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.clock = clock
+        self.transport = transport
+        self.codec = Codec(config.schema_registry(settings.kafka))
+        self.metrics = ReconcileMetrics()
+        r = settings.reconcile
+        self.expected = Consumer(
+            config.consumer(
+                settings.kafka,
+                r.group_id,
+                **{"session.timeout.ms": r.session_timeout_ms, "enable.partition.eof": False},
+            )
+        )
+        self.states_reader = Consumer(
+            config.consumer(settings.kafka, f"{r.group_id}-state", **{"enable.partition.eof": False})
+        )
+        self.producer = Producer(config.producer(settings.kafka))
+        self.tracked: dict[str, _Tracked] = {}
+        self.states: dict[str, tuple[VerificationStatus, datetime]] = {}
+
+    # --- tables ------------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The expected topic is a table: read each assigned partition whole, never commit.
+        consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in partitions])
+        log.info("expectations_assigned", partitions=[tp.partition for tp in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {tp.partition for tp in partitions}
+        self.tracked = {k: t for k, t in self.tracked.items() if t.partition not in gone}
+
+    def _start(self) -> None:
+        self.expected.subscribe(
+            [self.topics.expected], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        try:
+            metadata = self.states_reader.list_topics(self.topics.state, timeout=10).topics.get(self.topics.state)
+        except KafkaException as exc:
+            raise BrokerError(f"Kafka did not answer: {exc.args[0].str()}") from exc
+        if metadata is None or metadata.error is not None:
+            raise BrokerError(f"topic {self.topics.state} does not exist (run `kycstream topics create`)")
+        self.states_reader.assign([TopicPartition(self.topics.state, p, OFFSET_BEGINNING) for p in metadata.partitions])
+
+    def _drain(self) -> None:
+        for msg in self.expected.consume(1000, 0.2):
+            if self._usable(msg):
+                self._track(msg)
+        for msg in self.states_reader.consume(10_000, 0.2):
+            if self._usable(msg):
+                key = (msg.key() or b"").decode()
+                if msg.value() is None:
+                    self.states.pop(key, None)
+                    continue
+                try:
+                    state = state_from_record(self.codec.decode("VerificationState", msg.value() or b""))
+                except SerdeError:
+                    continue
+                self.states[key] = (state.status, state.updated_at)
+
+    @staticmethod
+    def _usable(msg: Message) -> bool:
+        error = msg.error()
+        if error is not None and error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consume_error", error=error.str())
+        return error is None
+
+    def _track(self, msg: Message) -> None:
+        key = (msg.key() or b"").decode()
+        if msg.value() is None:
+            self.tracked.pop(key, None)
+            return
+        try:
+            expectation = expectation_from_record(self.codec.decode("Expectation", msg.value() or b""))
+        except SerdeError as exc:
+            log.warning("expectation_undecodable", partition=msg.partition(), offset=msg.offset(), error=str(exc))
+            return
+        if key not in self.tracked or self.tracked[key].expectation != expectation:
+            self.tracked[key] = _Tracked(expectation, msg.partition() or 0, msg.offset() or 0, msg.value() or b"")
+
+    # --- decisions ----------------------------------------------------------------------------------
+
+    def due(self, now: datetime) -> tuple[list[_Tracked], list[_Tracked]]:
+        """(to poll now, to give up on now)."""
+        poll, expire = [], []
+        still_open = 0
+        for key, tracked in self.tracked.items():
+            source = self.settings.sources.get(tracked.expectation.source)
+            state = self.states.get(key)
+            if tracked.closed or (state is not None and state[0] in FINAL):
+                continue
+            still_open += 1
+            if source is None or source.poll is None:
+                continue
+            e = tracked.expectation
+            if now - e.expected_at >= timedelta(seconds=source.poll.give_up_after_s):
+                expire.append(tracked)
+                continue
+            window = timedelta(seconds=e.window_s or source.poll.window_s)
+            since = max(t for t in (e.expected_at, state[1] if state else None, tracked.last_poll) if t is not None)
+            if now - since >= window:
+                poll.append(tracked)
+        self.metrics.open.set(still_open)
+        return poll, expire
+
+    def tick(self) -> None:
+        now = self.clock()
+        to_poll, to_expire = self.due(now)
+        for tracked in to_expire:
+            polls = tracked.polls
+            self._dead_letter(
+                tracked,
+                "poll_expired",
+                f"no final result from {tracked.expectation.provider} after {polls} polls since "
+                f"{tracked.expectation.expected_at.isoformat()}; giving up",
+            )
+        if to_poll:
+            outcomes = asyncio.run(self._poll_all(to_poll))
+            for tracked, outcome in zip(to_poll, outcomes, strict=True):
+                self._act(tracked, outcome, now)
+        if to_poll or to_expire:
+            self.producer.flush(30)
+
+    async def _poll_all(self, due: list[_Tracked]) -> list[PollOutcome]:
+        async with httpx.AsyncClient(transport=self.transport) as client:
+            pollers: dict[str, Poller] = {}
+            for tracked in due:
+                name = tracked.expectation.source
+                if name not in pollers:
+                    source = self.settings.sources[name]
+                    assert source.poll is not None
+                    pollers[name] = Poller(REGISTRY[source.provider], source.poll, client)
+            return list(await asyncio.gather(*(pollers[t.expectation.source].poll(t.expectation) for t in due)))
+
+    def _act(self, tracked: _Tracked, outcome: PollOutcome, now: datetime) -> None:
+        e = tracked.expectation
+        tracked.polls += 1
+        tracked.last_poll = now
+        self.metrics.polls.labels(e.provider, outcome.verdict).inc()
+        log.info("polled", provider=e.provider, source=e.source, outcome=outcome.verdict, http=outcome.http_status)
+        if outcome.verdict == "unauthorized":
+            self._dead_letter(
+                tracked,
+                "poll_unauthorized",
+                f"{outcome.detail}: fix the source's poll.token; this verification is not polled again",
+            )
+            return
+        if outcome.verdict != "result" or outcome.body is None:
+            return
+        body = orjson.dumps(outcome.body)
+        delivery = RawDelivery(
+            request_id=str(uuid.uuid4()),
+            source=e.source,
+            provider=e.provider,
+            method="GET",
+            received_at=now,
+            body=body,
+            headers={"content-type": "application/json"},
+            origin="poll",
+        )
+        key = routing_id(e.provider, body) or e.key
+        self.producer.produce(
+            self.topics.raw,
+            key=key.encode(),
+            value=self.codec.encode("RawDelivery", delivery_to_record(delivery), self.topics.raw),
+            headers=[("kycstream-origin", b"poll")],
+        )
+
+    def _dead_letter(self, tracked: _Tracked, reason: str, detail: str) -> None:
+        tracked.closed = True
+        e = tracked.expectation
+        letter = DeadLetter(
+            reason=reason,
+            detail=detail,
+            failed_at=self.clock(),
+            source_topic=self.topics.expected,
+            partition=tracked.partition,
+            offset=tracked.offset,
+            original_value=tracked.raw,
+            original_key=e.key.encode(),
+            source=e.source,
+            provider=e.provider,
+        )
+        self.producer.produce(
+            self.topics.dlq,
+            key=e.key.encode(),
+            value=self.codec.encode("DeadLetter", dead_letter_to_record(letter), self.topics.dlq),
+            headers=[("kycstream-reason", reason.encode())],
+        )
+        self.metrics.polls.labels(e.provider, reason).inc()
+        log.warning("reconcile_dead_letter", provider=e.provider, source=e.source, reason=reason)
+
+    def run(self, stop: threading.Event) -> None:
+        self._start()
+        log.info(
+            "reconciler_started",
+            group=self.settings.reconcile.group_id,
+            sources=sorted(n for n, s in self.settings.sources.items() if s.poll),
+        )
+        last_tick = 0.0
+        try:
+            while not stop.is_set():
+                self._drain()
+                if time.monotonic() - last_tick >= self.settings.reconcile.tick_s:
+                    last_tick = time.monotonic()
+                    self.tick()
+        finally:
+            self.producer.flush(30)
+            self.expected.close()
+            self.states_reader.close()
+            log.info("reconciler_stopped")
