@@ -58,3 +58,55 @@ def assert_matches(event: dict[str, Any], expect: dict[str, Any]) -> None:
             if hasattr(got, "isoformat"):
                 got = got.isoformat().replace("+00:00", "Z")
             assert got == want, f"{key}: {got!r} != {want!r}"
+
+
+# Keys whose values are personal data (PRODUCT.md: NIK, names, dates of birth, addresses, document
+# numbers; plus emails and phones). Values are searched for in everything that leaves the raw topic.
+PERSONAL_KEYS = frozenset(
+    {
+        "nik",
+        "fullname",
+        "firstname",
+        "surname",
+        "lastname",
+        "fathersname",
+        "mothersname",
+        "dateofbirth",
+        "dob",
+        "birthdate",
+        "address",
+        "documentnumber",
+        "personalnumber",
+        "taxpayernumber",
+        "email",
+        "phone",
+        "phonenumber",
+        "nationality",
+        "relatedrecords",
+    }
+)
+_NOT_PERSONAL = frozenset({"PASS", "FAIL", "VALID", "INVALID", "true", "false"})
+
+
+def personal_values(body: bytes) -> set[str]:
+    """The personal values a case's body carries (empty for bodies that are not JSON)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return set()
+    found: set[str] = set()
+
+    def walk(node: Any, personal: bool) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if personal and key in ("label", "format", "required"):
+                    continue  # field descriptions next to a personal value are not personal
+                walk(value, personal or key.lower() in PERSONAL_KEYS)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, personal)
+        elif personal and isinstance(node, str) and len(node) >= 4 and node not in _NOT_PERSONAL:
+            found.add(node)
+
+    walk(doc, False)
+    return found
