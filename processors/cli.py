@@ -118,30 +118,18 @@ def process(
     group: Annotated[str | None, typer.Option(help="Override processor.group_id.")] = None,
 ) -> None:
     """Run the normalizer: raw deliveries in, events and dead letters out. SIGTERM stops it cleanly."""
-    from prometheus_client import start_http_server
-
     from processors.kafka.runner import Normalizer
 
     settings = _load(ProcessorSettings, config)
     if group:
         settings = _override(settings, processor={"group_id": group})
     normalizer = Normalizer(settings)
-    if settings.processor.metrics_port:
-        start_http_server(settings.processor.metrics_port, registry=normalizer.metrics.registry)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        normalizer.run(stop)
-    except KycstreamError as exc:
-        raise _fail(str(exc)) from exc
+    _run_until_signalled(normalizer.run, normalizer.metrics.registry, settings.processor.metrics_port)
 
 
 @app.command()
 def reconcile(config: ConfigOpt = None) -> None:
     """Poll provider status APIs for expected verifications that have no final result in time."""
-    from prometheus_client import start_http_server
-
     from processors.kafka.reconciler import Reconciler
     from processors.settings import ReconcileSettings
 
@@ -149,15 +137,7 @@ def reconcile(config: ConfigOpt = None) -> None:
     if not any(source.poll for source in settings.sources.values()):
         raise _fail("no source has a `poll:` section (base_url, token): there is nothing to reconcile")
     reconciler = Reconciler(settings)
-    if settings.reconcile.metrics_port:
-        start_http_server(settings.reconcile.metrics_port, registry=reconciler.metrics.registry)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        reconciler.run(stop)
-    except KycstreamError as exc:
-        raise _fail(str(exc)) from exc
+    _run_until_signalled(reconciler.run, reconciler.metrics.registry, settings.reconcile.metrics_port)
 
 
 @app.command()
@@ -204,6 +184,21 @@ def run(
                 child.kill()
         if running is not None:
             running.stop()
+
+
+def _run_until_signalled(run: Any, registry: Any, metrics_port: int | None) -> None:
+    """Serve /metrics, run a role until SIGTERM/SIGINT sets its stop event, report its errors."""
+    from prometheus_client import start_http_server
+
+    if metrics_port:
+        start_http_server(metrics_port, registry=registry)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        run(stop)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _wait_for_signal(done: Any) -> None:

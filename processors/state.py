@@ -10,6 +10,7 @@ Every event counts in `event_count`, whether or not it changes the status.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 from processors.model import VerificationEvent, VerificationState, VerificationStatus
@@ -24,8 +25,13 @@ def _tier(status: VerificationStatus) -> int:
     return 2 if status in DECISIONS else 1 if status is VerificationStatus.REVIEW else 0
 
 
+def _ms(moment: datetime) -> datetime:
+    """Millisecond precision, as the state changelog stores it: memory and restore must agree."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
 def _when(event: VerificationEvent) -> datetime:
-    return event.occurred_at or event.received_at
+    return _ms(event.occurred_at or event.received_at)
 
 
 def supersedes(event: VerificationEvent, state: VerificationState) -> bool:
@@ -51,17 +57,17 @@ def apply(state: VerificationState | None, event: VerificationEvent, now: dateti
             last_event_id=event.event_id,
             updated_at=now,
             occurred_at=_when(event),
-            decided_at=_when(event) if event.status in DECISIONS else (state.decided_at if state else None),
+            decided_at=_decided_at(state, event),
             event_count=(state.event_count if state else 0) + 1,
         )
-    return VerificationState(
-        key=state.key,
-        provider=state.provider,
-        verification_id=state.verification_id,
-        status=state.status,
-        last_event_id=state.last_event_id,
-        updated_at=now,
-        occurred_at=state.occurred_at,
-        decided_at=state.decided_at,
-        event_count=state.event_count + 1,
+    return dataclasses.replace(
+        state, updated_at=now, decided_at=_decided_at(state, event), event_count=state.event_count + 1
     )
+
+
+def _decided_at(state: VerificationState | None, event: VerificationEvent) -> datetime | None:
+    """The latest decision time seen, whatever order the events arrived in."""
+    known = state.decided_at if state else None
+    if event.status not in DECISIONS:
+        return known
+    return max(known, _when(event)) if known else _when(event)

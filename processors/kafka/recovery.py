@@ -29,7 +29,7 @@ class PartitionStores:
     partition: int
     dedup: DedupStore
     states: dict[str, VerificationState] = field(default_factory=dict)
-    expired: list[str] = field(default_factory=list)  # found expired while restoring: to tombstone
+    expired: set[str] = field(default_factory=set)  # found expired while restoring: to tombstone
     repair_from: int = -1  # events-topic offset from which events may lack their dedup record
     restored_keys: int = 0
 
@@ -83,15 +83,17 @@ def restore(
         if msg.topic() == dedup_topic:
             if value is None:
                 target.dedup.discard(key)
+                target.expired.discard(key)
                 continue
             record = dedup_from_record(codec.decode("DedupRecord", value, dedup_topic))
             target.repair_from = max(target.repair_from, record.events_offset)
             expires_s = int(record.expires_at.timestamp())
             if expires_s > now_s:
                 target.dedup.add(key, expires_s)
+                target.expired.discard(key)  # seen again after its window: live, not to tombstone
             else:
                 target.dedup.discard(key)
-                target.expired.append(key)
+                target.expired.add(key)
         elif value is None:
             target.states.pop(key, None)
         else:

@@ -213,7 +213,7 @@ class Engine:
                 batch.event_offsets.setdefault(partition, []).append(offset)
                 repaired += 1
             for partition, stores in fresh.items():
-                self._tombstone(partition, stores.expired, batch)
+                self._tombstone(partition, sorted(stores.expired), batch)
             self._produce_states(batch)
             self._flush_or_raise(batch, "restore")
             self._apply(batch)

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from processors.model import Check, CheckOutcome
+
 
 def obj(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
@@ -41,9 +43,10 @@ def timestamp(value: object) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:
-        return parsed.astimezone(UTC)
+        utc = parsed.astimezone(UTC)
     except (OverflowError, ValueError):
         return None
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)  # Avro timestamp-millis
 
 
 def scalar_attributes(doc: Mapping[str, Any], *names: str) -> dict[str, str]:
@@ -56,3 +59,12 @@ def scalar_attributes(doc: Mapping[str, Any], *names: str) -> dict[str, str]:
         elif (as_text := text(value)) is not None:
             out[name] = as_text
     return out
+
+
+def word_check(name: object, word: object, outcomes: Mapping[str, CheckOutcome]) -> Check:
+    """A check from a provider's outcome word; a word it does not know is kept as SKIPPED + code."""
+    upper = (text(word) or "").upper()
+    mapped = outcomes.get(upper)
+    return Check(
+        name=str(name)[:128], outcome=mapped or CheckOutcome.SKIPPED, code=None if mapped else (upper[:64] or None)
+    )

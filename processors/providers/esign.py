@@ -19,7 +19,7 @@ from processors.model import (
     Rejection,
     VerificationStatus,
 )
-from processors.providers._read import obj, scalar_attributes, text, timestamp
+from processors.providers._read import obj, scalar_attributes, text, timestamp, word_check
 
 NAME = "esign"
 DEFAULT_AUTH = AuthSpec(scheme="bearer")
@@ -94,18 +94,7 @@ def _status(status: str, result: str, reason: str | None) -> VerificationStatus 
 
 
 def _checks(value: object) -> tuple[Check, ...]:
-    checks = []
-    for name, outcome in obj(value).items():
-        word = (text(outcome) or "").upper()
-        mapped = _CHECK_OUTCOMES.get(word)
-        checks.append(
-            Check(
-                name=str(name)[:128],
-                outcome=mapped or CheckOutcome.SKIPPED,
-                code=None if mapped else (word[:64] or None),
-            )
-        )
-    return tuple(checks)
+    return tuple(word_check(name, outcome, _CHECK_OUTCOMES) for name, outcome in obj(value).items())
 
 
 # --- reconciliation: Get Submission Details (seed 000, "Fallback Polling") ---------------------

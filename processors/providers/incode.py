@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from processors.model import AuthSpec, Check, CheckOutcome, Normalized, PollRequest, Rejection, VerificationStatus
-from processors.providers._read import obj, scalar_attributes, text, timestamp
+from processors.providers._read import obj, scalar_attributes, text, timestamp, word_check
 
 NAME = "incode"
 DEFAULT_AUTH = AuthSpec(scheme="api_key", header="x-incode-webhook-secret")
@@ -113,17 +113,9 @@ def _checks(value: object) -> tuple[Check, ...]:
         return ()
     checks = []
     for name, outcome in items:
-        word = (text(obj(outcome).get("status")) if isinstance(outcome, Mapping) else text(outcome)) or ""
-        word = word.upper()
-        mapped = _MODULE_OUTCOMES.get(word)
+        word = text(obj(outcome).get("status")) if isinstance(outcome, Mapping) else text(outcome)
         if name:
-            checks.append(
-                Check(
-                    name=str(name)[:128],
-                    outcome=mapped or CheckOutcome.SKIPPED,
-                    code=None if mapped else (word[:64] or None),
-                )
-            )
+            checks.append(word_check(name, word, _MODULE_OUTCOMES))
     return tuple(checks)
 
 

@@ -351,14 +351,6 @@ def test_restore_applies_records_tombstones_and_expiry(kind: str, tmp_path: Path
     stores.dedup.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG recovery.restore (restore_dedup before 6a7e221): a key whose changelog holds an expired record "
-    "and then a live one (seen again after its window, e.g. a raw-topic replay) is restored live *and* listed in "
-    "stores.expired, so Engine.restore tombstones a live key; after the next restart the key is gone and a "
-    "repeat within its window yields a second event. Fix: drop the key from `expired` when a later record "
-    "re-adds it (keep `expired` as a dict/set and discard on add, or compute it after the loop).",
-)
 def test_restore_does_not_list_a_live_key_as_expired(kind: str, tmp_path: Path) -> None:
     codec = Codec()
     stores = _restore(

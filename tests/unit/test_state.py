@@ -334,27 +334,14 @@ def test_never_regresses_once_settled(events: list[VerificationEvent]) -> None:
         assert (current.status in SETTLED) == settled_seen
 
 
-# --- known defects, documented as strict xfails (remove the marker once fixed) ------------------------
+# --- defects found by these tests, now fixed ----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG state.py: decided_at depends on arrival order. APPROVED@t0 then REVIEW@t1 keeps decided_at=t0; "
-    "REVIEW@t1 then APPROVED@t0 (ignored as older) leaves decided_at=None. Fix: take decided_at as the "
-    "latest decision time seen, in both branches of apply (max of state.decided_at and a decision's _when).",
-)
 def test_decided_at_does_not_depend_on_arrival_order() -> None:
     approved, review = ev(S.APPROVED, at(0), "a"), ev(S.REVIEW, at(1), "r")
     assert fold([approved, review]).decided_at == fold([review, approved]).decided_at
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG state.py/serde: provider timestamps keep microseconds in memory but the state changelog stores "
-    "timestamp-millis, so a state restored after a restart compares differently: an older event (same "
-    "millisecond) overturns a newer decision. Fix: truncate to milliseconds in state._when (or in "
-    "providers._read.timestamp) so memory and changelog agree.",
-)
 def test_restored_state_decides_like_the_in_memory_one() -> None:
     codec = Codec()
     newer = ev(S.APPROVED, T0 + timedelta(microseconds=900), "b")
