@@ -172,6 +172,13 @@ class PollSettings(Section):
     max_attempts: int = Field(4, ge=1, le=20, description="tries per poll on 5xx and timeouts (backoff, jitter)")
     give_up_after_s: int = Field(24 * 3600, ge=1)
 
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("is empty: set the provider API credential (e.g. KYCSTREAM_SOURCES__<NAME>__POLL__TOKEN)")
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:

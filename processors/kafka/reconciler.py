@@ -100,6 +100,18 @@ class Reconciler:
         )
         self.producer = Producer(config.producer(settings.kafka))
         self.tracked: dict[str, _Tracked] = {}
+        for source in settings.sources.values():  # every series exists from the start, for alerts
+            if source.poll is not None:
+                for outcome in (
+                    "result",
+                    "unrecognized",
+                    "unauthorized",
+                    "not_found",
+                    "failed",
+                    "poll_unauthorized",
+                    "poll_expired",
+                ):
+                    self.metrics.polls.labels(source.provider, outcome)
         self.states: dict[str, tuple[VerificationStatus, datetime]] = {}
 
     # --- tables ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The Kubernetes manifests agree with what the gateway and processor actually serve and accept.
+"""The Kubernetes manifests agree with what the gateway, processor and reconciler serve and accept.
 
 The overlays are rendered as a cluster would receive them, then checked against the application's
 own settings classes, routes, metrics and CLI. The last tests run `deploy/check.sh` (what
@@ -7,6 +7,7 @@ own settings classes, routes, metrics and CLI. The last tests run `deploy/check.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -14,28 +15,49 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
 from prometheus_client import generate_latest
 
 from gateway.app import create_app
+from gateway.expectations import ExpectationsEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from processors.errors import ConfigError
+from processors.kafka import reconciler as reconciler_module
+from processors.kafka.reconciler import ReconcileMetrics
 from processors.kafka.runner import ProcessorMetrics
 from processors.kafka.topics import specs
+from processors.polling import Verdict
 from processors.providers import REGISTRY
-from processors.settings import KAFKA_ENV, ProcessorSettings
+from processors.settings import KAFKA_ENV, ProcessorSettings, ReconcileSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 TOOLS = ROOT / ".venv-deploy" / "bin"
 OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 SOURCES = {"esign", "xendit", "signicat", "incode", "metamap"}
+ROLES = ("gateway", "processor", "reconciler")
 # A placeholder a Secret would hold: a JSON list, and user:password-shaped so basic auth accepts it.
 PLACEHOLDER_CREDENTIALS = '["kycstream:placeholder-secret"]'
+PLACEHOLDER_API_KEYS = '["placeholder-api-key"]'
+# What each referenced Secret holds, in the shape the settings expect (others: one plain string).
+SECRET_PLACEHOLDERS = {
+    "kycstream-provider-credentials": PLACEHOLDER_CREDENTIALS,
+    "kycstream-expectations-api-keys": PLACEHOLDER_API_KEYS,
+}
+PLACEHOLDER_SECRET = "placeholder-secret"
+# What each role may read from Secrets by env (least privilege: a webhook-facing gateway never
+# holds a status-API token, the processor no provider secret at all).
+ROLE_SECRETS = {
+    "gateway": {"kycstream-kafka-gateway", "kycstream-provider-credentials", "kycstream-expectations-api-keys"},
+    "processor": {"kycstream-kafka-processor"},
+    "reconciler": {"kycstream-kafka-reconciler", "kycstream-provider-poll-tokens"},
+}
 
 Doc = dict[str, Any]
 
@@ -100,11 +122,15 @@ def strimzi() -> list[Doc]:
     return render(DEPLOY / "strimzi" / "topics-users")
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+def _clear_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in list(os.environ):
         if var.startswith("KYCSTREAM_") or var in KAFKA_ENV:
             monkeypatch.delenv(var)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    _clear_env(monkeypatch)
     return monkeypatch
 
 
@@ -116,18 +142,31 @@ def _config_file(docs: list[Doc], tmp_path: Path) -> Path:
     return path
 
 
-def _apply_env(monkeypatch: pytest.MonkeyPatch, deployment: Doc) -> dict[str, str]:
-    """Set the container's env as the kubelet would, with placeholders for Secret values."""
+def _env(deployment: Doc, skip: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The container's env as the kubelet would set it, with placeholders for Secret values."""
     env: dict[str, str] = {}
     for item in container(deployment).get("env", []):
+        if item["name"] in skip:
+            continue
         if "value" in item:
             env[item["name"]] = item["value"]
         else:
             ref = item["valueFrom"]["secretKeyRef"]
-            env[item["name"]] = PLACEHOLDER_CREDENTIALS if ref["name"] == "kycstream-provider-credentials" else "x"
+            env[item["name"]] = SECRET_PLACEHOLDERS.get(ref["name"], PLACEHOLDER_SECRET)
+    return env
+
+
+def _apply_env(monkeypatch: pytest.MonkeyPatch, deployment: Doc, skip: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Replace this process's kycstream/Kafka env with the container's (see `_env`)."""
+    _clear_env(monkeypatch)
+    env = _env(deployment, skip)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+def _secret_refs(deployment: Doc) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(deployment).get("env", []) if "valueFrom" in e}
 
 
 def _config_arg(deployment: Doc) -> str:
@@ -149,7 +188,23 @@ def processor_settings(overlay: list[Doc], tmp_path: Path, clean_env: pytest.Mon
     return ProcessorSettings.load(_config_file(overlay, tmp_path))
 
 
+@pytest.fixture
+def reconcile_settings(overlay: list[Doc], tmp_path: Path, clean_env: pytest.MonkeyPatch) -> ReconcileSettings:
+    deployment = one(overlay, "Deployment", "kycstream-reconciler")
+    _apply_env(clean_env, deployment)
+    return ReconcileSettings.load(_config_file(overlay, tmp_path))
+
+
+def _polled(config_text: str) -> set[str]:
+    """The sources of the ConfigMap's kycstream.yaml that have a `poll:` section."""
+    return {name for name, source in yaml.safe_load(config_text)["sources"].items() if "poll" in source}
+
+
 # --- the config and env the pods get validate with the app's own settings ----------------------
+
+
+def _expectations_on(settings: GatewaySettings) -> bool:
+    return ExpectationsEndpoint(settings, sink=object(), clock=lambda: datetime.now(UTC)).enabled  # type: ignore[arg-type]
 
 
 def test_gateway_config_and_env_validate(gateway_settings: GatewaySettings, overlay: list[Doc]) -> None:
@@ -163,6 +218,24 @@ def test_gateway_config_and_env_validate(gateway_settings: GatewaySettings, over
     assert (kafka.security_protocol, kafka.sasl_username) == ("SASL_SSL", "kycstream-gateway")
     assert kafka.sasl_password is not None
     assert gateway_settings.gateway.host in {"0.0.0.0", "::"}, "the gateway must listen beyond loopback in a pod"
+    # The shared config's poll sections are dropped: the gateway neither needs nor holds their tokens.
+    assert all(source.poll is None for source in gateway_settings.sources.values())
+    keys = [k.get_secret_value() for k in gateway_settings.gateway.expectations_api_keys]
+    assert keys == json.loads(PLACEHOLDER_API_KEYS)
+    assert _expectations_on(gateway_settings)
+
+
+def test_expectations_api_keys_secret_is_optional(
+    overlay: list[Doc], tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """Without the Secret the gateway still takes webhooks; only POST /expectations/ is off (404)."""
+    deployment = one(overlay, "Deployment", "kycstream-gateway")
+    ref = _secret_refs(deployment)["KYCSTREAM_GATEWAY__EXPECTATIONS_API_KEYS"]
+    assert ref == {"name": "kycstream-expectations-api-keys", "key": "keys", "optional": True}
+    _apply_env(clean_env, deployment, skip=frozenset({"KYCSTREAM_GATEWAY__EXPECTATIONS_API_KEYS"}))
+    settings = GatewaySettings.load(_config_file(overlay, tmp_path))
+    settings.require_sources()
+    assert not _expectations_on(settings)
 
 
 def test_every_source_has_its_credentials_env(overlay: list[Doc]) -> None:
@@ -176,9 +249,75 @@ def test_every_source_has_its_credentials_env(overlay: list[Doc]) -> None:
         assert ref == {"name": "kycstream-provider-credentials", "key": name}
 
 
+def test_every_polled_source_has_its_token_env_in_the_reconciler_only(overlay: list[Doc]) -> None:
+    text = one(overlay, "ConfigMap", "kycstream-config")["data"]["kycstream.yaml"]
+    polled = _polled(text)
+    assert polled == SOURCES, "every provider has a status API: poll them all"
+    for name, source in yaml.safe_load(text)["sources"].items():
+        assert "token" not in source.get("poll", {}), f"{name}: poll.token belongs in the Secret, not the ConfigMap"
+    token_env = {f"KYCSTREAM_SOURCES__{name.upper()}__POLL__TOKEN": name for name in polled}
+    refs = _secret_refs(one(overlay, "Deployment", "kycstream-reconciler"))
+    assert {var for var in refs if var.endswith("__POLL__TOKEN")} == set(token_env)
+    for var, name in token_env.items():
+        assert refs[var] == {"name": "kycstream-provider-poll-tokens", "key": name}
+    # The gateway parses `sources.*.poll` too (SourceSettings.poll, token required): it drops each
+    # section instead of receiving the token.
+    gateway = {e["name"]: e for e in container(one(overlay, "Deployment", "kycstream-gateway"))["env"]}
+    dropped = {var: item.get("value") for var, item in gateway.items() if var.endswith("__POLL")}
+    assert dropped == {f"KYCSTREAM_SOURCES__{name.upper()}__POLL": "null" for name in polled}
+    for role in ("gateway", "processor"):
+        env = container(one(overlay, "Deployment", f"kycstream-{role}"))["env"]
+        assert not [e for e in env if "__POLL__" in e["name"]], f"the {role} must not get a poll setting or token"
+
+
+def test_each_role_gets_only_its_secrets(overlay: list[Doc]) -> None:
+    for role, allowed in ROLE_SECRETS.items():
+        refs = _secret_refs(one(overlay, "Deployment", f"kycstream-{role}"))
+        assert {ref["name"] for ref in refs.values()} == allowed, role
+
+
 def test_processor_config_and_env_validate(processor_settings: ProcessorSettings) -> None:
     assert processor_settings.kafka.sasl_username == "kycstream-processor"
     assert processor_settings.processor.metrics_port, "the processor's probes and PodMonitor need its metrics port"
+
+
+def test_reconciler_config_and_env_validate(reconcile_settings: ReconcileSettings) -> None:
+    assert reconcile_settings.kafka.sasl_username == "kycstream-reconciler"
+    assert reconcile_settings.kafka.sasl_password is not None
+    assert reconcile_settings.reconcile.metrics_port, "the reconciler's probes and PodMonitor need its metrics port"
+    # `kycstream reconcile` refuses to start when no source has a poll section.
+    polled = {name: s.poll for name, s in reconcile_settings.sources.items() if s.poll is not None}
+    assert set(polled) == SOURCES
+    for name, poll in polled.items():
+        assert poll.token.get_secret_value() == PLACEHOLDER_SECRET, f"{name}: the token must come from the Secret"
+        assert poll.base_url.startswith("https://"), f"{name}: the NetworkPolicy opens 443 only"
+        assert reconcile_settings.sources[name].provider in REGISTRY
+
+
+def test_a_missing_poll_token_stops_the_reconciler_with_a_clear_error(overlay: list[Doc], tmp_path: Path) -> None:
+    """Through the real CLI: the message names the setting and the env variable that sets it."""
+    deployment = one(overlay, "Deployment", "kycstream-reconciler")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KYCSTREAM_") and k not in KAFKA_ENV}
+    env |= _env(deployment, skip=frozenset({"KYCSTREAM_SOURCES__XENDIT__POLL__TOKEN"}))
+    config = _config_file(overlay, tmp_path)
+    kycstream = Path(sys.executable).with_name("kycstream")
+    done = subprocess.run(
+        [kycstream, "reconcile", "--config", str(config)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "sources.xendit.poll.token: Field required" in done.stderr
+    assert "KYCSTREAM_SOURCES__XENDIT__POLL__TOKEN" in done.stderr
+    assert PLACEHOLDER_SECRET not in done.stdout + done.stderr
+
+
+def test_the_gateway_without_the_poll_override_would_need_the_tokens(
+    overlay: list[Doc], tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """Why the gateway's env drops `poll`: the shared config would not validate for it otherwise."""
+    deployment = one(overlay, "Deployment", "kycstream-gateway")
+    _apply_env(clean_env, deployment, skip=frozenset({"KYCSTREAM_SOURCES__ESIGN__POLL"}))
+    with pytest.raises(ConfigError, match=r"sources\.esign\.poll\.token: Field required"):
+        GatewaySettings.load(_config_file(overlay, tmp_path))
 
 
 def test_no_secret_is_committed(overlay: list[Doc], strimzi: list[Doc]) -> None:
@@ -210,19 +349,28 @@ def test_gateway_probes_and_ports(overlay: list[Doc], gateway_settings: GatewayS
     paths = ingress["spec"]["rules"][0]["http"]["paths"]
     assert [p["path"] for p in paths] == ["/webhooks/"] and "/webhooks/{source}" in routes
     assert paths[0]["backend"]["service"]["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    # POST /expectations/ is for internal callers: served through the ClusterIP Service only.
+    assert "/expectations/{source}" in routes and service["spec"]["type"] == "ClusterIP"
+    assert not [p for p in paths if "/expectations/".startswith(p["path"]) or p["path"].startswith("/expectations")]
 
 
-def test_processor_probes_and_ports(overlay: list[Doc], processor_settings: ProcessorSettings) -> None:
-    c = container(one(overlay, "Deployment", "kycstream-processor"))
-    port = processor_settings.processor.metrics_port
-    assert [p["containerPort"] for p in c["ports"]] == [port]
-    for probe in ("readinessProbe", "livenessProbe"):
-        get = c[probe]["httpGet"]
-        assert (get["path"], _port(c, get["port"])) == ("/metrics", port)
+def _worker_ports(processor: ProcessorSettings, reconcile: ReconcileSettings) -> dict[str, int | None]:
+    return {"processor": processor.processor.metrics_port, "reconciler": reconcile.reconcile.metrics_port}
+
+
+def test_worker_probes_and_ports(
+    overlay: list[Doc], processor_settings: ProcessorSettings, reconcile_settings: ReconcileSettings
+) -> None:
+    for role, port in _worker_ports(processor_settings, reconcile_settings).items():
+        c = container(one(overlay, "Deployment", f"kycstream-{role}"))
+        assert [p["containerPort"] for p in c["ports"]] == [port], role
+        for probe in ("readinessProbe", "livenessProbe"):
+            get = c[probe]["httpGet"]
+            assert (get["path"], _port(c, get["port"])) == ("/metrics", port), role
 
 
 def test_pod_monitors_scrape_named_ports(overlay: list[Doc]) -> None:
-    for role in ("gateway", "processor"):
+    for role in ROLES:
         c = container(one(overlay, "Deployment", f"kycstream-{role}"))
         monitor = one(overlay, "PodMonitor", f"kycstream-{role}")
         for endpoint in monitor["spec"]["podMetricsEndpoints"]:
@@ -231,7 +379,7 @@ def test_pod_monitors_scrape_named_ports(overlay: list[Doc]) -> None:
         assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
-@pytest.mark.parametrize("role", ["gateway", "processor"])
+@pytest.mark.parametrize("role", ROLES)
 def test_args_are_real_cli_commands(overlay: list[Doc], role: str) -> None:
     deployment = one(overlay, "Deployment", f"kycstream-{role}")
     args = container(deployment)["args"]
@@ -266,6 +414,15 @@ def test_processor_shutdown_covers_the_flush(overlay: list[Doc], processor_setti
     assert spec["terminationGracePeriodSeconds"] > processor_settings.processor.flush_timeout_s
 
 
+def test_reconciler_shutdown_covers_a_poll_and_the_flush(
+    overlay: list[Doc], reconcile_settings: ReconcileSettings
+) -> None:
+    spec = one(overlay, "Deployment", "kycstream-reconciler")["spec"]["template"]["spec"]
+    # SIGTERM is seen between ticks: the slowest poll (every try timing out), then producer.flush(30).
+    slowest = max(s.poll.max_attempts * s.poll.timeout_s for s in reconcile_settings.sources.values() if s.poll)
+    assert spec["terminationGracePeriodSeconds"] >= slowest + 30
+
+
 def _nginx_size(value: str) -> int:
     number, unit = re.fullmatch(r"(\d+)([kKmMgG]?)", value).groups()  # type: ignore[union-attr]
     return int(number) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit.lower()]
@@ -290,6 +447,55 @@ def test_gateway_scales_and_survives_disruption(overlay: list[Doc]) -> None:
 def test_processor_replicas_within_partitions(overlay: list[Doc], processor_settings: ProcessorSettings) -> None:
     replicas = one(overlay, "Deployment", "kycstream-processor")["spec"]["replicas"]
     assert 1 <= replicas <= processor_settings.topics.partitions
+
+
+def test_reconciler_replicas_within_partitions(overlay: list[Doc], reconcile_settings: ReconcileSettings) -> None:
+    replicas = one(overlay, "Deployment", "kycstream-reconciler")["spec"]["replicas"]
+    assert 1 <= replicas <= reconcile_settings.topics.partitions
+    pdb = one(overlay, "PodDisruptionBudget", "kycstream-reconciler")["spec"]
+    assert pdb == {"maxUnavailable": 1, "selector": pdb["selector"]}, "a single reconciler must stay drainable"
+
+
+PRIVATE = ["10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "169.254.169.254", "fd00::1", "fe80::1"]
+
+
+def _admits(block: Doc, address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    cidr = ipaddress.ip_network(block["cidr"])
+    if ip.version != cidr.version or ip not in cidr:
+        return False
+    return not any(ip in ipaddress.ip_network(e) for e in block.get("except", []) if ip.version == cidr.version)
+
+
+def test_network_policies_admit_each_roles_traffic_only(
+    overlay: list[Doc],
+    gateway_settings: GatewaySettings,
+    processor_settings: ProcessorSettings,
+    reconcile_settings: ReconcileSettings,
+) -> None:
+    served = {"gateway": gateway_settings.gateway.port} | _worker_ports(processor_settings, reconcile_settings)
+    assert one(overlay, "NetworkPolicy", "kycstream-default-deny")["spec"]["podSelector"] == {}
+    for role, port in served.items():
+        policy = one(overlay, "NetworkPolicy", f"kycstream-{role}")["spec"]
+        labels = one(overlay, "Deployment", f"kycstream-{role}")["spec"]["template"]["metadata"]["labels"]
+        assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+        assert {p["port"] for rule in policy["ingress"] for p in rule["ports"]} == {port}, role
+        egress = policy["egress"]
+        assert any(p["port"] == 9093 for rule in egress for p in rule["ports"]), f"{role} must reach Kafka"
+        blocks = [peer["ipBlock"] for rule in egress for peer in rule["to"] if "ipBlock" in peer]
+        if role != "reconciler":
+            assert not blocks, f"only the reconciler calls out of the cluster, not the {role}"
+            continue
+        # The providers' status APIs: HTTPS anywhere public, never the cluster or the metadata endpoint.
+        internet = [rule for rule in egress if any("ipBlock" in peer for peer in rule["to"])]
+        assert len(internet) == 1 and internet[0]["ports"] == [{"port": 443, "protocol": "TCP"}]
+        assert any(_admits(b, "203.0.113.10") for b in blocks) and any(_admits(b, "2001:db8::1") for b in blocks)
+        assert not [a for a in PRIVATE if any(_admits(b, a) for b in blocks)]
+    # Internal callers of /expectations/ reach the gateway only from namespaces labelled for it.
+    peers = [
+        peer for rule in one(overlay, "NetworkPolicy", "kycstream-gateway")["spec"]["ingress"] for peer in rule["from"]
+    ]
+    assert {"namespaceSelector": {"matchLabels": {"kycstream.io/expectations-client": "true"}}} in peers
 
 
 def test_pods_are_locked_down(overlay: list[Doc]) -> None:
@@ -334,48 +540,115 @@ def _acls(strimzi: list[Doc], user: str) -> dict[tuple[str, str], set[str]]:
     return {(a["resource"]["type"], a["resource"]["name"]): set(a["operations"]) for a in spec["authorization"]["acls"]}
 
 
+def _reconciler_groups(settings: ReconcileSettings, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The consumer groups the reconciler's code really joins (its Kafka clients, recorded)."""
+    confs: list[dict[str, Any]] = []
+    for client in ("Consumer", "Producer"):
+        monkeypatch.setattr(reconciler_module, client, lambda conf, confs=confs: confs.append(conf))
+    reconciler_module.Reconciler(settings)
+    return {conf["group.id"] for conf in confs if "group.id" in conf}
+
+
 def test_kafka_users_are_least_privilege(
-    strimzi: list[Doc], overlay: list[Doc], processor_settings: ProcessorSettings
+    strimzi: list[Doc],
+    overlay: list[Doc],
+    processor_settings: ProcessorSettings,
+    reconcile_settings: ReconcileSettings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     t = processor_settings.topics
+    assert reconcile_settings.topics == t
+    for user in (d for d in strimzi if d["kind"] == "KafkaUser"):
+        assert all(a["resource"]["patternType"] == "literal" for a in user["spec"]["authorization"]["acls"])
     gateway = _acls(strimzi, "kycstream-gateway")
-    assert {name for (kind, name), ops in gateway.items() if ops - {"Describe"}} == {t.raw}
-    assert gateway[("topic", t.raw)] == {"Write", "Describe"}
+    assert {name for (kind, name), ops in gateway.items() if ops - {"Describe"}} == {t.raw, t.expected}
+    assert gateway[("topic", t.raw)] == gateway[("topic", t.expected)] == {"Write", "Describe"}
+    # /readyz checks that every topic exists: Kafka hides those the user may not describe.
+    assert set(gateway) == {("topic", s.name) for s in specs(t)}
     processor = _acls(strimzi, "kycstream-processor")
     assert processor[("group", processor_settings.processor.group_id)] >= {"Read"}
     assert processor[("topic", t.raw)] == {"Read", "Describe"}
     for topic in (t.events, t.state, t.dedup, t.dlq):
         assert "Write" in processor[("topic", topic)]
     assert all(kind in {"topic", "group"} for kind, _ in processor)
-    for role in ("gateway", "processor"):
-        env = {e["name"]: e for e in container(one(overlay, "Deployment", f"kycstream-{role}"))["env"]}
+    assert ("topic", t.expected) not in processor
+    groups = _reconciler_groups(reconcile_settings, monkeypatch)
+    assert reconcile_settings.reconcile.group_id in groups and len(groups) == 2
+    assert _acls(strimzi, "kycstream-reconciler") == {
+        ("topic", t.expected): {"Read", "Describe"},
+        ("topic", t.state): {"Read", "Describe"},
+        ("topic", t.raw): {"Write", "Describe"},
+        ("topic", t.dlq): {"Write", "Describe"},
+        **{("group", group): {"Read", "Describe"} for group in groups},
+    }
+    assert {d["metadata"]["name"] for d in strimzi if d["kind"] == "KafkaUser"} == {f"kycstream-{r}" for r in ROLES}
+    for role in ROLES:
+        deployment = one(overlay, "Deployment", f"kycstream-{role}")
+        env = {e["name"]: e for e in container(deployment)["env"]}
         assert env["KAFKA_SASL_USERNAME"]["value"] == f"kycstream-{role}"
+        assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == f"kycstream-kafka-{role}"
 
 
 # --- alerts and dashboard use metrics that exist ---------------------------------------------------
 
 
 def _exported_names() -> set[str]:
-    gateway, processor = GatewayMetrics(), ProcessorMetrics()
+    gateway, processor, reconciler = GatewayMetrics(), ProcessorMetrics(), ReconcileMetrics()
     gateway.requests.labels("s", "200").inc()
     gateway.produce_seconds.observe(0.01)
     processor.events.labels("p", "APPROVED").inc()
     processor.dead_letters.labels("p", "r").inc()
-    text = (generate_latest(gateway.registry) + generate_latest(processor.registry)).decode()
+    reconciler.polls.labels("p", "result").inc()
+    reconciler.open.set(1)
+    registries = (gateway.registry, processor.registry, reconciler.registry)
+    text = b"".join(generate_latest(r) for r in registries).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def _alert_exprs() -> list[str]:
+    rules = yaml.safe_load((DEPLOY / "monitoring" / "prometheusrule.yaml").read_text())
+    return [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads((DEPLOY / "monitoring" / "kycstream-dashboard.json").read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
 
 
 def test_alerts_and_dashboard_use_exported_metrics() -> None:
     exported = _exported_names()
-    rules = yaml.safe_load((DEPLOY / "monitoring" / "prometheusrule.yaml").read_text())
-    exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
-    dashboard = json.loads((DEPLOY / "monitoring" / "kycstream-dashboard.json").read_text())
-    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    used = {m for e in exprs for m in re.findall(r"\b(kycstream_[a-z_]+)", e)}
+    alerts, panels = _alert_exprs(), _dashboard_exprs()
+    used = {m for e in alerts + panels for m in re.findall(r"\b(kycstream_[a-z_]+)", e)}
     assert used and used <= exported, f"not exported by the app: {used - exported}"
-    assert any("kafka_consumergroup_lag" in e for e in exprs)
-    for needed in ("kycstream_dead_letters_total", "kycstream_gateway_requests_total"):
-        assert any(needed in r["expr"] for g in rules["spec"]["groups"] for r in g["rules"])
+    assert any("kafka_consumergroup_lag" in e for e in alerts + panels)
+    for needed in (
+        "kycstream_dead_letters_total",
+        "kycstream_gateway_requests_total",
+        "kycstream_polls_total",
+        "kycstream_expectations_open",
+    ):
+        assert any(needed in e for e in alerts), f"no alert on {needed}"
+    assert any(re.search(r"by \(provider, outcome\) \(rate\(kycstream_polls_total", e) for e in panels)
+    assert any("kycstream_expectations_open" in e for e in panels)
+
+
+def _poll_outcomes() -> set[str]:
+    """The `outcome` label values the reconciler can export: poll verdicts and its dead-letter reasons."""
+    source = Path(reconciler_module.__file__).read_text()
+    reasons = set(re.findall(r'self\._dead_letter\(\s*\w+,\s*"([a-z_]+)"', source))
+    assert reasons, "could not find the reconciler's dead-letter reasons"
+    return set(get_args(Verdict)) | reasons
+
+
+def test_poll_alerts_match_real_outcomes() -> None:
+    outcomes = _poll_outcomes()
+    matched: set[str] = set()
+    for expr in _alert_exprs():
+        for pattern in re.findall(r'kycstream_polls_total\{[^}]*outcome=~"([^"]+)"', expr):
+            values = set(pattern.split("|"))
+            assert values <= outcomes, f"no such poll outcome: {values - outcomes}"
+            matched |= values
+    assert matched >= {"unauthorized", "failed", "poll_unauthorized", "poll_expired"}
 
 
 # --- make deploy-check passes here and fails on broken manifests -----------------------------------
