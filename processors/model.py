@@ -141,6 +141,7 @@ class VerificationState:
     occurred_at: datetime | None = None
     decided_at: datetime | None = None
     event_count: int = 1
+    raw_offset: int = -1
 
 
 @dataclass(frozen=True, slots=True)

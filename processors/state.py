@@ -5,7 +5,8 @@
 - Among decisions and reviews (and among in-progress statuses), the later provider timestamp
   wins, so a manual review may overturn a decision; an older event never replaces a newer one.
 - Ties are broken deterministically: decision over review, then the greater event id.
-Every event counts in `event_count`, whether or not it changes the status.
+Every event counts in `event_count`, whether or not it changes the status, once: `raw_offset`
+remembers the last raw delivery counted, and `counted` tells whether an event already is.
 """
 
 from __future__ import annotations
@@ -59,10 +60,25 @@ def apply(state: VerificationState | None, event: VerificationEvent, now: dateti
             occurred_at=_when(event),
             decided_at=_decided_at(state, event),
             event_count=(state.event_count if state else 0) + 1,
+            raw_offset=_raw_offset(state, event),
         )
     return dataclasses.replace(
-        state, updated_at=now, decided_at=_decided_at(state, event), event_count=state.event_count + 1
+        state,
+        updated_at=now,
+        decided_at=_decided_at(state, event),
+        event_count=state.event_count + 1,
+        raw_offset=_raw_offset(state, event),
     )
+
+
+def counted(state: VerificationState | None, event: VerificationEvent) -> bool:
+    """Whether `state` already reflects `event` (same raw partition: offsets are comparable)."""
+    return state is not None and event.raw_ref is not None and event.raw_ref.offset <= state.raw_offset
+
+
+def _raw_offset(state: VerificationState | None, event: VerificationEvent) -> int:
+    known = state.raw_offset if state else -1
+    return max(known, event.raw_ref.offset) if event.raw_ref is not None else known
 
 
 def _decided_at(state: VerificationState | None, event: VerificationEvent) -> datetime | None:

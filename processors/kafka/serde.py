@@ -291,6 +291,7 @@ def state_to_record(s: VerificationState) -> dict[str, Any]:
         "occurred_at": _utc(s.occurred_at),
         "decided_at": _utc(s.decided_at),
         "event_count": s.event_count,
+        "raw_offset": s.raw_offset,
     }
 
 
@@ -305,6 +306,7 @@ def state_from_record(r: Mapping[str, Any]) -> VerificationState:
         occurred_at=r.get("occurred_at"),
         decided_at=r.get("decided_at"),
         event_count=r.get("event_count", 1),
+        raw_offset=r.get("raw_offset", -1),
     )
 
 

@@ -352,3 +352,23 @@ def test_restored_state_decides_like_the_in_memory_one() -> None:
     )
     assert state.apply(in_memory, older, NOW).status is S.APPROVED
     assert state.apply(restored, older, NOW).status is S.APPROVED
+
+
+def test_a_state_knows_which_deliveries_it_counted() -> None:
+    """Restores repair events that may lack dedup records; the state must not count them twice."""
+    import dataclasses
+
+    from processors.model import RawRef
+
+    first = dataclasses.replace(ev(S.PENDING, at(0), "a"), raw_ref=RawRef("raw", 0, 7, "r-7"))
+    second = dataclasses.replace(ev(S.APPROVED, at(1), "b"), raw_ref=RawRef("raw", 0, 9, "r-9"))
+    counted = fold([first, second])
+    assert counted.raw_offset == 9 and counted.event_count == 2
+    assert state.counted(counted, first) and state.counted(counted, second)
+    later = dataclasses.replace(ev(S.PENDING, at(2), "c"), raw_ref=RawRef("raw", 0, 12, "r-12"))
+    assert not state.counted(counted, later)
+    assert not state.counted(None, first)
+    restored = state_from_record(
+        Codec().decode("VerificationState", Codec().encode("VerificationState", state_to_record(counted)))
+    )
+    assert restored.raw_offset == 9
