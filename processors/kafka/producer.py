@@ -39,7 +39,10 @@ class AsyncProducer:
     """
 
     def __init__(self, conf: dict[str, Any], poll_interval_s: float = 0.001) -> None:
-        self._producer = Producer(conf)
+        self._conf = {**conf, "error_cb": self._on_error}
+        self._producer = Producer(self._conf)
+        self._retired: list[Producer] = []  # replaced producers whose purged records still report
+        self._renew = False
         self._interval = poll_interval_s
         self._in_flight = 0  # records produced whose delivery report has not been served yet
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -56,6 +59,8 @@ class AsyncProducer:
     ) -> Delivered:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Delivered] = loop.create_future()
+        if self._renew:
+            self._replace()
         try:
             self._producer.produce(
                 topic, value=value, key=key, headers=headers, on_delivery=partial(self._settle, future)
@@ -80,11 +85,30 @@ class AsyncProducer:
         if self._closed or self._loop is None:
             return
         self._producer.poll(0)
-        if self._in_flight > 0:
+        for old in list(self._retired):
+            old.poll(0)
+            if len(old) == 0:
+                self._retired.remove(old)
+        if self._in_flight > 0 or self._retired:
             self._timer = self._loop.call_later(self._interval, self._tick)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._renew = True
+
+    def _replace(self) -> None:
+        """A fenced or fatally failed idempotent producer fails every record from then on (seen on
+        the embedded broker after an outage longer than the produce deadline): start a new one.
+        The old one's records were already answered 503; purging settles whatever still waits."""
+        self._renew = False
+        old, self._producer = self._producer, Producer(self._conf)
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        self._retired.append(old)
 
     def _settle(self, future: asyncio.Future[Delivered], err: KafkaError | None, msg: Message) -> None:
         self._in_flight -= 1
+        if err is not None and (err.fatal() or err.code() in _PRODUCER_GONE):
+            self._renew = True
         if future.done():  # timed out, or the request went away
             return
         loop = future.get_loop()
@@ -106,6 +130,14 @@ class AsyncProducer:
         left = int(self._producer.flush(timeout))
         self._closed = True
         return left
+
+
+# Errors after which this producer instance never delivers again: it must be replaced.
+_PRODUCER_GONE = frozenset(
+    code
+    for name in ("PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "UNKNOWN_PRODUCER_ID", "_FENCED", "_FATAL")
+    if (code := getattr(KafkaError, name, None)) is not None
+)
 
 
 def _expire(future: asyncio.Future[Delivered], timeout: float) -> None:
