@@ -58,7 +58,7 @@ def create_app(
 
     return Starlette(
         routes=[
-            Route("/webhooks/{source}", webhook.handle, methods=_ALL_METHODS),
+            Route("/webhooks/{source}", webhook, methods=_ALL_METHODS),  # an ASGI app: see WebhookEndpoint.__call__
             Route("/expectations/{source}", expectations.handle, methods=_ALL_METHODS),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import uvicorn
 
 from gateway.app import create_app
@@ -42,4 +44,8 @@ def serve(settings: GatewaySettings) -> None:
     log.info(
         "gateway_starting", host=settings.gateway.host, port=settings.gateway.port, sources=sorted(settings.sources)
     )
+    # What start-up allocated lives as long as the process: keep it out of the collector's full
+    # passes, which otherwise stall the event loop for tens of ms (the gateway's p99 under load).
+    gc.collect()
+    gc.freeze()
     uvicorn.Server(config).run()

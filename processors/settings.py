@@ -210,7 +210,7 @@ class ReconcileSettings(Settings):
 class ProcessorSection(Section):
     group_id: str = "kycstream-normalizer"
     batch_size: int = Field(500, ge=1, le=100_000)
-    poll_timeout_s: float = Field(0.5, gt=0)
+    poll_timeout_s: float = Field(0.05, gt=0, description="how long a batch waits to fill: latency vs batching")
     session_timeout_ms: int = Field(6000, ge=1000)
     linger_ms: float = Field(5.0, ge=0)
     flush_timeout_s: float = Field(30.0, gt=0)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -161,6 +162,7 @@ class Engine:
         self.owned: dict[int, recovery.PartitionStores] = {}
         self.tally: collections.Counter[str] = collections.Counter()  # events, duplicates, dead_letters since start
         self._last_expiry = time.monotonic()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # metric children, see _count
 
     def check_partitions(self) -> int:
         """Raw, events, state and dedup must have the same partition count: outputs are co-partitioned."""
@@ -209,7 +211,8 @@ class Engine:
             ):
                 if event.idempotency_key in batch.keys.get(partition, {}):
                     continue
-                self._remember(fresh[partition], batch, event)
+                # The state may already count it (states are acknowledged with their events).
+                self._remember(fresh[partition], batch, event, count=not self._counted(fresh[partition], event))
                 batch.event_offsets.setdefault(partition, []).append(offset)
                 repaired += 1
             for partition, stores in fresh.items():
@@ -291,7 +294,7 @@ class Engine:
         stores = self.owned[partition]
         key = outcome.idempotency_key
         if key in stores.dedup or key in batch.keys.get(partition, {}):
-            self.metrics.dedup_hits.labels(outcome.provider).inc()
+            self._count(self.metrics.dedup_hits, outcome.provider)
             batch.tally["duplicates"] += 1
             return
         batch.tally["events"] += 1
@@ -304,14 +307,28 @@ class Engine:
             on_delivery=batch.on_event_delivery,
         )
         self._remember(stores, batch, outcome)
-        self.metrics.events.labels(outcome.provider, outcome.status.value).inc()
+        self._count(self.metrics.events, outcome.provider, outcome.status.value)
 
-    def _remember(self, stores: recovery.PartitionStores, batch: _Batch, event: VerificationEvent) -> None:
+    def _count(self, metric: Counter, *labels: str) -> None:
+        """metric.labels(*labels).inc(), the labelled child looked up once (labels() takes a lock)."""
+        child = self._children.get((id(metric), labels))
+        if child is None:
+            child = self._children[(id(metric), labels)] = metric.labels(*labels)
+        child.inc()
+
+    def _remember(
+        self, stores: recovery.PartitionStores, batch: _Batch, event: VerificationEvent, count: bool = True
+    ) -> None:
         p = stores.partition
         batch.keys.setdefault(p, {})[event.idempotency_key] = event
-        pending = batch.states.setdefault(p, {})
-        current = pending.get(event.key) or stores.states.get(event.key)
-        pending[event.key] = state.apply(current, event, self.clock())
+        if count:
+            pending = batch.states.setdefault(p, {})
+            current = pending.get(event.key) or stores.states.get(event.key)
+            pending[event.key] = state.apply(current, event, self.clock())
+
+    @staticmethod
+    def _counted(stores: recovery.PartitionStores, event: VerificationEvent) -> bool:
+        return state.counted(stores.states.get(event.key), event)
 
     def _dead_letter(self, msg: Message, delivery: RawDelivery | None, why: Rejection, batch: _Batch) -> None:
         letter = DeadLetter(

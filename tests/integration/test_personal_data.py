@@ -24,6 +24,15 @@ def test_personal_data_never_leaves_the_raw_and_dlq_topics(
     from processors import logs
 
     logs.configure("DEBUG", "json")  # every log line the roles can write, as in production
+    try:
+        _run_corpus(gateway, kafka, codec, capfd)
+    finally:
+        logs.configure("INFO", "console")
+
+
+def _run_corpus(
+    gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec, capfd: pytest.CaptureFixture[str]
+) -> None:
     url, settings = gateway
     corpus = cases.load()
     personal = set().union(*(cases.personal_values(c.body) for c in corpus))

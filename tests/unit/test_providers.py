@@ -233,3 +233,13 @@ def test_no_bytes_crash_a_normalizer(provider: str, body: bytes) -> None:
     outcome = _deliver(provider, body)
     assert isinstance(outcome, VerificationEvent | Rejection)
     routing_id(provider, body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.text(max_size=200))
+def test_event_id_is_the_uuid5_of_the_idempotency_key(key: str) -> None:
+    import uuid
+
+    from processors.pipeline import EVENT_ID_NAMESPACE
+
+    assert event_id_for(key) == str(uuid.uuid5(EVENT_ID_NAMESPACE, key))
