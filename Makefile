@@ -36,3 +36,22 @@ clean:
 .PHONY: deploy-check
 deploy-check:  ## render, schema-validate (offline), checkov and yamllint deploy/ and the Dockerfile; no Docker engine
 	bash deploy/check.sh
+
+# End-to-end: `kycstream topics create`, `gateway` and `process` as subprocesses, every provider's
+# fixtures over HTTP, then a reduced soak with repeats and the faults (processor SIGKILL, Kafka
+# unreachable, gateway SIGTERM). Broker: $KAFKA_BOOTSTRAP_SERVERS, else Apache Kafka in Docker via
+# testcontainers when an engine answers, else the embedded broker behind a TCP proxy
+# (KYCSTREAM_E2E_BROKER=embedded|testcontainers forces one). The 60 s versions: make e2e E2E_MARK=e2e
+E2E_MARK ?= e2e and not slow
+.PHONY: e2e
+e2e: $(STAMP)  ## end-to-end, load and fault tests through the CLI (a few minutes; prints the broker used)
+	KYCSTREAM_E2E=1 $(BIN)/pytest -m "$(E2E_MARK)" --durations=15 tests/e2e
+
+.PHONY: bench
+bench: $(STAMP)  ## benchmarks (gateway, processor, end to end, dedup restore): tables, then one target line each
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1; } || true
+	test -x bench/.venv-quix/bin/python || $(PYTHON) -m venv bench/.venv-quix
+	bench/.venv-quix/bin/python -c 'import quixstreams, orjson, fastavro' 2>/dev/null || \
+		bench/.venv-quix/bin/pip install --quiet quixstreams orjson fastavro || true
+	$(BIN)/python bench/run.py

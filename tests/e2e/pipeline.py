@@ -1,0 +1,270 @@
+"""kycstream as a user runs it: `kycstream topics create`, `kycstream gateway`, `kycstream process`.
+
+Each Pipeline has its own copy of deploy/kycstream.dev.yaml, its own topics (KYCSTREAM_TOPICS__*), its
+own ports (KYCSTREAM_GATEWAY__PORT, KYCSTREAM_PROCESSOR__METRICS_PORT) and consumer group, so tests
+never see each other's records.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import orjson
+import yaml
+
+from processors.kafka import embedded, reader, topics
+from processors.kafka.serde import Codec, RecordType
+from processors.settings import KafkaSettings, TopicSettings
+
+REPO = Path(__file__).resolve().parents[2]
+DEV_CONFIG = REPO / "deploy" / "kycstream.dev.yaml"
+
+
+def kycstream_command() -> list[str]:
+    """The installed console script, as a user would call it (else the module, same code)."""
+    script = Path(sys.executable).with_name("kycstream")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    found = shutil.which("kycstream")
+    return [found] if found else [sys.executable, "-m", "processors.cli"]
+
+
+class Role:
+    """One long-running CLI process (gateway or processor); restarts get new log files."""
+
+    def __init__(self, pipeline: Pipeline, name: str, args: list[str]) -> None:
+        self.pipeline = pipeline
+        self.name = name
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.generation = 0
+        self.exits: list[int] = []  # return codes of the processes that ended (in order)
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.pipeline.workdir / f"{self.name}-{self.generation}.log"
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, f"{self.name} is already running"
+        self.generation += 1
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [*kycstream_command(), *self.args, "--config", str(self.pipeline.config_path)],
+            env=self.pipeline.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.pipeline.workdir,
+        )
+
+    def send(self, sig: int) -> None:
+        assert self.proc is not None and self.proc.poll() is None, f"{self.name} is not running"
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self._closelog()
+            raise AssertionError(f"{self.name} did not exit within {timeout:g}s\n{self.tail()}") from None
+        self.exits.append(code)
+        self._closelog()
+        return code
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.send(sig)
+        return self.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _closelog(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def tail(self, lines: int = 40) -> str:
+        out = []
+        for generation in range(1, self.generation + 1):
+            path = self.pipeline.workdir / f"{self.name}-{generation}.log"
+            if path.is_file():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {path.name} (last {len(text)} lines)\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def log_events(self, generation: int | None = None) -> list[dict[str, Any]]:
+        """The JSON log lines of one generation (default: the current one)."""
+        path = self.pipeline.workdir / f"{self.name}-{generation or self.generation}.log"
+        events = []
+        for line in path.read_bytes().splitlines():
+            try:
+                events.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+        return events
+
+
+class Pipeline:
+    def __init__(self, bootstrap: str, workdir: Path, codec: Codec, *, partitions: int = 3) -> None:
+        self.workdir = workdir
+        self.codec = codec
+        tag = uuid.uuid4().hex[:10]
+        self.topics = TopicSettings(partitions=partitions, **{r: f"e2e.{tag}.{r}" for r in topics.ROLES})
+        self.kafka = KafkaSettings(bootstrap_servers=bootstrap)
+        self.port = embedded.free_port()
+        self.metrics_port = embedded.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+        config = yaml.safe_load(DEV_CONFIG.read_text())
+        config["log_format"] = "json"  # the logs are read back by some tests
+        self.config_path = workdir / "kycstream.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            **{f"KYCSTREAM_TOPICS__{role.upper()}": getattr(self.topics, role) for role in topics.ROLES},
+            "KYCSTREAM_TOPICS__PARTITIONS": str(partitions),
+            "KYCSTREAM_GATEWAY__PORT": str(self.port),
+            "KYCSTREAM_PROCESSOR__METRICS_PORT": str(self.metrics_port),
+            "KYCSTREAM_PROCESSOR__GROUP_ID": f"e2e-{tag}",
+            "KYCSTREAM_PROCESSOR__STATE_DIR": str(workdir / "state"),
+            "KYCSTREAM_LOG_LEVEL": "INFO",
+        }
+        self.gateway = Role(self, "gateway", ["gateway"])
+        self.processor = Role(self, "processor", ["process"])
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def create_topics(self) -> str:
+        result = subprocess.run(
+            [*kycstream_command(), "topics", "create", "--config", str(self.config_path)],
+            env=self.env,
+            capture_output=True,
+            timeout=120,
+            cwd=self.workdir,
+        )
+        out = result.stdout.decode()
+        assert result.returncode == 0, f"topics create failed ({result.returncode}):\n{out}\n{result.stderr.decode()}"
+        for role in topics.ROLES:
+            assert getattr(self.topics, role) in out, out
+        return out
+
+    def start_gateway(self, ready_timeout: float = 60) -> None:
+        self.gateway.start()
+        self.wait_gateway_ready(ready_timeout)
+
+    def wait_gateway_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.gateway.alive(), f"the gateway exited at start\n{self.gateway.tail()}"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=3).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"the gateway was not ready within {timeout:g}s\n{self.gateway.tail()}"
+            time.sleep(0.1)
+
+    def start_processor(self, *, wait_owned: int | None = None, timeout: float = 60) -> None:
+        """Start `kycstream process`; with wait_owned, until it owns that many raw partitions."""
+        self.processor.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.processor.alive(), f"the processor exited at start\n{self.processor.tail()}"
+            owned = self.processor_metric("kycstream_partitions_owned")
+            if owned is not None and (wait_owned is None or owned >= wait_owned):
+                return
+            assert time.monotonic() < deadline, f"the processor did not start within {timeout:g}s"
+            time.sleep(0.1)
+
+    def processor_metric(self, name: str) -> float | None:
+        """Sum of a metric's samples from the processor's /metrics (None while it does not answer)."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
+        except httpx.TransportError:
+            return None
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def start(self) -> Pipeline:
+        self.create_topics()
+        self.start_gateway()
+        self.start_processor(wait_owned=self.topics.partitions)
+        return self
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM what still runs; the return codes of those processes (and of any that had exited)."""
+        codes = {}
+        for role in (self.gateway, self.processor):
+            if role.alive():
+                codes[role.name] = role.stop(signal.SIGTERM, timeout=40)
+            elif role.proc is not None and role._log is not None:  # exited by itself: a crash, unless 0
+                codes[role.name] = role.wait(10)
+        return codes
+
+    def kill_all(self) -> None:
+        """SIGKILL what still runs; reap everything and close the logs (after a failure)."""
+        for role in (self.gateway, self.processor):
+            if role.alive():
+                role.send(signal.SIGKILL)
+            if role.proc is not None and role._log is not None:
+                role.wait(10)
+
+    def tails(self) -> str:
+        return f"{self.gateway.tail()}\n{self.processor.tail()}"
+
+    # --- reading the topics -----------------------------------------------------------------------
+
+    def records(self, role: str) -> list[reader.Record]:
+        return reader.read_all(self.kafka, getattr(self.topics, role), timeout=60)
+
+    def decoded(self, role: str) -> list[dict[str, Any]]:
+        kind: RecordType = {
+            "raw": "RawDelivery",
+            "events": "VerificationEvent",
+            "state": "VerificationState",
+            "dlq": "DeadLetter",
+            "dedup": "DedupRecord",
+        }[role]  # type: ignore[assignment]
+        return [
+            self.codec.decode(kind, r.value) | {"_key": r.key, "_partition": r.partition, "_offset": r.offset}
+            for r in self.records(role)
+            if r.value is not None
+        ]
+
+    def latest_states(self) -> dict[str, dict[str, Any]]:
+        """The state table as a downstream consumer sees it: the last record per key."""
+        table: dict[str, dict[str, Any]] = {}
+        for record in self.records("state"):
+            key = (record.key or b"").decode()
+            if record.value is None:
+                table.pop(key, None)
+            else:
+                table[key] = self.codec.decode("VerificationState", record.value)
+        return table
+
+
+def gateway_status_ok(code: int) -> bool:
+    """uvicorn shuts down gracefully on SIGTERM and then re-raises the signal (uvicorn >= 0.29),
+    so a clean gateway exit is 0 or "terminated by SIGTERM"; anything else is a crash."""
+    return code in (0, -signal.SIGTERM)

@@ -1,0 +1,76 @@
+"""The fault-injection proxy itself: forwards, cuts (drop + refuse), restores on the same port, delays."""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.tcpproxy import TcpProxy
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+@pytest.fixture
+def echo() -> Iterator[int]:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _roundtrip(sock: socket.socket, payload: bytes) -> bytes:
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_forwards_cuts_and_restores_on_the_same_port(echo: int) -> None:
+    with TcpProxy("127.0.0.1", echo) as proxy:
+        port = proxy.port
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            assert _roundtrip(sock, b"x" * 200_000) == b"x" * 200_000
+            proxy.cut()
+            assert proxy.is_cut and proxy.connections == 0
+            with pytest.raises(OSError):  # the live connection is gone...
+                sock.sendall(b"more")
+                if not sock.recv(10):
+                    raise ConnectionResetError("closed")
+        with pytest.raises(ConnectionRefusedError):  # ...and new ones are refused
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        proxy.restore()
+        assert proxy.port == port and not proxy.is_cut
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            assert _roundtrip(sock, b"back") == b"back"
+
+
+def test_latency_delays_each_direction_without_limiting_throughput(echo: int) -> None:
+    with TcpProxy("127.0.0.1", echo) as proxy, socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        proxy.latency = 0.2
+        started = time.monotonic()
+        assert _roundtrip(sock, b"ping") == b"ping"
+        assert 0.4 <= time.monotonic() - started < 1.5  # there and back
+        started = time.monotonic()
+        for i in range(20):  # pipelined: 20 round trips overlap, so about one round trip in all
+            sock.sendall(f"{i:04d}".encode())
+        got = b""
+        while len(got) < 80:
+            got += sock.recv(100)
+        assert got == b"".join(f"{i:04d}".encode() for i in range(20))
+        assert time.monotonic() - started < 1.5
