@@ -138,7 +138,7 @@ def test_old_writer_schema_reads_with_the_new_reader(tmp_path: Path) -> None:
     shutil.copytree(SCHEMA_DIR, tmp_path / "schemas", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     old = json.loads((SCHEMA_DIR / "kycstream.VerificationEvent.avsc").read_text())
     old["fields"] = [f for f in old["fields"] if f["name"] not in ("attributes", "event_type")]
-    (tmp_path / "schemas" / "history").mkdir()
+    (tmp_path / "schemas" / "history").mkdir(exist_ok=True)
     (tmp_path / "schemas" / "history" / "kycstream.VerificationEvent.avsc").write_text(json.dumps(old))
 
     definitions = {p.name.removesuffix(".avsc"): json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.avsc")}
