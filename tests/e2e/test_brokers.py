@@ -15,8 +15,18 @@ from tests.e2e import brokers
 
 def test_the_broker_is_chosen_in_the_documented_order(monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[str] = []
-    monkeypatch.setattr(brokers, "start_embedded", lambda: started.append("embedded") or "embedded")
-    monkeypatch.setattr(brokers, "start_kafka_container", lambda image: started.append(image) or "container")
+    embedded, container = brokers.Broker("embedded", "e:1"), brokers.Broker("testcontainers", "c:1")
+
+    def start_embedded() -> brokers.Broker:
+        started.append("embedded")
+        return embedded
+
+    def start_kafka_container(image: str) -> brokers.Broker:
+        started.append(image)
+        return container
+
+    monkeypatch.setattr(brokers, "start_embedded", start_embedded)
+    monkeypatch.setattr(brokers, "start_kafka_container", start_kafka_container)
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
     monkeypatch.setattr(brokers, "docker_answers", lambda: True)
@@ -25,14 +35,14 @@ def test_the_broker_is_chosen_in_the_documented_order(monkeypatch: pytest.Monkey
     assert started == []
 
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
-    assert brokers.choose() == "container" and started == [brokers.KAFKA_IMAGE]
+    assert brokers.choose() is container and started == [brokers.KAFKA_IMAGE]
     monkeypatch.setattr(brokers, "docker_answers", lambda: False)
-    assert brokers.choose() == "embedded"
+    assert brokers.choose() is embedded
     monkeypatch.setenv("KYCSTREAM_E2E_BROKER", "testcontainers")  # forced: no silent fallback
-    assert brokers.choose() == "container"
+    assert brokers.choose() is container
     monkeypatch.setattr(brokers, "docker_answers", lambda: True)
     monkeypatch.setenv("KYCSTREAM_E2E_BROKER", "embedded")
-    assert brokers.choose() == "embedded"
+    assert brokers.choose() is embedded
     monkeypatch.setenv("KYCSTREAM_E2E_BROKER", "redpanda")
     with pytest.raises(ValueError, match="KYCSTREAM_E2E_BROKER"):
         brokers.choose()
