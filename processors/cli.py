@@ -192,19 +192,23 @@ def _run_until_signalled(run: Any, registry: Any, metrics_port: int | None) -> N
 
     if metrics_port:
         start_http_server(metrics_port, registry=registry)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     try:
         run(stop)
     except KycstreamError as exc:
         raise _fail(str(exc)) from exc
 
 
-def _wait_for_signal(done: Any) -> None:
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT (Ctrl-C) sets: every role stops through one."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _wait_for_signal(done: Any) -> None:
+    stop = _stop_on_signals()
     while not stop.is_set() and not done():
         stop.wait(0.2)
 
