@@ -27,6 +27,7 @@ def test_the_broker_is_chosen_in_the_documented_order(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(brokers, "start_embedded", start_embedded)
     monkeypatch.setattr(brokers, "start_kafka_container", start_kafka_container)
+    monkeypatch.delenv("KYCSTREAM_E2E_BROKER", raising=False)  # CI forces the embedded broker
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
     monkeypatch.setattr(brokers, "docker_answers", lambda: True)
