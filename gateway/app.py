@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.expectations import ExpectationsEndpoint
 from gateway.metrics import GatewayMetrics
@@ -27,7 +28,7 @@ def create_app(
     *,
     on_shutdown: Callable[[], object] | None = None,
     clock: Callable[[], datetime] | None = None,
-) -> Starlette:
+) -> Gateway:
     metrics = GatewayMetrics()
     clock = clock or (lambda: datetime.now(UTC))
     webhook = WebhookEndpoint(settings, sink, metrics, clock)
@@ -56,9 +57,8 @@ def create_app(
         if on_shutdown is not None:
             on_shutdown()
 
-    return Starlette(
+    rest = Starlette(
         routes=[
-            Route("/webhooks/{source}", webhook, methods=_ALL_METHODS),  # an ASGI app: see WebhookEndpoint.__call__
             Route("/expectations/{source}", expectations.handle, methods=_ALL_METHODS),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -67,3 +67,29 @@ def create_app(
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+    return Gateway(webhook, rest)
+
+
+_PREFIX = "/webhooks/"
+
+
+class Gateway:
+    """`/webhooks/{source}` straight to the webhook endpoint; everything else (health, readiness,
+    metrics, expectations, 404s, lifespan) through Starlette."""
+
+    def __init__(self, webhook: WebhookEndpoint, rest: Starlette) -> None:
+        self.webhook = webhook
+        self.rest = rest
+
+    @property
+    def paths(self) -> set[str]:
+        """Every path served, in Starlette's route syntax."""
+        return {_PREFIX + "{source}", *(getattr(r, "path", "") for r in self.rest.routes)}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith(_PREFIX) and len(path) > len(_PREFIX) and "/" not in path[len(_PREFIX) :]:
+                await self.webhook(scope, receive, send, path[len(_PREFIX) :])
+                return
+        await self.rest(scope, receive, send)

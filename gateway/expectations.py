@@ -49,7 +49,7 @@ class ExpectationsEndpoint:
             raise UnknownSource(f"no webhook source named {name!r} is configured")
         if request.method != "POST":
             raise MethodNotAllowed("expectations are created with POST", {"allow": "POST"})
-        body = await read_body(request, _MAX_BODY)
+        body = await read_body(request.receive, _MAX_BODY, request.headers.get("content-length"))
         self.auth.check(request.headers, body)
         expectation = Expectation(source=name, provider=provider, expected_at=self.clock(), **_fields(body))
         try:

@@ -8,6 +8,7 @@ flight), so each report settles its future in place: no thread hop, no GIL hand-
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from dataclasses import dataclass
 from functools import partial
@@ -38,12 +39,16 @@ class AsyncProducer:
     hand-off per record: most of the gateway's throughput and tens of ms of latency under load.)
     """
 
-    def __init__(self, conf: dict[str, Any], poll_interval_s: float = 0.001) -> None:
+    def __init__(self, conf: dict[str, Any], timeout_s: float = 5.0, poll_interval_s: float = 0.001) -> None:
         self._conf = {**conf, "error_cb": self._on_error}
         self._producer = Producer(self._conf)
         self._retired: list[Producer] = []  # replaced producers whose purged records still report
         self._renew = False
         self._interval = poll_interval_s
+        self._timeout = timeout_s
+        # (deadline, future) in send order; one timeout for all, so deadlines are in order too and
+        # the tick expires from the left (a timer per record cost more than the produce call).
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Delivered]]] = collections.deque()
         self._in_flight = 0  # records produced whose delivery report has not been served yet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -55,8 +60,9 @@ class AsyncProducer:
         value: bytes,
         key: bytes | str | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
-        timeout: float = 5.0,
     ) -> Delivered:
+        """Produce one record; returns once Kafka acknowledged it, raises BrokerError (ProduceTimeout
+        past `timeout_s`) when it did not."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Delivered] = loop.create_future()
         if self._renew:
@@ -70,14 +76,11 @@ class AsyncProducer:
         except KafkaException as exc:
             raise BrokerError(f"Kafka refused the record: {exc.args[0].str()}") from exc
         self._in_flight += 1
+        self._deadlines.append((loop.time() + self._timeout, future))
         if self._timer is None or self._loop is not loop:
             self._loop = loop
             self._timer = loop.call_later(self._interval, self._tick)
-        expiry = loop.call_later(timeout, _expire, future, timeout)
-        try:
-            return await future
-        finally:
-            expiry.cancel()
+        return await future
 
     def _tick(self) -> None:
         """Serve the delivery reports that have arrived; go on ticking while records are in flight."""
@@ -89,7 +92,12 @@ class AsyncProducer:
             old.poll(0)
             if len(old) == 0:
                 self._retired.remove(old)
-        if self._in_flight > 0 or self._retired:
+        deadlines, now = self._deadlines, self._loop.time()
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            _, future = deadlines.popleft()
+            if not future.done():
+                future.set_exception(ProduceTimeout(f"Kafka did not acknowledge within {self._timeout:g}s"))
+        if self._in_flight > 0 or self._retired or deadlines:
             self._timer = self._loop.call_later(self._interval, self._tick)
 
     def _on_error(self, err: KafkaError) -> None:
@@ -138,11 +146,6 @@ _PRODUCER_GONE = frozenset(
     for name in ("PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "UNKNOWN_PRODUCER_ID", "_FENCED", "_FATAL")
     if (code := getattr(KafkaError, name, None)) is not None
 )
-
-
-def _expire(future: asyncio.Future[Delivered], timeout: float) -> None:
-    if not future.done():
-        future.set_exception(ProduceTimeout(f"Kafka did not acknowledge within {timeout:g}s"))
 
 
 def _resolve(future: asyncio.Future[Delivered], err: KafkaError | None, msg: Message) -> None:

@@ -37,7 +37,8 @@ class KafkaRawSink:
                     # Past the deadline the caller has answered 503 and the sender will retry.
                     "message.timeout.ms": max(1000, int(produce_timeout_s * 1000)),
                 },
-            )
+            ),
+            timeout_s=produce_timeout_s,
         )
         self._ready_at = 0.0
         self._ready_reason: str | None = "not checked yet"
@@ -49,11 +50,11 @@ class KafkaRawSink:
             ("kycstream-source", delivery.source.encode()),
             ("kycstream-provider", delivery.provider.encode()),
         ]
-        return await self._producer.send(self.topic, value, key.encode(), headers, self._timeout)
+        return await self._producer.send(self.topic, value, key.encode(), headers)
 
     async def write_expectation(self, expectation: Expectation) -> Delivered:
         value = self._codec.encode("Expectation", expectation_to_record(expectation), self._expected)
-        return await self._producer.send(self._expected, value, expectation.key.encode(), None, self._timeout)
+        return await self._producer.send(self._expected, value, expectation.key.encode())
 
     async def not_ready(self) -> str | None:
         """None when Kafka answers and every topic exists, else why not (cached for 2 s)."""

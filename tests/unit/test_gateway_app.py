@@ -1,0 +1,126 @@
+"""The gateway's ASGI app without a broker: the webhook fast path's dispatch, failures and disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from processors.kafka.producer import Delivered
+from processors.model import Expectation, RawDelivery
+from tests.conftest import dev_sources, post, serving_app
+
+XENDIT = json.dumps({"event": "account.verification", "data": {"id": "acct-7", "kyc": {"status": "PASSED"}}}).encode()
+TOKEN = {"x-callback-token": "dev-secret"}
+
+
+class Sink:
+    """Records what it is asked to write; `fail` makes the next write raise it."""
+
+    topic = "raw"
+
+    def __init__(self) -> None:
+        self.written: list[RawDelivery] = []
+        self.fail: Exception | None = None
+
+    async def write(self, delivery: RawDelivery, key: str) -> Delivered:
+        if self.fail is not None:
+            raise self.fail
+        self.written.append(delivery)
+        return Delivered(self.topic, 0, len(self.written) - 1)
+
+    async def write_expectation(self, expectation: Expectation) -> Delivered:
+        return Delivered("expected", 0, 0)
+
+    async def not_ready(self) -> str | None:
+        return None
+
+
+def settings() -> GatewaySettings:
+    return GatewaySettings(sources=dev_sources(), kafka={"bootstrap_servers": "127.0.0.1:1"})
+
+
+def test_a_failing_sink_answers_500_with_a_reason_and_the_gateway_goes_on() -> None:
+    sink = Sink()
+    with serving_app(create_app(settings(), sink)) as url:
+        sink.fail = RuntimeError("boom")
+        failed = post(f"{url}/webhooks/xendit", XENDIT, TOKEN)
+        assert failed.status_code == 500
+        assert failed.json()["error"] == "internal_error" and "retry later" in failed.json()["detail"]
+        assert failed.headers["x-request-id"]
+        sink.fail = None
+        ok = post(f"{url}/webhooks/xendit", XENDIT, TOKEN)
+        assert ok.status_code == 200 and ok.json() == {"status": "accepted", "request_id": ok.headers["x-request-id"]}
+        assert [d.request_id for d in sink.written] == [ok.headers["x-request-id"]]
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'kycstream_gateway_requests_total{source="xendit",status="500"} 1.0' in metrics
+        assert 'kycstream_gateway_requests_total{source="xendit",status="200"} 1.0' in metrics
+
+
+def test_only_one_path_segment_after_webhooks_is_a_source() -> None:
+    sink = Sink()
+    with serving_app(create_app(settings(), sink)) as url:
+        for path in ("/webhooks/", "/webhooks/xendit/extra", "/webhooksxendit", "/webhooks"):
+            answer = post(f"{url}{path}", XENDIT, TOKEN)
+            assert answer.status_code == 404, path
+            assert answer.json()["error"] == "not_found", path
+        assert post(f"{url}/webhooks/nobody", XENDIT, TOKEN).json()["error"] == "unknown_source"
+    assert sink.written == []
+
+
+def test_a_client_gone_mid_body_is_not_answered_and_writes_nothing() -> None:
+    sink = Sink()
+    app = create_app(settings(), sink)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": "/webhooks/xendit",
+        "headers": [(b"x-callback-token", b"dev-secret"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+    }
+    messages = [{"type": "http.disconnect"}, {"type": "http.request", "body": XENDIT[:10], "more_body": True}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent == [] and sink.written == []
+
+
+def test_a_body_in_chunks_is_joined_and_limited() -> None:
+    sink = Sink()
+    app = create_app(settings(), sink)
+
+    def call(chunks: list[bytes]) -> int:
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "POST",
+            "path": "/webhooks/xendit",
+            "headers": [(b"x-callback-token", b"dev-secret")],
+            "client": ("127.0.0.1", 5000),
+        }
+        messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        asyncio.run(app(scope, receive, send))
+        return int(sent[0]["status"])
+
+    assert call([XENDIT[:5], XENDIT[5:20], XENDIT[20:]]) == 200
+    assert sink.written[-1].body == XENDIT
+    limit = settings().gateway.max_body_bytes
+    assert call([b"x" * (limit // 2), b"x" * (limit // 2 + 1)]) == 413
+    assert len(sink.written) == 1
