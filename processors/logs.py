@@ -12,7 +12,9 @@ import structlog
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer(serializer=_dumps) if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=_dumps)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[
