@@ -35,14 +35,13 @@ from processors.kafka import config, recovery
 from processors.kafka.serde import (
     Codec,
     dead_letter_to_record,
-    dedup_to_record,
+    dedup_record,
     delivery_from_record,
     event_to_record,
     state_to_record,
 )
 from processors.model import (
     DeadLetter,
-    DedupRecord,
     RawDelivery,
     RawRef,
     Rejection,
@@ -98,10 +97,11 @@ class _Batch:
     event_offsets: dict[int, list[int]] = field(default_factory=dict)
     tally: collections.Counter[str] = field(default_factory=collections.Counter)
 
-    def saw(self, msg: Message) -> None:
-        tp = (msg.topic() or "", msg.partition() or 0)
-        self.first.setdefault(tp, msg.offset() or 0)
-        self.last[tp] = msg.offset() or 0
+    def saw(self, topic: str, partition: int, offset: int) -> None:
+        tp = (topic, partition)
+        if tp not in self.first:
+            self.first[tp] = offset
+        self.last[tp] = offset
 
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -114,14 +114,8 @@ class _Batch:
             self.event_offsets.setdefault(msg.partition() or 0, []).append(msg.offset() or 0)
 
 
-def _collect_failure(
-    failed: list[tuple[int, DedupRecord]], item: tuple[int, DedupRecord]
-) -> Callable[[KafkaError | None, Message], None]:
-    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            failed.append(item)
-
-    return on_delivery
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 class Engine:
@@ -257,10 +251,11 @@ class Engine:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume_error", error=error.str())
                 continue
-            batch.saw(msg)
-            if (msg.partition() or 0) not in self.owned:
-                self.restore([msg.partition() or 0])
-            self._handle(msg, batch)
+            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+            batch.saw(topic, partition, offset)
+            if partition not in self.owned:
+                self.restore([partition])
+            self._handle(msg, topic, partition, offset, batch)
         if self.transactional:
             return self._commit_transaction(batch, consumer)
         if not batch.last:
@@ -276,9 +271,8 @@ class Engine:
             self.tally.update(batch.tally)
         return done
 
-    def _handle(self, msg: Message, batch: _Batch) -> None:
+    def _handle(self, msg: Message, topic: str, partition: int, offset: int, batch: _Batch) -> None:
         value = msg.value() or b""
-        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
         delivery: RawDelivery | None = None
         try:
             delivery = delivery_from_record(self.codec.decode("RawDelivery", value, topic))
@@ -379,34 +373,38 @@ class Engine:
             if stores is not None:
                 stores.states.update(states)
 
-    def _dedup_records(self, batch: _Batch, anchors: dict[int, int] | None) -> list[tuple[int, DedupRecord]]:
+    def _dedup_records(self, batch: _Batch, anchors: dict[int, int] | None) -> list[tuple[int, bytes, bytes]]:
+        """(partition, key, encoded DedupRecord) for each new key of the batch; the store learns them.
+        All of a batch's records share their times and, per partition, their events-offset anchor."""
         now = self.clock()
+        first_seen, expires = _epoch_ms(now), _epoch_ms(now + self.window)
+        encode, topic = self.codec.encode, self.topics.dedup
         records = []
         for partition, keys in batch.keys.items():
             offsets = batch.event_offsets.get(partition) or [-1]
             anchor = anchors[partition] if anchors is not None else min(offsets)
+            stores = self.owned.get(partition)
             for key, event in keys.items():
-                records.append((partition, DedupRecord(key, event.event_id, now, now + self.window, anchor)))
+                record = dedup_record(key, event.event_id, first_seen, expires, anchor)
+                records.append((partition, key.encode(), encode("DedupRecord", record, topic)))
+                if stores is not None:
+                    stores.dedup.add(key, expires // 1000)
         return records
 
     def _write_dedup_records(
         self, batch: _Batch, *, stop: threading.Event | None = None, anchors: dict[int, int] | None = None
     ) -> bool:
         pending = self._dedup_records(batch, anchors)
-        for partition, record in pending:
-            stores = self.owned.get(partition)
-            if stores is not None:
-                stores.dedup.add(record.idempotency_key, int(record.expires_at.timestamp()))
+        failed: list[tuple[int, bytes, bytes]] = []
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failed.append((msg.partition() or 0, msg.key() or b"", msg.value() or b""))
+
         while pending:
-            failed: list[tuple[int, DedupRecord]] = []
-            for partition, record in pending:
-                self.producer.produce(
-                    self.topics.dedup,
-                    key=record.idempotency_key.encode(),
-                    value=self.codec.encode("DedupRecord", dedup_to_record(record), self.topics.dedup),
-                    partition=partition,
-                    on_delivery=_collect_failure(failed, (partition, record)),
-                )
+            failed.clear()
+            for partition, key, value in pending:
+                self.producer.produce(self.topics.dedup, value, key, partition, on_delivery)
             left = self.producer.flush(self.p.flush_timeout_s)
             if not failed and not left:
                 return True
@@ -415,7 +413,7 @@ class Engine:
             if stop is not None and stop.is_set():
                 return False  # not committed: the next owner repairs from the events topic
             time.sleep(self.p.retry_backoff_s)
-            pending = failed if not left else pending
+            pending = list(failed) if not left else pending
         return True
 
     def _tombstone(self, partition: int, keys: list[str], batch: _Batch) -> None:
@@ -440,13 +438,8 @@ class Engine:
     def _commit_transaction(self, batch: _Batch, consumer: Consumer | None) -> bool:
         try:
             self._produce_states(batch)
-            for partition, record in self._dedup_records(batch, None):
-                self.producer.produce(
-                    self.topics.dedup,
-                    key=record.idempotency_key.encode(),
-                    value=self.codec.encode("DedupRecord", dedup_to_record(record), self.topics.dedup),
-                    partition=partition,
-                )
+            for partition, key, value in self._dedup_records(batch, None):
+                self.producer.produce(self.topics.dedup, value, key, partition)
             if consumer is not None:
                 offsets = [TopicPartition(t, p, o + 1) for (t, p), o in batch.last.items()]
                 self.producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
@@ -457,9 +450,6 @@ class Engine:
             self._rewind(batch, consumer, f"transaction aborted: {exc.args[0].str()}")
             return False
         self._apply(batch)
-        for partition, keys in batch.keys.items():
-            for key in keys:
-                self.owned[partition].dedup.add(key, int((self.clock() + self.window).timestamp()))
         self.tally.update(batch.tally)
         return True
 

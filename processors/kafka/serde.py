@@ -352,12 +352,22 @@ def dead_letter_from_record(r: Mapping[str, Any]) -> DeadLetter:
 
 
 def dedup_to_record(d: DedupRecord) -> dict[str, Any]:
+    first_seen_at, expires_at = _utc(d.first_seen_at), _utc(d.expires_at)
+    assert first_seen_at is not None and expires_at is not None
+    return dedup_record(d.idempotency_key, d.event_id, first_seen_at, expires_at, d.events_offset)
+
+
+def dedup_record(
+    key: str, event_id: str, first_seen_at: datetime | int, expires_at: datetime | int, events_offset: int
+) -> dict[str, Any]:
+    """A DedupRecord's dict without the model object; timestamps as aware datetimes or epoch ms (the
+    processor writes one per event, all of a batch with the same times: it converts them once)."""
     return {
-        "idempotency_key": d.idempotency_key,
-        "event_id": d.event_id,
-        "first_seen_at": _utc(d.first_seen_at),
-        "expires_at": _utc(d.expires_at),
-        "events_offset": d.events_offset,
+        "idempotency_key": key,
+        "event_id": event_id,
+        "first_seen_at": first_seen_at,
+        "expires_at": expires_at,
+        "events_offset": events_offset,
     }
 
 
