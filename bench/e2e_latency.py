@@ -7,7 +7,7 @@ posting ~1 KB Xendit webhooks (unique ids) at a fixed rate, open loop, recording
 when it was sent and when its 200 arrived (monotonic clock, shared by the processes of one
 machine). An event is matched to its request by raw_ref.request_id.
 
-Three times: with the processor's defaults (batch_size 500, poll_timeout_s 0.5, librdkafka's
+Three times: with the processor's defaults (batch_size 500, poll_timeout_s 0.05, librdkafka's
 fetch.wait.max.ms 500), with poll_timeout_s 0.02 (consume() waits for a full batch or the
 timeout), and with fetch.wait.max.ms 10 on top (Tansu answers a fetch only when that wait is
 over, where Kafka answers as soon as data arrives): what each wait costs at a low rate.
@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from bench import common
 from processors.kafka import config
 from processors.kafka.serde import Codec
-from processors.settings import KafkaSettings
+from processors.settings import KafkaSettings, ProcessorSection
 
 PY = str(common.VENV_BIN / "python")
 KYCSTREAM = str(common.VENV_BIN / "kycstream")
@@ -158,7 +158,7 @@ def run(
         "max_ms": (after_accept[-1] if after_accept else float("nan")) * 1000,
         "send_p50_ms": common.percentile(after_send, 50) * 1000,
         "send_p99_ms": common.percentile(after_send, 99) * 1000,
-        "poll_timeout_s": poll_timeout_s if poll_timeout_s is not None else 0.5,
+        "poll_timeout_s": poll_timeout_s if poll_timeout_s is not None else _DEFAULT_POLL_TIMEOUT_S,
         "fetch_wait_ms": fetch_wait_ms if fetch_wait_ms is not None else 500,
     }
     print(
@@ -167,6 +167,9 @@ def run(
         flush=True,
     )
     return result
+
+
+_DEFAULT_POLL_TIMEOUT_S = ProcessorSection.model_fields["poll_timeout_s"].default
 
 
 def main() -> None:
