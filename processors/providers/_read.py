@@ -15,12 +15,14 @@ def obj(value: object) -> Mapping[str, Any]:
 
 def text(value: object) -> str | None:
     """A non-empty string (numbers are accepted as their decimal text), else None."""
-    if isinstance(value, bool):
+    if type(value) is str:  # what JSON gives almost always: one check, one strip
+        return value.strip() or None
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return str(value)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
+    if isinstance(value, str):
+        return value.strip() or None
     return None
 
 
