@@ -113,6 +113,11 @@ class Reconciler:
                 ):
                     self.metrics.polls.labels(source.provider, outcome)
         self.states: dict[str, tuple[VerificationStatus, datetime]] = {}
+        # One event loop and one HTTP client for the reconciler's life: connections (and TLS
+        # sessions) to each provider are reused from tick to tick.
+        self._runner: asyncio.Runner | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._pollers: dict[str, Poller] = {}  # by source; their rate limits hold across ticks
 
     # --- tables ------------------------------------------------------------------------------------
 
@@ -210,22 +215,34 @@ class Reconciler:
                 f"{tracked.expectation.expected_at.isoformat()}; giving up",
             )
         if to_poll:
-            outcomes = asyncio.run(self._poll_all(to_poll))
+            if self._runner is None:
+                self._runner = asyncio.Runner()
+            outcomes = self._runner.run(self._poll_all(to_poll))
             for tracked, outcome in zip(to_poll, outcomes, strict=True):
                 self._act(tracked, outcome, now)
         if to_poll or to_expire:
             self.producer.flush(30)
 
     async def _poll_all(self, due: list[_Tracked]) -> list[PollOutcome]:
-        async with httpx.AsyncClient(transport=self.transport) as client:
-            pollers: dict[str, Poller] = {}
-            for tracked in due:
-                name = tracked.expectation.source
-                if name not in pollers:
-                    source = self.settings.sources[name]
-                    assert source.poll is not None
-                    pollers[name] = Poller(REGISTRY[source.provider], source.poll, client)
-            return list(await asyncio.gather(*(pollers[t.expectation.source].poll(t.expectation) for t in due)))
+        """Runs on self._runner's loop, where the pollers' shared client lives."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(transport=self.transport)
+        pollers = self._pollers
+        for tracked in due:
+            name = tracked.expectation.source
+            if name not in pollers:
+                source = self.settings.sources[name]
+                assert source.poll is not None
+                pollers[name] = Poller(REGISTRY[source.provider], source.poll, self._client)
+        return list(await asyncio.gather(*(pollers[t.expectation.source].poll(t.expectation) for t in due)))
+
+    def _close_http(self) -> None:
+        if self._runner is None:
+            return
+        if self._client is not None:
+            self._runner.run(self._client.aclose())
+        self._runner.close()
+        self._runner, self._client, self._pollers = None, None, {}
 
     def _act(self, tracked: _Tracked, outcome: PollOutcome, now: datetime) -> None:
         e = tracked.expectation
@@ -300,6 +317,7 @@ class Reconciler:
                     last_tick = time.monotonic()
                     self.tick()
         finally:
+            self._close_http()
             self.producer.flush(30)
             self.expected.close()
             self.states_reader.close()

@@ -34,10 +34,12 @@ class FakeProviderApi:
         self.script: list[tuple[int, Any]] = []
         self.requests: list[Request] = []
         self.headers: list[dict[str, str]] = []
+        self.peers: list[tuple[str, int] | None] = []  # the client's address: one per connection
 
     async def answer(self, request: Request) -> Response:
         self.requests.append(request)
         self.headers.append(dict(request.headers))
+        self.peers.append((request.client.host, request.client.port) if request.client else None)
         status, body = self.script[min(len(self.requests), len(self.script)) - 1]
         return JSONResponse(body, status_code=status)
 
@@ -215,6 +217,8 @@ def test_giving_up_leaves_a_dead_letter_that_says_why(
     assert [d["reason"] for d in letters] == ["poll_expired"]
     assert "giving up" in letters[0]["detail"]
     assert fake.requests and fake.requests[0].url.path.startswith("/assure/dossiers/dossier-1/processes/")
+    assert len(fake.requests) >= 2, "polled again at each window until it gave up"
+    assert len(set(fake.peers)) == 1, "one kept-alive connection from tick to tick, not one per tick"
 
 
 def test_expectations_api_refusals(
