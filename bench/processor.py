@@ -248,13 +248,8 @@ def run_engine(bootstrap: str, topics: Any, expected: int) -> dict[str, Any]:
         if started is None and seen:
             started = time.perf_counter()
             cpu = time.process_time()
-        if engine.process(messages, consumer, stop):  # as Normalizer.run: process, then commit
-            last: dict[tuple[str, int], int] = {}
-            for msg in messages:
-                if msg.error() is None:
-                    last[(msg.topic(), msg.partition())] = msg.offset()
-            if last:
-                consumer.commit(offsets=[TopicPartition(t, q, o + 1) for (t, q), o in last.items()], asynchronous=False)
+        if offsets := engine.process(messages, consumer, stop):  # as Normalizer.run: process, then commit
+            consumer.commit(offsets=offsets, asynchronous=False)
         engine.expire()
     elapsed = time.perf_counter() - (started or time.perf_counter())
     cpu = time.process_time() - cpu

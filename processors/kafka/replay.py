@@ -53,7 +53,7 @@ def replay(settings: ProcessorSettings, since: datetime | None, progress: Progre
                     raise BrokerError(f"reading {raw} failed: {error.str()}")
             # offsets_for_times is only a starting hint (not every broker answers it exactly).
             records = [m for m in messages if m.error() is None and (m.timestamp() or (0, 0))[1] >= since_ms]
-            if records and engine.process(records, consumer, stop):
+            if records and engine.process(records, consumer, stop) is not None:
                 done += len(records)
                 if progress:
                     progress(done, total)

@@ -104,6 +104,9 @@ class _Batch:
             self.first[tp] = offset
         self.last[tp] = offset
 
+    def next_offsets(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p, o + 1) for (t, p), o in self.last.items()]
+
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.failures.append(err.str())
@@ -245,8 +248,12 @@ class Engine:
 
     # --- processing ------------------------------------------------------------------------------
 
-    def process(self, messages: Iterable[Message], consumer: Consumer | None, stop: threading.Event) -> bool:
-        """Handle one batch; True when its outputs are durable (the caller may commit / move on)."""
+    def process(
+        self, messages: Iterable[Message], consumer: Consumer | None, stop: threading.Event
+    ) -> list[TopicPartition] | None:
+        """Handle one batch. None when its outputs are not durable (the consumer was rewound to
+        redo it); else the offsets the caller commits next (none in exactly_once: the transaction
+        committed them)."""
         batch = _Batch()
         if self.transactional:
             self.producer.begin_transaction()
@@ -262,19 +269,19 @@ class Engine:
                 self.restore([partition])
             self._handle(msg, topic, partition, offset, batch)
         if self.transactional:
-            return self._commit_transaction(batch, consumer)
+            return [] if self._commit_transaction(batch, consumer) else None
         if not batch.last:
-            return True
+            return []
         self._produce_states(batch)
         left = self.producer.flush(self.p.flush_timeout_s)
         if left or batch.failures:
             self._rewind(batch, consumer, f"undelivered={left} {batch.failures[:3]}")
-            return False
+            return None
         self._apply(batch)
-        done = self._write_dedup_records(batch, stop=stop)
-        if done:
-            self.tally.update(batch.tally)
-        return done
+        if not self._write_dedup_records(batch, stop=stop):
+            return None
+        self.tally.update(batch.tally)
+        return batch.next_offsets()
 
     def _handle(self, msg: Message, topic: str, partition: int, offset: int, batch: _Batch) -> None:
         value = msg.value() or b""
@@ -446,8 +453,7 @@ class Engine:
             for partition, key, value in self._dedup_records(batch, None):
                 self.producer.produce(self.topics.dedup, value, key, partition)
             if consumer is not None:
-                offsets = [TopicPartition(t, p, o + 1) for (t, p), o in batch.last.items()]
-                self.producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+                self.producer.send_offsets_to_transaction(batch.next_offsets(), consumer.consumer_group_metadata(), 30)
             self.producer.commit_transaction(self.p.flush_timeout_s)
         except KafkaException as exc:
             with contextlib.suppress(KafkaException):
@@ -533,21 +539,15 @@ class Normalizer:
                     log.warning("consume_failed", error=exc.args[0].str())
                     time.sleep(p.retry_backoff_s)
                     continue
-                if messages and self.engine.process(messages, self.consumer, stop) and not self.engine.transactional:
-                    self._commit(messages)
+                if messages and (offsets := self.engine.process(messages, self.consumer, stop)):
+                    self._commit(offsets)
                 self.engine.expire()
         finally:
             self.close()
 
-    def _commit(self, messages: list[Message]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for msg in messages:
-            if msg.error() is None:
-                last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
+    def _commit(self, offsets: list[TopicPartition]) -> None:
         try:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()], asynchronous=False
-            )
+            self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # Uncommitted work is redone by whoever owns the partition next; dedup makes it harmless.
             log.warning("commit_failed", error=exc.args[0].str())
