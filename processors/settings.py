@@ -214,6 +214,13 @@ class ProcessorSection(Section):
     session_timeout_ms: int = Field(6000, ge=1000)
     linger_ms: float = Field(5.0, ge=0)
     flush_timeout_s: float = Field(30.0, gt=0)
+    delivery_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=240,
+        description="each output is acknowledged or failed for good within this (message.timeout.ms); a "
+        "batch waits for all its outputs' reports before it is redone, under the consumer's 300 s poll limit",
+    )
     retry_backoff_s: float = Field(1.0, ge=0)
     metrics_port: int | None = Field(9108, ge=0, le=65535, description="0 or null: no metrics server")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"

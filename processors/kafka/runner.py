@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from processors import logs, state
 from processors.errors import BrokerError, ConfigError, SerdeError
 from processors.kafka import config, recovery
+from processors.kafka.producer import PRODUCER_GONE
 from processors.kafka.serde import (
     Codec,
     dead_letter_to_record,
@@ -93,6 +94,7 @@ class _Batch:
     first: dict[tuple[str, int], int] = field(default_factory=dict)
     last: dict[tuple[str, int], int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    errors: list[KafkaError] = field(default_factory=list)
     keys: dict[int, dict[str, VerificationEvent]] = field(default_factory=dict)  # partition -> new keys
     states: dict[int, dict[str, VerificationState]] = field(default_factory=dict)
     event_offsets: dict[int, list[int]] = field(default_factory=dict)
@@ -110,10 +112,12 @@ class _Batch:
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.failures.append(err.str())
+            self.errors.append(err)
 
     def on_event_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.failures.append(err.str())
+            self.errors.append(err)
         else:
             self.event_offsets.setdefault(msg.partition() or 0, []).append(msg.offset() or 0)
 
@@ -143,13 +147,15 @@ class Engine:
         self.window = timedelta(seconds=self.p.dedup_window_s)
         self.transactional = self.p.processing_guarantee == "exactly_once"
         overrides: dict[str, object] = {"linger.ms": self.p.linger_ms}
+        if not self.transactional:  # a transaction bounds its own records (transaction.timeout.ms)
+            overrides["message.timeout.ms"] = int(self.p.delivery_timeout_s * 1000)
         if self.transactional:
             overrides["transactional.id"] = (
                 self.p.transactional_id or f"kycstream-{self.p.group_id}-{socket.gethostname()}"
             )
-        self.producer = Producer(config.producer(settings.kafka, **overrides))
-        if self.transactional:
-            self.producer.init_transactions(30)
+        self._producer_conf = {**config.producer(settings.kafka, **overrides), "error_cb": self._on_producer_error}
+        self._producer_gone = False
+        self.producer = self._new_producer()
         self._restorer = Consumer(
             config.consumer(
                 settings.kafka,
@@ -183,6 +189,31 @@ class Engine:
                 + ": events, state and dedup are co-partitioned with the raw topic and need the same count"
             )
         return raw
+
+    def _new_producer(self) -> Producer:
+        producer = Producer(self._producer_conf)
+        if self.transactional:
+            producer.init_transactions(30)
+        return producer
+
+    def _on_producer_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._producer_gone = True
+
+    def _note_failure(self, err: KafkaError) -> None:
+        if err.fatal() or err.code() in PRODUCER_GONE:
+            self._producer_gone = True
+
+    def _renew_producer_if_gone(self) -> None:
+        """A fenced or fatally failed idempotent producer fails every record from then on (seen on the
+        embedded broker once records timed out in an outage): replace it. Its records are settled."""
+        if not self._producer_gone:
+            return
+        self._producer_gone = False
+        old, self.producer = self.producer, self._new_producer()
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        old.flush(0)
+        log.warning("producer_replaced")
 
     # --- ownership -----------------------------------------------------------------------------
 
@@ -254,6 +285,7 @@ class Engine:
         """Handle one batch. None when its outputs are not durable (the consumer was rewound to
         redo it); else the offsets the caller commits next (none in exactly_once: the transaction
         committed them)."""
+        self._renew_producer_if_gone()
         batch = _Batch()
         if self.transactional:
             self.producer.begin_transaction()
@@ -273,9 +305,10 @@ class Engine:
         if not batch.last:
             return []
         self._produce_states(batch)
-        left = self.producer.flush(self.p.flush_timeout_s)
-        if left or batch.failures:
-            self._rewind(batch, consumer, f"undelivered={left} {batch.failures[:3]}")
+        if self._drain(stop):
+            return None  # stopping with outputs in doubt: uncommitted, the next owner repairs
+        if batch.failures:
+            self._redo_after_failure(batch, consumer)
             return None
         self._apply(batch)
         if not self._write_dedup_records(batch, stop=stop):
@@ -411,22 +444,48 @@ class Engine:
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
+                self._note_failure(err)
                 failed.append((msg.partition() or 0, msg.key() or b"", msg.value() or b""))
 
         while pending:
             failed.clear()
             for partition, key, value in pending:
                 self.producer.produce(self.topics.dedup, value, key, partition, on_delivery)
-            left = self.producer.flush(self.p.flush_timeout_s)
-            if not failed and not left:
+            if self._drain(stop):
+                return False  # stopping: not committed, the next owner repairs from the events topic
+            if not failed:
                 return True
             self.metrics.retries.inc()
-            log.warning("dedup_records_retry", failed=len(failed), undelivered=left)
+            log.warning("dedup_records_retry", failed=len(failed))
             if stop is not None and stop.is_set():
-                return False  # not committed: the next owner repairs from the events topic
+                return False
             time.sleep(self.p.retry_backoff_s)
-            pending = list(failed) if not left else pending
+            self._renew_producer_if_gone()
+            pending = list(failed)
         return True
+
+    def _drain(self, stop: threading.Event | None) -> int:
+        """Flush until every record produced has its delivery report, delivered or failed for good
+        (within delivery_timeout_s): a batch redone while its records are still queued would write
+        them twice. Returns the records still queued, non-zero only when `stop` is set meanwhile."""
+        left = self.producer.flush(self.p.flush_timeout_s)
+        while left and not (stop is not None and stop.is_set()):
+            log.warning("outputs_not_acknowledged_yet", queued=left, within_s=self.p.delivery_timeout_s)
+            left = self.producer.flush(self.p.flush_timeout_s)
+        return int(left)
+
+    def _redo_after_failure(self, batch: _Batch, consumer: Consumer | None) -> None:
+        """Some outputs failed for good, others may have been written: as after a crash, take the
+        batch's partitions over again (the restore finds the events that did land and remembers
+        them), then go back to the batch start; the redo skips what is already written."""
+        partitions = sorted({partition for _, partition in batch.first})
+        for partition in partitions:
+            self.release(partition)
+        for err in batch.errors:
+            self._note_failure(err)
+        self._rewind(batch, consumer, f"outputs failed: {batch.failures[:3]}")
+        self._renew_producer_if_gone()
+        self.restore(partitions)  # raises if Kafka is still unreachable: restart and restore then
 
     def _tombstone(self, partition: int, keys: list[str], batch: _Batch) -> None:
         for key in keys:
