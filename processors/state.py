@@ -19,7 +19,7 @@ from processors.model import VerificationEvent, VerificationState, VerificationS
 DECISIONS = frozenset(
     {VerificationStatus.APPROVED, VerificationStatus.REJECTED, VerificationStatus.RESUBMISSION_REQUIRED}
 )
-_SETTLED = DECISIONS | {VerificationStatus.REVIEW}
+SETTLED = DECISIONS | {VerificationStatus.REVIEW}  # a decision or a review: what reconciliation waits for
 
 
 def _tier(status: VerificationStatus) -> int:
@@ -37,7 +37,7 @@ def _when(event: VerificationEvent) -> datetime:
 
 def supersedes(event: VerificationEvent, state: VerificationState) -> bool:
     """Whether `event` should become the current status of `state`'s verification."""
-    new_settled, old_settled = event.status in _SETTLED, state.status in _SETTLED
+    new_settled, old_settled = event.status in SETTLED, state.status in SETTLED
     if new_settled != old_settled:
         return new_settled
     old_when = state.occurred_at or state.updated_at

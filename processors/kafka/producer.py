@@ -115,7 +115,7 @@ class AsyncProducer:
 
     def _settle(self, future: asyncio.Future[Delivered], err: KafkaError | None, msg: Message) -> None:
         self._in_flight -= 1
-        if err is not None and (err.fatal() or err.code() in PRODUCER_GONE):
+        if err is not None and producer_gone(err):
             self._renew = True
         if future.done():  # timed out, or the request went away
             return
@@ -140,12 +140,16 @@ class AsyncProducer:
         return left
 
 
-# Errors after which this producer instance never delivers again: it must be replaced.
-PRODUCER_GONE = frozenset(
+_GONE = frozenset(
     code
     for name in ("PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "UNKNOWN_PRODUCER_ID", "_FENCED", "_FATAL")
     if (code := getattr(KafkaError, name, None)) is not None
 )
+
+
+def producer_gone(err: KafkaError) -> bool:
+    """After this delivery error the producer instance never delivers again: it must be replaced."""
+    return bool(err.fatal()) or err.code() in _GONE
 
 
 def _resolve(future: asyncio.Future[Delivered], err: KafkaError | None, msg: Message) -> None:

@@ -37,6 +37,18 @@ class CaughtUp:
     """Every partition has reached its end at least once."""
 
 
+def topic_partitions(consumer: Consumer, topic: str) -> list[int]:
+    """The topic's partition numbers; BrokerError when Kafka does not answer or the topic is absent."""
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+    except KafkaException as exc:
+        raise BrokerError(f"Kafka did not answer: {exc.args[0].str()}") from exc
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise BrokerError(f"topic {topic} does not exist (run `kycstream topics create`)")
+    return sorted(info.partitions)
+
+
 def follow(
     kafka: KafkaSettings, topic: str, start: Start, idle_timeout: float | None = None
 ) -> Iterator[Record | CaughtUp]:
@@ -46,14 +58,7 @@ def follow(
     """
     consumer = Consumer(config.consumer(kafka, f"kycstream-reader-{uuid.uuid4()}"))
     try:
-        try:
-            metadata = consumer.list_topics(topic, timeout=10)
-        except KafkaException as exc:
-            raise BrokerError(f"Kafka did not answer: {exc.args[0].str()}") from exc
-        info = metadata.topics.get(topic)
-        if info is None or info.error is not None or not info.partitions:
-            raise BrokerError(f"topic {topic} does not exist (run `kycstream topics create`)")
-        partitions = sorted(info.partitions)
+        partitions = topic_partitions(consumer, topic)
         consumer.assign([_start(consumer, topic, p, start) for p in partitions])
         pending = set(partitions)
         last_seen = time.monotonic()

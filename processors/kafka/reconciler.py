@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,12 +19,12 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processors import logs
-from processors.errors import BrokerError, SerdeError
-from processors.kafka import config
+from processors.errors import SerdeError
+from processors.kafka import config, reader
 from processors.kafka.serde import (
     Codec,
     dead_letter_to_record,
@@ -33,19 +34,12 @@ from processors.kafka.serde import (
 )
 from processors.model import DeadLetter, Expectation, RawDelivery, VerificationStatus
 from processors.pipeline import routing_id
-from processors.polling import Poller, PollOutcome
+from processors.polling import Poller, PollOutcome, Verdict
 from processors.providers import REGISTRY
 from processors.settings import ReconcileSettings
+from processors.state import SETTLED
 
 log = logs.get("kycstream.reconcile")
-FINAL = frozenset(
-    {
-        VerificationStatus.APPROVED,
-        VerificationStatus.REJECTED,
-        VerificationStatus.RESUBMISSION_REQUIRED,
-        VerificationStatus.REVIEW,
-    }
-)
 
 
 class ReconcileMetrics:
@@ -102,15 +96,7 @@ class Reconciler:
         self.tracked: dict[str, _Tracked] = {}
         for source in settings.sources.values():  # every series exists from the start, for alerts
             if source.poll is not None:
-                for outcome in (
-                    "result",
-                    "unrecognized",
-                    "unauthorized",
-                    "not_found",
-                    "failed",
-                    "poll_unauthorized",
-                    "poll_expired",
-                ):
+                for outcome in (*typing.get_args(Verdict), "poll_unauthorized", "poll_expired"):
                     self.metrics.polls.labels(source.provider, outcome)
         self.states: dict[str, tuple[VerificationStatus, datetime]] = {}
         # One event loop and one HTTP client for the reconciler's life: connections (and TLS
@@ -134,13 +120,9 @@ class Reconciler:
         self.expected.subscribe(
             [self.topics.expected], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        try:
-            metadata = self.states_reader.list_topics(self.topics.state, timeout=10).topics.get(self.topics.state)
-        except KafkaException as exc:
-            raise BrokerError(f"Kafka did not answer: {exc.args[0].str()}") from exc
-        if metadata is None or metadata.error is not None:
-            raise BrokerError(f"topic {self.topics.state} does not exist (run `kycstream topics create`)")
-        self.states_reader.assign([TopicPartition(self.topics.state, p, OFFSET_BEGINNING) for p in metadata.partitions])
+        state = self.topics.state
+        partitions = reader.topic_partitions(self.states_reader, state)
+        self.states_reader.assign([TopicPartition(state, p, OFFSET_BEGINNING) for p in partitions])
 
     def _drain(self) -> None:
         for msg in self.expected.consume(1000, 0.2):
@@ -153,7 +135,9 @@ class Reconciler:
                     self.states.pop(key, None)
                     continue
                 try:
-                    state = state_from_record(self.codec.decode("VerificationState", msg.value() or b""))
+                    state = state_from_record(
+                        self.codec.decode("VerificationState", msg.value() or b"", self.topics.state)
+                    )
                 except SerdeError:
                     continue
                 self.states[key] = (state.status, state.updated_at)
@@ -161,7 +145,7 @@ class Reconciler:
     @staticmethod
     def _usable(msg: Message) -> bool:
         error = msg.error()
-        if error is not None and error.code() != KafkaError._PARTITION_EOF:
+        if error is not None:  # both consumers run without partition-EOF events
             log.warning("consume_error", error=error.str())
         return error is None
 
@@ -171,7 +155,9 @@ class Reconciler:
             self.tracked.pop(key, None)
             return
         try:
-            expectation = expectation_from_record(self.codec.decode("Expectation", msg.value() or b""))
+            expectation = expectation_from_record(
+                self.codec.decode("Expectation", msg.value() or b"", self.topics.expected)
+            )
         except SerdeError as exc:
             log.warning("expectation_undecodable", partition=msg.partition(), offset=msg.offset(), error=str(exc))
             return
@@ -187,7 +173,7 @@ class Reconciler:
         for key, tracked in self.tracked.items():
             source = self.settings.sources.get(tracked.expectation.source)
             state = self.states.get(key)
-            if tracked.closed or (state is not None and state[0] in FINAL):
+            if tracked.closed or (state is not None and state[0] in SETTLED):
                 continue
             still_open += 1
             if source is None or source.poll is None:
@@ -207,11 +193,10 @@ class Reconciler:
         now = self.clock()
         to_poll, to_expire = self.due(now)
         for tracked in to_expire:
-            polls = tracked.polls
             self._dead_letter(
                 tracked,
                 "poll_expired",
-                f"no final result from {tracked.expectation.provider} after {polls} polls since "
+                f"no final result from {tracked.expectation.provider} after {tracked.polls} polls since "
                 f"{tracked.expectation.expected_at.isoformat()}; giving up",
             )
         if to_poll:

@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from processors import logs
 from processors.errors import BrokerError, SerdeError
-from processors.kafka import config
+from processors.kafka import config, reader
 from processors.kafka.runner import Engine
 from processors.kafka.serde import Codec, dead_letter_from_record, dead_letter_to_record, delivery_from_record
 from processors.model import DeadLetter, Rejection
@@ -100,10 +100,8 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
     producer = Producer(config.producer(settings.kafka))
     tally: Counter[str] = Counter()
     try:
-        metadata = consumer.list_topics(topics.dlq, timeout=10).topics.get(topics.dlq)
-        if metadata is None or metadata.error is not None:
-            raise BrokerError(f"topic {topics.dlq} does not exist (run `kycstream topics create`)")
-        committed = consumer.committed([TopicPartition(topics.dlq, p) for p in metadata.partitions], timeout=10)
+        partitions = reader.topic_partitions(consumer, topics.dlq)
+        committed = consumer.committed([TopicPartition(topics.dlq, p) for p in partitions], timeout=10)
         starts = [
             TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
             for tp in committed

@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from processors import logs, state
 from processors.errors import BrokerError, ConfigError, SerdeError
 from processors.kafka import config, recovery
-from processors.kafka.producer import PRODUCER_GONE
+from processors.kafka.producer import producer_gone
 from processors.kafka.serde import (
     Codec,
     dead_letter_to_record,
@@ -93,7 +93,6 @@ class ProcessorMetrics:
 class _Batch:
     first: dict[tuple[str, int], int] = field(default_factory=dict)
     last: dict[tuple[str, int], int] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
     errors: list[KafkaError] = field(default_factory=list)
     keys: dict[int, dict[str, VerificationEvent]] = field(default_factory=dict)  # partition -> new keys
     states: dict[int, dict[str, VerificationState]] = field(default_factory=dict)
@@ -109,14 +108,16 @@ class _Batch:
     def next_offsets(self) -> list[TopicPartition]:
         return [TopicPartition(t, p, o + 1) for (t, p), o in self.last.items()]
 
+    @property
+    def failures(self) -> list[str]:
+        return [err.str() for err in self.errors]
+
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self.failures.append(err.str())
             self.errors.append(err)
 
     def on_event_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self.failures.append(err.str())
             self.errors.append(err)
         else:
             self.event_offsets.setdefault(msg.partition() or 0, []).append(msg.offset() or 0)
@@ -149,7 +150,7 @@ class Engine:
         overrides: dict[str, object] = {"linger.ms": self.p.linger_ms}
         if not self.transactional:  # a transaction bounds its own records (transaction.timeout.ms)
             overrides["message.timeout.ms"] = int(self.p.delivery_timeout_s * 1000)
-        if self.transactional:
+        else:
             overrides["transactional.id"] = (
                 self.p.transactional_id or f"kycstream-{self.p.group_id}-{socket.gethostname()}"
             )
@@ -201,7 +202,7 @@ class Engine:
             self._producer_gone = True
 
     def _note_failure(self, err: KafkaError) -> None:
-        if err.fatal() or err.code() in PRODUCER_GONE:
+        if producer_gone(err):
             self._producer_gone = True
 
     def _renew_producer_if_gone(self) -> None:
@@ -307,7 +308,7 @@ class Engine:
         self._produce_states(batch)
         if self._drain(stop):
             return None  # stopping with outputs in doubt: uncommitted, the next owner repairs
-        if batch.failures:
+        if batch.errors:
             self._redo_after_failure(batch, consumer)
             return None
         self._apply(batch)
@@ -495,7 +496,7 @@ class Engine:
 
     def _flush_or_raise(self, batch: _Batch, what: str) -> None:
         left = self.producer.flush(self.p.flush_timeout_s)
-        if left or batch.failures:
+        if left or batch.errors:
             raise BrokerError(f"{what}: outputs not acknowledged ({left} undelivered, {batch.failures[:3]})")
 
     def _rewind(self, batch: _Batch, consumer: Consumer | None, why: str) -> None:
