@@ -7,7 +7,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
@@ -32,7 +32,7 @@ from processors import logs
 from processors.errors import BrokerError
 from processors.kafka.producer import Delivered
 from processors.model import Expectation, RawDelivery
-from processors.pipeline import routing_id
+from processors.pipeline import routing_id, uuid_text
 from processors.providers import REGISTRY
 from processors.ratelimit import TokenBucket
 
@@ -96,7 +96,7 @@ class WebhookEndpoint:
         settings: GatewaySettings,
         sink: RawSink,
         metrics: GatewayMetrics,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime],
     ) -> None:
         server = settings.gateway
         self.sources = {n: Source.build(n, s, server.max_body_bytes) for n, s in settings.sources.items()}
@@ -214,10 +214,7 @@ def _request_id() -> str:
         _random = bytearray(os.urandom(4096))
     b = _random[-16:]
     del _random[-16:]
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return uuid_text(b, 4)
 
 
 def error_body(exc: GatewayError, request_id: str | None) -> bytes:

@@ -28,6 +28,11 @@ class CheckOutcome(enum.StrEnum):
     SKIPPED = "SKIPPED"
 
 
+def to_millis(moment: datetime) -> datetime:
+    """`moment` at millisecond precision: what the Avro timestamp-millis fields keep."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
 AuthScheme = Literal["header_token", "bearer", "basic", "api_key", "hmac_sha256", "none"]
 
 

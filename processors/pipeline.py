@@ -24,10 +24,14 @@ _NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
 
 def event_id_for(idempotency_key: str) -> str:
     """str(uuid.uuid5(EVENT_ID_NAMESPACE, idempotency_key)), without building UUID objects (3x faster)."""
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + idempotency_key.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
+    return uuid_text(bytearray(hashlib.sha1(_NAMESPACE_BYTES + idempotency_key.encode()).digest()[:16]), 5)
+
+
+def uuid_text(b: bytearray, version: int) -> str:
+    """str(uuid.UUID(bytes=b, version=version)) for 16 bytes, setting version and variant in `b`."""
+    b[6] = (b[6] & 0x0F) | (version << 4)
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

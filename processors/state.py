@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from processors.model import VerificationEvent, VerificationState, VerificationStatus
+from processors.model import VerificationEvent, VerificationState, VerificationStatus, to_millis
 
 DECISIONS = frozenset(
     {VerificationStatus.APPROVED, VerificationStatus.REJECTED, VerificationStatus.RESUBMISSION_REQUIRED}
@@ -26,13 +26,9 @@ def _tier(status: VerificationStatus) -> int:
     return 2 if status in DECISIONS else 1 if status is VerificationStatus.REVIEW else 0
 
 
-def _ms(moment: datetime) -> datetime:
-    """Millisecond precision, as the state changelog stores it: memory and restore must agree."""
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
 def _when(event: VerificationEvent) -> datetime:
-    return _ms(event.occurred_at or event.received_at)
+    # Millisecond precision, as the state changelog stores it: memory and restore must agree.
+    return to_millis(event.occurred_at or event.received_at)
 
 
 def supersedes(event: VerificationEvent, state: VerificationState) -> bool:

@@ -26,7 +26,6 @@ import array
 import itertools
 import linecache
 import struct
-import time
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -267,8 +266,6 @@ class _Types:
 # --- run-time helpers of the generated writers ------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
-_US = timedelta(microseconds=1)
 
 
 def _varint_tables() -> tuple[list[bytes], list[bytes]]:
@@ -359,16 +356,9 @@ def _float32(v: Any) -> bytes:
 
 
 def _timestamp(v: Any, logical: str) -> Any:
-    """fastavro's prepare_timestamp_millis/micros: datetimes to an int, anything else unchanged."""
-    if not isinstance(v, datetime):
-        return v
-    if v.tzinfo is not None:
-        return (v - _EPOCH) // (_MS if logical == "timestamp-millis" else _US)
-    # A naive datetime is local time to fastavro (mktime); the codec's callers pass aware ones.
-    seconds = int(time.mktime(v.timetuple()))
-    if logical == "timestamp-millis":
-        return seconds * 1000 + v.microsecond // 1000
-    return seconds * 1_000_000 + v.microsecond
+    """fastavro's own prepare_timestamp_millis/micros: datetimes to an int (a naive one is local time,
+    as fastavro has it), anything else unchanged. The generated code inlines the aware case."""
+    return LOGICAL_WRITERS[f"long-{logical}"](v, {})
 
 
 def _as_record(r: Any) -> dict[str, Any]:
@@ -502,8 +492,6 @@ _WRITER_HELPERS: dict[str, Any] = {
     "_Mapping": Mapping,
     "_datetime": datetime,
     "_EPOCH": _EPOCH,
-    "_MS": _MS,
-    "_US": _US,
     "_enc": str.encode,
     "_pack_d": _pack_d,
     "_float32": _float32,

@@ -49,7 +49,6 @@ class AsyncProducer:
         # (deadline, future) in send order; one timeout for all, so deadlines are in order too and
         # the tick expires from the left (a timer per record cost more than the produce call).
         self._deadlines: collections.deque[tuple[float, asyncio.Future[Delivered]]] = collections.deque()
-        self._in_flight = 0  # records produced whose delivery report has not been served yet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -75,7 +74,6 @@ class AsyncProducer:
             raise BrokerError("the producer queue is full: Kafka is not keeping up") from exc
         except KafkaException as exc:
             raise BrokerError(f"Kafka refused the record: {exc.args[0].str()}") from exc
-        self._in_flight += 1
         self._deadlines.append((loop.time() + self._timeout, future))
         if self._timer is None or self._loop is not loop:
             self._loop = loop
@@ -97,7 +95,8 @@ class AsyncProducer:
             _, future = deadlines.popleft()
             if not future.done():
                 future.set_exception(ProduceTimeout(f"Kafka did not acknowledge within {self._timeout:g}s"))
-        if self._in_flight > 0 or self._retired or deadlines:
+        # len(): records whose delivery report has not been served yet (librdkafka counts them)
+        if len(self._producer) or self._retired or deadlines:
             self._timer = self._loop.call_later(self._interval, self._tick)
 
     def _on_error(self, err: KafkaError) -> None:
@@ -114,7 +113,6 @@ class AsyncProducer:
         self._retired.append(old)
 
     def _settle(self, future: asyncio.Future[Delivered], err: KafkaError | None, msg: Message) -> None:
-        self._in_flight -= 1
         if err is not None and producer_gone(err):
             self._renew = True
         if future.done():  # timed out, or the request went away

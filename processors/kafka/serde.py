@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,20 +138,21 @@ class Codec:
     def decode(self, name: RecordType, data: bytes, topic: str = "") -> dict[str, Any]:
         if self._registry is not None:
             return self._registry.decode(name, data, topic)
-        if len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
-            raise SerdeError(f"not an Avro single-object encoded {name} (bad magic or too short)")
-        writer = self._writers.get(data[2:10])
-        if writer is None:
-            raise SerdeError(
-                f"unknown schema fingerprint {data[2:10].hex()} for {name}: the record was written "
-                "with a schema this version does not have (add it to schemas/history/)"
-            )
-        current = self._schemas[name]
+        header, _, compiled = self._compiled[name]
+        read: Callable[[bytes, int], Any] = compiled
+        if data[:10] != header:  # not the current schema (the usual case): a retired one, or not ours
+            if len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
+                raise SerdeError(f"not an Avro single-object encoded {name} (bad magic or too short)")
+            writer = self._writers.get(data[2:10])
+            if writer is None:
+                raise SerdeError(
+                    f"unknown schema fingerprint {data[2:10].hex()} for {name}: the record was written "
+                    "with a schema this version does not have (add it to schemas/history/)"
+                )
+            current = self._schemas[name].parsed
+            read = lambda d, p: fastavro.schemaless_reader(io.BytesIO(d[p:]), writer, current)  # noqa: E731
         try:
-            if data[2:10] == current.fingerprint:  # written with the current schema: the usual case
-                value = self._compiled[name][2](data, 10)
-            else:
-                value = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer, current.parsed)
+            value = read(data, 10)
         except Exception as exc:  # truncated or corrupt input raises a variety of errors
             raise SerdeError(f"corrupt {name} record: {type(exc).__name__}") from exc
         if not isinstance(value, dict):

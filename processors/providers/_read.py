@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from processors.model import Check, CheckOutcome
+from processors.model import Check, CheckOutcome, to_millis
 
 
 def obj(value: object) -> Mapping[str, Any]:
@@ -48,7 +48,7 @@ def timestamp(value: object) -> datetime | None:
         utc = parsed.astimezone(UTC)
     except (OverflowError, ValueError):
         return None
-    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)  # Avro timestamp-millis
+    return to_millis(utc)
 
 
 def scalar_attributes(doc: Mapping[str, Any], *names: str) -> dict[str, str]:
