@@ -49,9 +49,4 @@ e2e: $(STAMP)  ## end-to-end, load and fault tests through the CLI (a few minute
 
 .PHONY: bench
 bench: $(STAMP)  ## benchmarks (gateway, processor, end to end, dedup restore): tables, then one target line each
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		(apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1; } || true
-	test -x bench/.venv-quix/bin/python || $(PYTHON) -m venv bench/.venv-quix
-	bench/.venv-quix/bin/python -c 'import quixstreams, orjson, fastavro' 2>/dev/null || \
-		bench/.venv-quix/bin/pip install --quiet quixstreams orjson fastavro || true
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py  # the scripts install wrk (Debian) and bench/.venv-quix themselves if missing

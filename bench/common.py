@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 VENV_BIN = ROOT / ".venv" / "bin"
 OUT = BENCH / ".out"  # logs of the processes under test and each script's results (JSON)
-DEV_SECRET = "dev-secret"
 
 
 # --- the machine ---------------------------------------------------------------------------------
@@ -68,12 +66,6 @@ def print_machine() -> None:
 
 
 # --- ports, processes, the broker ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -162,10 +154,6 @@ def write_config(path: Path, bootstrap: str, topic_settings: Any, port: int, **g
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(dev))
     return path
-
-
-def which(tool: str) -> str | None:
-    return shutil.which(tool)
 
 
 # --- latency figures -----------------------------------------------------------------------------

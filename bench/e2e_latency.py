@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: the repo root first, never ben
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from bench import common
-from processors.kafka import config
+from processors.kafka import config, embedded
 from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings, ProcessorSection
 
@@ -108,7 +108,7 @@ def run(
     with common.broker() as running:
         bootstrap = running.bootstrap_servers
         topics = common.make_topics(bootstrap, f"e2e{uuid.uuid4().hex[:4]}", partitions)
-        port = common.free_port()
+        port = embedded.free_port()
         cfg = common.write_config(common.OUT / f"e2e-{label}.yaml", bootstrap, topics, port)
         if poll_timeout_s is not None or fetch_wait_ms is not None:
             import yaml

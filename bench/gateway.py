@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: the repo root first, never ben
 
 from bench import common
 from bench.loadgen import xendit_body_template
+from processors.kafka import embedded
 
 PY = str(common.VENV_BIN / "python")
 GOAL_CEILING = 0.70
@@ -44,14 +46,14 @@ GOAL_P99_MS = 25.0
 
 
 def ensure_wrk() -> str | None:
-    found = common.which("wrk")
-    if found or os.geteuid() != 0 or not common.which("apt-get"):
+    found = shutil.which("wrk")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
         return found
     print("installing wrk (apt-get)...", flush=True)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     subprocess.run(["apt-get", "update", "-qq"], check=False, **quiet)  # type: ignore[call-overload]
     subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, **quiet)  # type: ignore[call-overload]
-    return common.which("wrk")
+    return shutil.which("wrk")
 
 
 class Load:
@@ -133,7 +135,7 @@ def measure(
     *,
     ready: str | None = None,
 ) -> tuple[dict[str, Any], subprocess.Popen[bytes], int]:
-    port = common.free_port()
+    port = embedded.free_port()
     process = common.spawn([*args, "--port", str(port)], f"gateway-{name}", env)
     try:
         if ready:

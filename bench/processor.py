@@ -217,16 +217,10 @@ def run_engine(bootstrap: str, topics: Any, expected: int) -> dict[str, Any]:
     engine = Engine(settings)
     engine.check_partitions()
     p = settings.processor
-    consumer = Consumer(
-        config.consumer(
-            settings.kafka, p.group_id, **{"session.timeout.ms": p.session_timeout_ms, "enable.partition.eof": True}
-        )
-    )
-    assigned = threading.Event()
+    consumer = Consumer(config.consumer(settings.kafka, p.group_id, **{"session.timeout.ms": p.session_timeout_ms}))
 
     def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
         engine.restore([tp.partition for tp in partitions])
-        assigned.set()
 
     consumer.subscribe([topics.raw], on_assign=on_assign)
     stop = threading.Event()

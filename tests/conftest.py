@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -200,8 +200,13 @@ def produce_raw(kafka: KafkaSettings, topic: str, deliveries: list[Any], codec: 
 
 def latest_states(kafka: KafkaSettings, topic: str, codec: Codec) -> dict[str, dict[str, Any]]:
     """The state table as a downstream consumer sees it: the last record per key."""
+    return state_table(reader.read_all(kafka, topic), codec)
+
+
+def state_table(records: Iterable[reader.Record], codec: Codec) -> dict[str, dict[str, Any]]:
+    """The last decoded VerificationState per key of a state topic's records (tombstones delete)."""
     table: dict[str, dict[str, Any]] = {}
-    for record in reader.read_all(kafka, topic):
+    for record in records:
         key = (record.key or b"").decode()
         if record.value is None:
             table.pop(key, None)

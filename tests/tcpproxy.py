@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Coroutine
 from typing import Any
+
+from processors.kafka.embedded import free_port
 
 _CHUNK = 64 * 1024
 
@@ -29,9 +30,8 @@ class TcpProxy:
     def __init__(self, upstream_host: str, upstream_port: int, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.host = host
-        self.port = port or _free_port(host)
+        self.port = port or free_port(host)
         self.latency = 0.0  # seconds added to every chunk, each direction
-        self.accepted = 0  # connections accepted since start (for assertions)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"tcpproxy-{self.port}", daemon=True)
         self._server: asyncio.base_events.Server | None = None
@@ -43,10 +43,6 @@ class TcpProxy:
         self._thread.start()
         self._call(self._listen())
         return self
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
 
     @property
     def is_cut(self) -> bool:
@@ -116,7 +112,6 @@ class TcpProxy:
         except OSError:
             client_w.transport.abort()
             return
-        self.accepted += 1
         link = _Link(self, client_w, upstream_w)
         self._links.add(link)
         link.tasks = [
@@ -173,9 +168,3 @@ class _Link:
             w.transport.abort()
         for task in self.tasks:
             task.cancel()
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])

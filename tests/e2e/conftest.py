@@ -84,14 +84,9 @@ def note(pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> Callabl
     return add
 
 
-@pytest.fixture(scope="session")
-def e2e_codec() -> Codec:
-    return Codec()
-
-
 @pytest.fixture
 def make_pipeline(
-    e2e_broker: brokers.Broker, e2e_codec: Codec, tmp_path: Path, request: pytest.FixtureRequest
+    e2e_broker: brokers.Broker, codec: Codec, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Pipeline]]:
     """Pipelines for this test (topics, config and ports of their own); stopped and checked at the end."""
     made: list[Pipeline] = []
@@ -99,7 +94,7 @@ def make_pipeline(
     def make(**options: object) -> Pipeline:
         workdir = tmp_path / f"pipeline-{len(made)}"
         workdir.mkdir()
-        pipeline = Pipeline(e2e_broker.bootstrap, workdir, e2e_codec, **options)  # type: ignore[arg-type]
+        pipeline = Pipeline(e2e_broker.bootstrap, workdir, codec, **options)  # type: ignore[arg-type]
         made.append(pipeline)
         return pipeline
 

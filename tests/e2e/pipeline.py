@@ -24,6 +24,7 @@ import yaml
 from processors.kafka import embedded, reader, topics
 from processors.kafka.serde import Codec, RecordType
 from processors.settings import KafkaSettings, TopicSettings
+from tests.conftest import state_table
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_CONFIG = REPO / "deploy" / "kycstream.dev.yaml"
@@ -47,7 +48,6 @@ class Role:
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.generation = 0
-        self.exits: list[int] = []  # return codes of the processes that ended (in order)
         self._log: IO[bytes] | None = None
 
     @property
@@ -84,7 +84,6 @@ class Role:
             self.proc.wait()
             self._closelog()
             raise AssertionError(f"{self.name} did not exit within {timeout:g}s\n{self.tail()}") from None
-        self.exits.append(code)
         self._closelog()
         return code
 
@@ -170,15 +169,19 @@ class Pipeline:
         self.gateway.start()
         self.wait_gateway_ready(ready_timeout)
 
+    def readyz(self, timeout: float = 5) -> int:
+        """The gateway's /readyz status, 0 when it does not answer."""
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=timeout).status_code
+        except httpx.TransportError:
+            return 0
+
     def wait_gateway_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while True:
             assert self.gateway.alive(), f"the gateway exited at start\n{self.gateway.tail()}"
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=3).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            if self.readyz(timeout=3) == 200:
+                return
             assert time.monotonic() < deadline, f"the gateway was not ready within {timeout:g}s\n{self.gateway.tail()}"
             time.sleep(0.1)
 
@@ -254,14 +257,11 @@ class Pipeline:
 
     def latest_states(self) -> dict[str, dict[str, Any]]:
         """The state table as a downstream consumer sees it: the last record per key."""
-        table: dict[str, dict[str, Any]] = {}
-        for record in self.records("state"):
-            key = (record.key or b"").decode()
-            if record.value is None:
-                table.pop(key, None)
-            else:
-                table[key] = self.codec.decode("VerificationState", record.value)
-        return table
+        return state_table(self.records("state"), self.codec)
+
+
+# The tightest provider deadline (PRODUCT.md): every answer must come well before it.
+SIGNICAT_DEADLINE_S = 10.0
 
 
 def gateway_status_ok(code: int) -> bool:

@@ -16,22 +16,13 @@ import orjson
 import pytest
 
 from tests.e2e.brokers import Broker
-from tests.e2e.pipeline import Pipeline
+from tests.e2e.pipeline import SIGNICAT_DEADLINE_S, Pipeline
 from tests.e2e.workload import sign
-
-SIGNICAT_DEADLINE_S = 10.0
 
 
 def _xendit(vid: str) -> tuple[bytes, dict[str, str]]:
     body = orjson.dumps({"event": "account.verification", "data": {"id": vid, "kyc": {"status": "PASSED"}}})
     return body, {"content-type": "application/json", "webhook-id": f"wh-{vid}", **sign("xendit", body)}
-
-
-def _readyz(pipeline: Pipeline) -> int:
-    try:
-        return httpx.get(f"{pipeline.url}/readyz", timeout=5).status_code
-    except httpx.TransportError:
-        return 0
 
 
 def test_gateway_accepts_again_once_kafka_is_back(pipeline: Pipeline, e2e_broker: Broker) -> None:
@@ -59,7 +50,7 @@ def test_gateway_accepts_again_once_kafka_is_back(pipeline: Pipeline, e2e_broker
         time.sleep(1)
     raise AssertionError(
         f"Kafka is back but for 20 s the gateway answered {sorted(set(seen))} "
-        f"(last: {response.text}); /readyz says {_readyz(pipeline)}"
+        f"(last: {response.text}); /readyz says {pipeline.readyz()}"
     )
 
 

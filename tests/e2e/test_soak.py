@@ -16,14 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.e2e.brokers import Broker
-from tests.e2e.pipeline import Pipeline, gateway_status_ok
+from tests.e2e.pipeline import SIGNICAT_DEADLINE_S, Pipeline, gateway_status_ok
 from tests.e2e.workload import LoadGenerator, Workload, build_workload, verify, wait_for_outputs
-
-SIGNICAT_DEADLINE_S = 10.0  # the tightest provider deadline (PRODUCT.md): every answer comes well before
 
 
 @dataclass(frozen=True)
@@ -179,13 +176,6 @@ def test_processor_sigkill_mid_soak_loses_and_doubles_nothing(
     note(f"events repaired by the restore after the kill: {repaired}")
 
 
-def _readyz(pipeline: Pipeline) -> int:
-    try:
-        return httpx.get(f"{pipeline.url}/readyz", timeout=5).status_code
-    except httpx.TransportError:
-        return 0
-
-
 @pytest.mark.parametrize("size", SIZES)
 def test_broker_unreachable_mid_soak_gives_503_never_200(
     pipeline: Pipeline, e2e_broker: Broker, size: Soak, note: Callable[[str], None]
@@ -201,7 +191,7 @@ def test_broker_unreachable_mid_soak_gives_503_never_200(
         with e2e_broker.outage():
             down = time.monotonic()
             while time.monotonic() < down + outage_s:
-                ready.append(_readyz(pipeline))
+                ready.append(pipeline.readyz())
                 time.sleep(0.5)
             up = time.monotonic()
         # While it was down: 503 (kafka_unavailable) in time, never 200.
@@ -219,7 +209,7 @@ def test_broker_unreachable_mid_soak_gives_503_never_200(
                 gen.stop()
                 after = Counter(a.status for a in gen.attempts if a.started >= back)
                 raise AssertionError(
-                    f"Kafka is back but for 30 s the gateway answered {dict(after)}; /readyz says {_readyz(pipeline)}"
+                    f"Kafka is back but for 30 s the gateway answered {dict(after)}; /readyz says {pipeline.readyz()}"
                 )
             time.sleep(0.2)
         return {
@@ -229,7 +219,7 @@ def test_broker_unreachable_mid_soak_gives_503_never_200(
         }
 
     soak(pipeline, size, seed=3, note=note, fault=outage, fault_at=0.25)
-    assert _readyz(pipeline) == 200
+    assert pipeline.readyz() == 200
 
 
 @pytest.mark.parametrize("size", SIZES)

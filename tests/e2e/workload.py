@@ -11,8 +11,6 @@ backoff (or after the answer's Retry-After) until 200, as a provider would, and 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import random
 import threading
 import time
@@ -26,22 +24,16 @@ import orjson
 
 from processors.model import RawDelivery, Rejection, VerificationEvent
 from processors.pipeline import normalize
+from tests.conftest import dev_sources
+from tests.credentials import auth_headers
 
-SECRET = "dev-secret"  # deploy/kycstream.dev.yaml's credential for every source
 RETRIED = {429, 500, 502, 503, 504}  # what a provider retries; anything else is final
+_DEV_SOURCES = dev_sources()  # one per provider, named after it, as in deploy/kycstream.dev.yaml
 
 
 def sign(provider: str, body: bytes) -> dict[str, str]:
     """The auth headers each provider sends with the dev config (see deploy/kycstream.dev.yaml)."""
-    if provider == "xendit":
-        return {"x-callback-token": SECRET}
-    if provider in ("esign", "signicat"):
-        return {"authorization": f"Bearer {SECRET}"}
-    if provider == "incode":
-        return {"x-incode-webhook-secret": SECRET}
-    if provider == "metamap":
-        return {"x-signature": hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()}
-    raise ValueError(provider)
+    return auth_headers(_DEV_SOURCES[provider], body)
 
 
 @dataclass
@@ -65,10 +57,6 @@ class Workload:
     deliveries: list[Delivery]
     final: dict[str, str]  # provider:verification_id -> final status
     event_counts: dict[str, int]  # provider:verification_id -> distinct results
-
-    @property
-    def idempotency_keys(self) -> set[str]:
-        return {d.idempotency_key for d in self.deliveries if d.idempotency_key}
 
 
 def _ts(base: datetime, seconds: int) -> str:
@@ -263,7 +251,6 @@ class Attempt:
     error: str | None = None
     request_id: str | None = None
     body: bytes = b""
-    wall: float = 0.0  # time.time() at the start, to compare with the processes' logs
 
 
 @dataclass
@@ -331,10 +318,6 @@ class LoadGenerator:
             if (late := time.monotonic() - due) > 0.1:
                 self.lag.append((due, late))
 
-    def lag_at(self, t: float) -> float:
-        """The client's own lag around monotonic time t (the worst within 0.5 s after it)."""
-        return max((late for due, late in self.lag if t - 0.1 <= due <= t + 0.5), default=0.0)
-
     async def _deliver(self, client: httpx.AsyncClient, d: Delivery) -> None:
         backoff = 0.25
         url = f"{self.url}/webhooks/{d.provider}"
@@ -345,14 +328,14 @@ class LoadGenerator:
                 if not wire and event in ("connection.connect_tcp.started", "http11.send_request_headers.started"):
                     wire.append(time.monotonic())
 
-            queued, wall = time.monotonic(), time.time()
+            queued = time.monotonic()
             try:
                 response = await client.request(
                     d.method, url, content=d.body, headers=d.headers, extensions={"trace": trace}
                 )
             except httpx.TransportError as exc:
                 started = wire[0] if wire else queued
-                self.attempts.append(Attempt(d.slot, started, time.monotonic(), None, type(exc).__name__, wall=wall))
+                self.attempts.append(Attempt(d.slot, started, time.monotonic(), None, type(exc).__name__))
             else:
                 started = wire[0] if wire else queued
                 self.attempts.append(
@@ -363,7 +346,6 @@ class LoadGenerator:
                         response.status_code,
                         request_id=response.headers.get("x-request-id"),
                         body=response.content,
-                        wall=wall,
                     )
                 )
                 if response.status_code == 200:

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from processors.kafka import embedded, topics
+from processors.kafka import topics
 from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import processing, produce_raw, read
+from tests.e2e import brokers
 from tests.integration.test_exactly_once import _stream
 from tests.tcpproxy import TcpProxy
 
@@ -24,14 +25,12 @@ pytestmark = pytest.mark.broker
 
 @pytest.fixture
 def proxied() -> Iterator[tuple[KafkaSettings, TcpProxy]]:
-    port = embedded.free_port()
-    proxy = TcpProxy("127.0.0.1", port).start()
-    running = embedded.start("127.0.0.1", port, advertised_port=proxy.port)
+    broker = brokers.start_embedded()
+    assert broker.proxy is not None
     try:
-        yield KafkaSettings(bootstrap_servers=running.bootstrap_servers), proxy
+        yield KafkaSettings(bootstrap_servers=broker.bootstrap), broker.proxy
     finally:
-        running.stop()
-        proxy.close()
+        broker.close()
 
 
 def _through_an_outage(

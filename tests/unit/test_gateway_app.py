@@ -72,9 +72,8 @@ def test_only_one_path_segment_after_webhooks_is_a_source() -> None:
     assert sink.written == []
 
 
-def test_a_client_gone_mid_body_is_not_answered_and_writes_nothing() -> None:
-    sink = Sink()
-    app = create_app(settings(), sink)
+def _asgi(app: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run one POST /webhooks/xendit through the ASGI app, `messages` received in order; what it sent."""
     scope: dict[str, Any] = {
         "type": "http",
         "method": "POST",
@@ -82,17 +81,22 @@ def test_a_client_gone_mid_body_is_not_answered_and_writes_nothing() -> None:
         "headers": [(b"x-callback-token", b"dev-secret"), (b"content-type", b"application/json")],
         "client": ("127.0.0.1", 5000),
     }
-    messages = [{"type": "http.disconnect"}, {"type": "http.request", "body": XENDIT[:10], "more_body": True}]
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        return messages.pop()
+        return messages.pop(0)
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
     asyncio.run(app(scope, receive, send))
-    assert sent == [] and sink.written == []
+    return sent
+
+
+def test_a_client_gone_mid_body_is_not_answered_and_writes_nothing() -> None:
+    sink = Sink()
+    messages = [{"type": "http.request", "body": XENDIT[:10], "more_body": True}, {"type": "http.disconnect"}]
+    assert _asgi(create_app(settings(), sink), messages) == [] and sink.written == []
 
 
 def test_a_body_in_chunks_is_joined_and_limited() -> None:
@@ -100,24 +104,8 @@ def test_a_body_in_chunks_is_joined_and_limited() -> None:
     app = create_app(settings(), sink)
 
     def call(chunks: list[bytes]) -> int:
-        scope: dict[str, Any] = {
-            "type": "http",
-            "method": "POST",
-            "path": "/webhooks/xendit",
-            "headers": [(b"x-callback-token", b"dev-secret")],
-            "client": ("127.0.0.1", 5000),
-        }
         messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            return messages.pop(0)
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        asyncio.run(app(scope, receive, send))
-        return int(sent[0]["status"])
+        return int(_asgi(app, messages)[0]["status"])
 
     assert call([XENDIT[:5], XENDIT[5:20], XENDIT[20:]]) == 200
     assert sink.written[-1].body == XENDIT
