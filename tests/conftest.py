@@ -154,6 +154,45 @@ def processing(kafka: KafkaSettings, topic_settings: TopicSettings, **section: A
         thread.join(20)
 
 
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.1) -> None:
+    """Wait for a fact; fail saying which fact never became true."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"within {timeout:g}s, never: {what}")
+        time.sleep(every)
+
+
+def ends(kafka: KafkaSettings, topic: str) -> dict[int, int]:
+    """The next offset of each partition of `topic` that holds records, read to partition EOF."""
+    found: dict[int, int] = {}
+    for record in reader.read_all(kafka, topic):
+        found[record.partition] = max(found.get(record.partition, 0), record.offset + 1)
+    return found
+
+
+def committed(kafka: KafkaSettings, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets on `topic` (partitions without a commit left out)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from processors.kafka import config
+
+    consumer = Consumer(config.consumer(kafka, group))
+    try:
+        partitions = [TopicPartition(topic, p) for p in reader.topic_partitions(consumer, topic)]
+        return {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10) if tp.offset >= 0}
+    finally:
+        consumer.close()
+
+
+def committed_to_end(kafka: KafkaSettings, group: str, topic: str) -> bool:
+    """The group has committed every record of `topic` that is there now: whatever its members
+    produce for those records has been acknowledged, so output topics read to EOF are final."""
+    wanted = ends(kafka, topic)
+    done = committed(kafka, group, topic)
+    return all(done.get(p, -1) >= end for p, end in wanted.items())
+
+
 def read(
     kafka: KafkaSettings, topic: str, codec: Codec, kind: Any, *, at_least: int = 0, timeout: float = 30
 ) -> list[dict[str, Any]]:

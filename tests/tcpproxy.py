@@ -7,6 +7,8 @@ Runs its own asyncio loop in a daemon thread, so tests drive it with plain metho
     proxy.cut()               # every connection is dropped and new ones are refused (ECONNREFUSED)
     proxy.restore()           # listening again on the same port; clients reconnect by themselves
     proxy.latency = 0.3       # each byte arrives 0.3 s later, in both directions (throughput kept)
+    proxy.delay_open_links(1.5)  # the same, only for the connections open now: clients connected
+                                 # later (a test reading a topic) are not slowed
     proxy.close()
 
 Only for tests on this machine: it listens on 127.0.0.1 and forwards to one upstream address.
@@ -60,6 +62,10 @@ class TcpProxy:
         """Listen again on the same port."""
         self._call(self._listen())
 
+    def delay_open_links(self, seconds: float) -> None:
+        """Latency for the connections open now only (0 takes it back); proxy.latency is for the rest."""
+        self._call(self._delay_links(seconds))
+
     def close(self) -> None:
         if not self._thread.is_alive():
             return
@@ -103,6 +109,10 @@ class TcpProxy:
         if server is not None:
             await server.wait_closed()
 
+    async def _delay_links(self, seconds: float) -> None:
+        for link in self._links:
+            link.latency = seconds
+
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         if self._server is None:
             client_w.transport.abort()
@@ -130,6 +140,7 @@ class _Link:
         self.proxy = proxy
         self.writers = (client, upstream)
         self.tasks: list[asyncio.Future[None]] = []
+        self.latency: float | None = None  # None: the proxy's
 
     async def pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -140,7 +151,8 @@ class _Link:
                     data = await src.read(_CHUNK)
                 except (ConnectionError, OSError):
                     data = b""
-                await queue.put((time.monotonic() + self.proxy.latency, data))
+                latency = self.proxy.latency if self.latency is None else self.latency
+                await queue.put((time.monotonic() + latency, data))
                 if not data:
                     break
             await writer

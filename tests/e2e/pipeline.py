@@ -127,6 +127,7 @@ class Pipeline:
         tag = uuid.uuid4().hex[:10]
         self.topics = TopicSettings(partitions=partitions, **{r: f"e2e.{tag}.{r}" for r in topics.ROLES})
         self.kafka = KafkaSettings(bootstrap_servers=bootstrap)
+        self.group = f"e2e-{tag}"  # the processor's consumer group
         self.port = embedded.free_port()
         self.metrics_port = embedded.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -142,7 +143,7 @@ class Pipeline:
             "KYCSTREAM_TOPICS__PARTITIONS": str(partitions),
             "KYCSTREAM_GATEWAY__PORT": str(self.port),
             "KYCSTREAM_PROCESSOR__METRICS_PORT": str(self.metrics_port),
-            "KYCSTREAM_PROCESSOR__GROUP_ID": f"e2e-{tag}",
+            "KYCSTREAM_PROCESSOR__GROUP_ID": self.group,
             "KYCSTREAM_PROCESSOR__STATE_DIR": str(workdir / "state"),
             "KYCSTREAM_LOG_LEVEL": "INFO",
         }

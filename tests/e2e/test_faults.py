@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.conftest import committed_to_end, wait_until
 from tests.e2e.brokers import Broker
 from tests.e2e.pipeline import SIGNICAT_DEADLINE_S, Pipeline
 from tests.e2e.workload import sign
@@ -54,6 +55,11 @@ def test_gateway_accepts_again_once_kafka_is_back(pipeline: Pipeline, e2e_broker
     )
 
 
+def _events_without_dedup_record(pipeline: Pipeline) -> bool:
+    recorded = {d["idempotency_key"] for d in pipeline.decoded("dedup")}
+    return any(e["idempotency_key"] not in recorded for e in pipeline.decoded("events"))
+
+
 def test_state_counts_each_event_once_after_a_crash_before_the_dedup_records(
     pipeline: Pipeline, e2e_broker: Broker
 ) -> None:
@@ -62,38 +68,45 @@ def test_state_counts_each_event_once_after_a_crash_before_the_dedup_records(
     proxy = e2e_broker.proxy
     if proxy is None:
         pytest.skip("needs the TCP proxy (embedded broker) to hold the processor inside that window")
-    latency = 1.0  # each way: events reach Kafka 1 s after they are produced, acks come 1 s later
     count = 20
-    pipeline.processor.send(signal.SIGSTOP)  # the deliveries go in at full speed, then the processor
-    try:  # takes them through the slow link
+    with httpx.Client(base_url=pipeline.url, timeout=15) as client:  # the processor's producer connects
+        body, headers = _xendit("crash-warm-up")  # when it first produces: have it open before the delay
+        assert client.post("/webhooks/xendit", content=body, headers=headers).status_code == 200
+    wait_until(lambda: len(pipeline.records("dedup")) == 1, 60, "the warm-up delivery was processed")
+    count += 1
+    pipeline.processor.send(signal.SIGSTOP)  # the deliveries go in at full speed; then the processor
+    try:  # takes them through its slowed connections
         with httpx.Client(base_url=pipeline.url, timeout=15) as client:
-            for i in range(count):
+            for i in range(count - 1):
                 body, headers = _xendit(f"crash-{i:03d}")
                 assert client.post("/webhooks/xendit", content=body, headers=headers).status_code == 200
+        # A batch's events land 2 s after it produced them, their acks come 2 s later, its dedup
+        # records land 2 s after that: a 4 s window, observed on new (fast) connections.
+        proxy.delay_open_links(2.0)
     finally:
-        proxy.latency = latency
         pipeline.processor.send(signal.SIGCONT)
     try:
-        # kycstream_events_total counts an event when it is produced (before its acknowledgement).
-        deadline = time.monotonic() + 60
-        while (pipeline.processor_metric("kycstream_events_total") or 0) < count:
-            assert time.monotonic() < deadline, "the processor did not produce the events"
-            time.sleep(0.05)
-        time.sleep(latency * 1.4)  # the events and states have reached Kafka; their acks have not come back
+        wait_until(
+            lambda: _events_without_dedup_record(pipeline),
+            60,
+            "an event landed in Kafka while its dedup record had not",
+            every=0.05,
+        )
         assert pipeline.processor.stop(signal.SIGKILL, timeout=10) == -signal.SIGKILL
     finally:
-        proxy.latency = 0.0
+        proxy.delay_open_links(0)
     pipeline.start_processor(wait_owned=pipeline.topics.partitions, timeout=60)
-    deadline = time.monotonic() + 30
-    while (pipeline.processor_metric("kycstream_restore_repaired_events_total") or 0) < 1:
-        assert time.monotonic() < deadline, "the restart repaired nothing: the kill missed its window"
-        time.sleep(0.2)
+    wait_until(
+        lambda: (pipeline.processor_metric("kycstream_restore_repaired_events_total") or 0) >= 1,
+        30,
+        "the restart repaired the events that had no dedup record",
+    )
     repaired = pipeline.processor_metric("kycstream_restore_repaired_events_total")
-
-    deadline = time.monotonic() + 30
-    while len(pipeline.records("events")) < count and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(2)  # anything written twice would arrive now
+    wait_until(
+        lambda: committed_to_end(pipeline.kafka, pipeline.group, pipeline.topics.raw),
+        60,
+        "the restarted processor committed the raw topic",
+    )
     events = pipeline.decoded("events")
     assert len(events) == len({e["event_id"] for e in events}) == count, "each event exactly once"
     states = pipeline.latest_states()

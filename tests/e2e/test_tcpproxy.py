@@ -74,3 +74,19 @@ def test_latency_delays_each_direction_without_limiting_throughput(echo: int) ->
             got += sock.recv(100)
         assert got == b"".join(f"{i:04d}".encode() for i in range(20))
         assert time.monotonic() - started < 1.5
+
+
+def test_delay_open_links_slows_the_connections_open_now_only(echo: int) -> None:
+    with TcpProxy("127.0.0.1", echo) as proxy, socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as slow:
+        proxy.delay_open_links(0.5)
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as fresh:
+            assert _roundtrip(fresh, b"fast") == b"fast"
+        assert time.monotonic() - started < 0.5
+        started = time.monotonic()
+        assert _roundtrip(slow, b"slow") == b"slow"
+        assert 1.0 <= time.monotonic() - started < 2.5  # there and back
+        proxy.delay_open_links(0)
+        started = time.monotonic()
+        assert _roundtrip(slow, b"again") == b"again"
+        assert time.monotonic() - started < 0.5

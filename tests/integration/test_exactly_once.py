@@ -20,6 +20,7 @@ from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings, TopicSettings
 from tests import cases
 from tests.conftest import (
+    committed_to_end,
     latest_states,
     post,
     processing,
@@ -28,6 +29,7 @@ from tests.conftest import (
     raw_delivery,
     read,
     unique,
+    wait_until,
 )
 from tests.credentials import auth_headers
 
@@ -214,8 +216,9 @@ def _kill_and_recover(
             time.sleep(2)
             survivors.append(subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL))
         try:
-            events = read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=expected, timeout=240)
-            time.sleep(3)  # anything doubled would arrive now
+            wait_until(
+                lambda: committed_to_end(kafka, group, topic_settings.raw), 240, "the survivors committed the raw topic"
+            )
             events = read(kafka, topic_settings.events, codec, "VerificationEvent")
         finally:
             for proc in survivors:
@@ -254,7 +257,8 @@ def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(
     so only the happy path is meaningful here; real Kafka covers the rest)."""
     first = [raw_delivery("esign", _esign(f"x-{i}", "COMPLETED", "VALID", "2026-05-08T10:30:00Z")) for i in range(20)]
     produce_raw(kafka, topic_settings.raw, first + [raw_delivery("esign", d.body) for d in first[:5]], codec)
-    options = {"processing_guarantee": "exactly_once", "transactional_id": unique("tx"), "group_id": unique("eos")}
+    group = unique("eos")
+    options = {"processing_guarantee": "exactly_once", "transactional_id": unique("tx"), "group_id": group}
     with processing(kafka, topic_settings, **options) as normalizer:
         read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=20)
         deadline = time.monotonic() + 30
@@ -267,7 +271,7 @@ def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(
         while _dedup_hits(normalizer) < 5:
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        time.sleep(1)
+        wait_until(lambda: committed_to_end(kafka, group, topic_settings.raw), 30, "the raw topic committed")
         assert normalizer.engine.tally == Counter(duplicates=5), "only the new records were read again"
     assert len(read(kafka, topic_settings.events, codec, "VerificationEvent")) == 20
     assert len(read(kafka, topic_settings.dedup, codec, "DedupRecord")) == 20
