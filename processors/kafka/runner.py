@@ -346,7 +346,9 @@ class Engine:
             headers=[("kycstream-event-id", outcome.event_id.encode())],
             on_delivery=batch.on_event_delivery,
         )
-        self._remember(stores, batch, outcome)
+        # After a crash a state may have landed without its events (different partitions, acknowledged
+        # independently): the state already counts this delivery, so the event is written, not counted.
+        self._remember(stores, batch, outcome, count=not self._counted(stores, outcome))
         self._count(self.metrics.events, outcome.provider, outcome.status.value)
 
     def _count(self, metric: Counter, *labels: str) -> None:
