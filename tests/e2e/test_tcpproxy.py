@@ -78,6 +78,7 @@ def test_latency_delays_each_direction_without_limiting_throughput(echo: int) ->
 
 def test_delay_open_links_slows_the_connections_open_now_only(echo: int) -> None:
     with TcpProxy("127.0.0.1", echo) as proxy, socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as slow:
+        assert _roundtrip(slow, b"open") == b"open"  # the proxy has the link (it registers it on accept)
         proxy.delay_open_links(0.5)
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as fresh:
@@ -90,3 +91,35 @@ def test_delay_open_links_slows_the_connections_open_now_only(echo: int) -> None
         started = time.monotonic()
         assert _roundtrip(slow, b"again") == b"again"
         assert time.monotonic() - started < 0.5
+
+
+def test_a_client_gone_behind_a_delayed_link_loses_what_had_not_arrived() -> None:
+    received: list[bytes] = []
+
+    class _Record(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            while data := self.request.recv(65536):
+                received.append(data)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Record)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with TcpProxy("127.0.0.1", server.server_address[1]) as proxy:
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as doomed:
+                doomed.sendall(b"arrives")
+                deadline = time.monotonic() + 5
+                while received != [b"arrives"]:
+                    assert time.monotonic() < deadline, received
+                    time.sleep(0.01)
+                proxy.delay_open_links(0.3)
+                doomed.sendall(b"never arrives")
+            deadline = time.monotonic() + 5
+            while proxy.connections:  # the link is torn down once the client is gone
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            time.sleep(0.5)  # past the 0.3 s the lost bytes would have taken
+            assert received == [b"arrives"]
+    finally:
+        server.shutdown()
+        server.server_close()
