@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)  ## the whole pipeline on the embedded broker: http://127.0.0.1:8080
-	$(BIN)/kycstream run --config deploy/kycstream.dev.yaml
+run: $(STAMP)  ## the whole pipeline on the embedded broker: http://127.0.0.1:8080 (and a stand-in Incode API)
+	$(BIN)/kycstream run --config deploy/kycstream.dev.yaml --fake-provider-api
 
 test: $(STAMP)  ## unit + broker integration tests (slow ones excluded)
 	$(BIN)/pytest -n 2 -m "not slow" tests

@@ -144,13 +144,25 @@ def reconcile(config: ConfigOpt = None) -> None:
 def run(
     config: ConfigOpt = None,
     broker_port: Annotated[int, typer.Option(help="Port of the embedded broker.")] = 9092,
+    fake_provider_api: Annotated[
+        bool,
+        typer.Option(
+            "--fake-provider-api",
+            help="Serve a local stand-in of Incode's API at the incode source's poll.base_url (development only).",
+        ),
+    ] = False,
 ) -> None:
-    """Everything at once: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), topics, gateway, processor."""
+    """Everything at once: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), topics, gateway,
+    processor, and the reconciler when a source has API credentials (`poll:`)."""
     from processors.kafka import embedded
+    from processors.settings import ReconcileSettings
 
     config = config or (Path(os.environ["KYCSTREAM_CONFIG"]) if os.environ.get("KYCSTREAM_CONFIG") else None)
     if config is None and DEV_CONFIG.is_file():
         config = DEV_CONFIG
+    reconciled = _load(ReconcileSettings, config)
+    polled = sorted(name for name, source in reconciled.sources.items() if source.poll is not None)
+    standin = _serve_standin(reconciled) if fake_provider_api else None
     env = dict(os.environ)
     running = None
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
@@ -169,7 +181,10 @@ def run(
             subprocess.Popen([*me, "gateway", *cfg], env=env),
             subprocess.Popen([*me, "process", *cfg], env=env),
         ]
-        typer.echo("gateway and processor started; Ctrl-C stops everything", err=True)
+        if polled:
+            children.append(subprocess.Popen([*me, "reconcile", *cfg], env=env))
+        roles = "gateway, processor" + (f" and reconciler ({', '.join(polled)})" if polled else "")
+        typer.echo(f"{roles} started; Ctrl-C stops everything", err=True)
         _wait_for_signal(lambda: any(c.poll() is not None for c in children))
     except subprocess.CalledProcessError as exc:
         raise _fail("creating topics failed (see above)") from exc
@@ -184,6 +199,30 @@ def run(
                 child.kill()
         if running is not None:
             running.stop()
+        if standin is not None:
+            standin.should_exit = True
+
+
+def _serve_standin(settings: Any) -> Any:
+    """The local Incode stand-in (processors.standin), at the incode source's poll.base_url."""
+    from urllib.parse import urlsplit
+
+    import uvicorn
+
+    from processors.standin import IncodeStandIn
+
+    source = next((s for s in settings.sources.values() if s.provider == "incode" and s.poll is not None), None)
+    if source is None:
+        raise _fail("--fake-provider-api needs an incode source with a poll: section (see deploy/kycstream.dev.yaml)")
+    url = urlsplit(source.poll.base_url)
+    if url.scheme != "http" or url.hostname not in ("127.0.0.1", "localhost") or not url.port:
+        raise _fail(f"--fake-provider-api serves only on http://127.0.0.1:<port>, not {source.poll.base_url}")
+    creds = source.poll.credentials()
+    app_ = IncodeStandIn(creds.token, creds.admin_token).app()
+    server = uvicorn.Server(uvicorn.Config(app_, host=url.hostname, port=url.port, log_config=None))
+    threading.Thread(target=server.run, daemon=True).start()  # not the main thread: `run` keeps the signals
+    typer.echo(f"stand-in Incode API on {source.poll.base_url} (ids with fail/warn/late pick the score)", err=True)
+    return server
 
 
 def _run_until_signalled(run: Any, registry: Any, metrics_port: int | None) -> None:
@@ -269,7 +308,7 @@ def replay(
         raise _fail(str(exc)) from exc
     typer.echo(
         f"replayed: {tally['events']} events emitted, {tally['duplicates']} already emitted, "
-        f"{tally['dead_letters']} dead letters",
+        f"{tally['notices']} notices, {tally['dead_letters']} dead letters",
         err=True,
     )
 
@@ -410,7 +449,7 @@ def normalize(
 ) -> None:
     """Normalize one body offline: print the event as JSON (exit 0) or the dead-letter reason (exit 65)."""
     from processors.kafka.serde import event_to_record
-    from processors.model import RawDelivery, Rejection
+    from processors.model import Notice, RawDelivery, Rejection
     from processors.pipeline import normalize as run_pipeline
     from processors.providers import REGISTRY
 
@@ -439,6 +478,9 @@ def normalize(
     if isinstance(outcome, Rejection):
         typer.echo(f"{outcome.code}: {outcome.detail}", err=True)
         raise typer.Exit(EXIT_DATAERR)
+    if isinstance(outcome, Notice):
+        typer.echo(f"notice: {outcome.kind} (no event, no dead letter)", err=True)
+        return
     sys.stdout.buffer.write(orjson.dumps(_jsonable(event_to_record(outcome)), option=orjson.OPT_SORT_KEYS) + b"\n")
 
 

@@ -33,6 +33,12 @@ def to_millis(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
+# callback: the provider called the gateway; poll: the reconciler asked a status API because a
+# result was late; fetch: a callback was only a notice and the reconciler fetched its result.
+Origin = Literal["callback", "poll", "fetch"]
+FETCH_KIND_HEADER = "kycstream-fetch"  # on origin=fetch deliveries: which of the provider's fetches
+FETCH_ID_HEADER = "kycstream-verification-id"  # ... and for which verification
+
 AuthScheme = Literal["header_token", "bearer", "basic", "api_key", "hmac_sha256", "none"]
 
 
@@ -83,7 +89,7 @@ class RawDelivery:
     headers: dict[str, str] = field(default_factory=dict)
     remote_addr: str | None = None
     content_type: str | None = None
-    origin: str = "callback"
+    origin: Origin = "callback"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +107,21 @@ class Normalized:
     checks: tuple[Check, ...] = ()
     reasons: tuple[Reason, ...] = ()
     attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A recognized provider notice that is not a verification result (e.g. Incode's video-selfie
+    upload): no event, no dead letter; counted by kind and kept in the raw topic."""
+
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotReady:
+    """A fetched answer that does not hold the result yet: fetch again later."""
+
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +204,18 @@ class Expectation:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiCredentials:
+    """A source's provider-API credentials: the token (API key, secret key or bearer token) and, for
+    providers whose result API needs a second one (Incode's executive token), that one."""
+
+    token: str
+    admin_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PollRequest:
-    """One status-API call, described by a provider module and made by the reconciler."""
+    """One provider-API call (a status poll or a result fetch), described by a provider module and
+    made by the reconciler."""
 
     path: str
     headers: dict[str, str] = field(default_factory=dict)

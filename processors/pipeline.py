@@ -12,8 +12,18 @@ from typing import Any
 
 import orjson
 
-from processors.model import Normalized, RawDelivery, RawRef, Rejection, VerificationEvent
-from processors.providers import REGISTRY
+from processors.model import (
+    FETCH_ID_HEADER,
+    FETCH_KIND_HEADER,
+    Normalized,
+    Notice,
+    NotReady,
+    RawDelivery,
+    RawRef,
+    Rejection,
+    VerificationEvent,
+)
+from processors.providers import REGISTRY, Provider, fetching
 
 # Fixed namespace: event ids must be the same on every processor, every replay, every version.
 EVENT_ID_NAMESPACE = uuid.UUID("6f1b3c52-7c1e-4f0a-9a51-2f3d0c8b9e10")
@@ -65,7 +75,8 @@ def body_hash_key(provider: str, doc: Mapping[str, Any]) -> str:
     return f"{provider}:sha256:{hashlib.sha256(canonical).hexdigest()}"
 
 
-def normalize(delivery: RawDelivery, raw_ref: RawRef | None = None) -> VerificationEvent | Rejection:
+def normalize(delivery: RawDelivery, raw_ref: RawRef | None = None) -> VerificationEvent | Notice | Rejection:
+    """An event; a notice that is no verification result; or why the delivery is a dead letter."""
     module = REGISTRY.get(delivery.provider)
     if module is None:
         return Rejection("unknown_provider", f"no normalizer for provider {delivery.provider!r}")
@@ -74,12 +85,28 @@ def normalize(delivery: RawDelivery, raw_ref: RawRef | None = None) -> Verificat
         return doc
     headers = {name.lower(): value for name, value in delivery.headers.items()}
     try:
-        result = module.normalize(doc, headers)
+        if delivery.origin == "fetch":
+            result: Normalized | Notice | Rejection = _fetched(module, doc, headers)
+        else:
+            result = module.normalize(doc, headers)
     except Exception as exc:  # the contract is "event or reason", never a crashed processor
         return Rejection("normalizer_error", f"{delivery.provider} normalizer raised {type(exc).__name__}")
-    if isinstance(result, Rejection):
+    if isinstance(result, Rejection | Notice):
         return result
     return _event(delivery, raw_ref, result, result.idempotency_key or body_hash_key(delivery.provider, doc))
+
+
+def _fetched(module: Provider, doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Rejection:
+    """A result the reconciler fetched: its kind and verification id travel in the envelope's headers
+    (the answer itself may not name the verification)."""
+    kind, vid = headers.get(FETCH_KIND_HEADER), headers.get(FETCH_ID_HEADER)
+    fetcher = fetching(module)
+    if fetcher is None or not kind or not vid:
+        return Rejection("unrecognized_event", f"a fetched {module.NAME} answer without its kind and verification id")
+    result = fetcher.normalize_fetched(kind, vid, doc)
+    if isinstance(result, NotReady):  # the reconciler only writes ready answers; an old one may not be
+        return Rejection("not_ready", f"fetched {module.NAME} {kind} was not ready: {result.detail}")
+    return result
 
 
 def _event(delivery: RawDelivery, raw_ref: RawRef | None, found: Normalized, idempotency_key: str) -> VerificationEvent:

@@ -12,7 +12,7 @@ import httpx
 import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from processors.model import Expectation
+from processors.model import Expectation, PollRequest
 from processors.providers import Provider
 from processors.ratelimit import TokenBucket
 from processors.settings import PollSettings
@@ -44,8 +44,15 @@ class Poller:
 
     async def poll(self, expectation: Expectation) -> PollOutcome:
         request = self.provider.poll_request(
-            expectation.verification_id, expectation.lookup, self.settings.token.get_secret_value()
+            expectation.verification_id, expectation.lookup, self.settings.credentials()
         )
+        response = await self.call(request)
+        if isinstance(response, PollOutcome):
+            return response
+        return self._verdict(expectation, response)
+
+    async def call(self, request: PollRequest) -> httpx.Response | PollOutcome:
+        """The answer, tried again on 5xx, 429 and transport errors; a `failed` outcome if none came."""
         async with self.slots:
             try:
                 async for attempt in AsyncRetrying(
@@ -55,10 +62,10 @@ class Poller:
                     reraise=True,
                 ):
                     with attempt:
-                        response = await self._call(request.method, request.path, request.headers, request.params)
+                        return await self._call(request.method, request.path, request.headers, request.params)
             except _Transient as exc:
                 return PollOutcome("failed", f"gave up after {self.settings.max_attempts} tries: {exc}")
-        return self._verdict(expectation, response)
+        raise AssertionError("unreachable: tenacity either returns or reraises")
 
     async def _call(self, method: str, path: str, headers: dict[str, str], params: dict[str, str]) -> httpx.Response:
         while (wait := self.bucket.take()) > 0:

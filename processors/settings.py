@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from processors.errors import ConfigError
+from processors.model import ApiCredentials
 
 CONFIG_ENV = "KYCSTREAM_CONFIG"
 DAY_MS = 24 * 3600 * 1000
@@ -165,12 +166,23 @@ class PollSettings(Section):
 
     base_url: str = Field(description="e.g. https://api.provider.example (no trailing path)")
     token: SecretStr = Field(description="the provider API credential (token, API key or secret key)")
+    admin_token: SecretStr | None = Field(
+        None, description="a second credential where a result API needs one (Incode: the executive token)"
+    )
     window_s: int = Field(600, ge=1, description="poll a verification with no final result after this long")
     rate_per_s: float = Field(2.0, gt=0)
     concurrency: int = Field(4, ge=1, le=256)
     timeout_s: float = Field(10.0, gt=0)
     max_attempts: int = Field(4, ge=1, le=20, description="tries per poll on 5xx and timeouts (backoff, jitter)")
     give_up_after_s: int = Field(24 * 3600, ge=1)
+    fetch_backoff_s: float = Field(
+        1.0, gt=0, description="a fetched result not ready yet is fetched again after this, doubling (max 5 min)"
+    )
+    fetch_give_up_after_s: int = Field(3600, ge=1, description="stop fetching a result not ready after this long")
+
+    def credentials(self) -> ApiCredentials:
+        admin = self.admin_token.get_secret_value() if self.admin_token else None
+        return ApiCredentials(self.token.get_secret_value(), admin or None)
 
     @field_validator("token")
     @classmethod

@@ -1,8 +1,9 @@
 """Golden provider cases: tests/providers/<provider>/<case>.json.
 
 A case has `body` (JSON) or `body_text` (bytes sent as is), optional `headers`, and `expect`:
-either {"dead_letter": "<reason code>"} or the event fields to check (a subset; `checks` and
-`reasons` are compared as lists of subsets, `attributes` as a subset).
+{"dead_letter": "<reason code>"}, {"notice": "<kind>"} (no event, no dead letter) or the event
+fields to check (a subset; `checks` and `reasons` are compared as lists of subsets, `attributes`
+as a subset).
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ class Case:
     def dead_letter(self) -> str | None:
         return self.expect.get("dead_letter")
 
+    @property
+    def notice(self) -> str | None:
+        return self.expect.get("notice")
+
+    @property
+    def event(self) -> bool:
+        """The case yields an event (neither a dead letter nor a notice)."""
+        return not self.dead_letter and not self.notice
+
 
 def load(provider: str | None = None) -> list[Case]:
     cases = []
@@ -39,6 +49,20 @@ def load(provider: str | None = None) -> list[Case]:
         body = raw["body_text"].encode() if "body_text" in raw else json.dumps(raw["body"]).encode()
         cases.append(Case(path.parent.name, path.stem, body, raw.get("headers", {}), raw["expect"]))
     return cases
+
+
+def load_fetched(provider: str = "incode") -> list[Case]:
+    """Golden fetched answers: tests/providers/<provider>/fetched/<case>.json, each with its `kind`
+    and `verification_id` (the envelope headers of an origin=fetch delivery); `expect` may also be
+    {"not_ready": true} (the reconciler fetches again, nothing is written)."""
+    from processors.model import FETCH_ID_HEADER, FETCH_KIND_HEADER
+
+    found = []
+    for path in sorted((CASES_DIR / provider / "fetched").glob("*.json")):
+        raw = json.loads(path.read_text())
+        headers = {FETCH_KIND_HEADER: raw["kind"], FETCH_ID_HEADER: raw["verification_id"]}
+        found.append(Case(provider, f"fetched/{path.stem}", json.dumps(raw["body"]).encode(), headers, raw["expect"]))
+    return found
 
 
 def assert_matches(event: dict[str, Any], expect: dict[str, Any]) -> None:

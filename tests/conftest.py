@@ -18,11 +18,12 @@ import uvicorn
 from gateway.app import create_app
 from gateway.settings import GatewaySettings, SourceSettings
 from processors.kafka import embedded, reader, topics
+from processors.kafka.reconciler import Reconciler
 from processors.kafka.runner import Normalizer
 from processors.kafka.serde import Codec
 from processors.kafka.sink import KafkaRawSink
 from processors.providers import REGISTRY
-from processors.settings import KafkaSettings, ProcessorSection, ProcessorSettings, TopicSettings
+from processors.settings import KafkaSettings, ProcessorSection, ProcessorSettings, ReconcileSettings, TopicSettings
 
 DEV_SECRET = "dev-secret"
 
@@ -149,6 +150,28 @@ def processing(kafka: KafkaSettings, topic_settings: TopicSettings, **section: A
     thread.start()
     try:
         yield normalizer
+    finally:
+        stop.set()
+        thread.join(20)
+
+
+@contextmanager
+def reconciling(
+    kafka: KafkaSettings, topic_settings: TopicSettings, sources: dict[str, Any], group: str | None = None
+) -> Iterator[Reconciler]:
+    """`kycstream reconcile` in a thread (polls and fetches), ticking every 0.3 s."""
+    settings = ReconcileSettings(
+        kafka=kafka,
+        topics=topic_settings,
+        sources=sources,
+        reconcile={"group_id": group or unique("rec"), "tick_s": 0.3, "metrics_port": None},
+    )
+    reconciler = Reconciler(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=reconciler.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield reconciler
     finally:
         stop.set()
         thread.join(20)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from processors.errors import BrokerError
+from processors.kafka.serde import Codec, dead_letter_to_record
+from processors.model import DeadLetter
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,3 +160,21 @@ def _resolve(future: asyncio.Future[Delivered], err: KafkaError | None, msg: Mes
         future.set_exception(BrokerError(f"Kafka rejected the record: {err.str()}"))
     else:
         future.set_result(Delivered(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
+
+
+def produce_dead_letter(
+    producer: Producer,
+    codec: Codec,
+    topic: str,
+    letter: DeadLetter,
+    key: bytes | None,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+) -> None:
+    """A dead letter, Avro-encoded, its reason also in the `kycstream-reason` header (for filters)."""
+    producer.produce(
+        topic,
+        key=key,
+        value=codec.encode("DeadLetter", dead_letter_to_record(letter), topic),
+        headers=[("kycstream-reason", letter.reason.encode())],
+        on_delivery=on_delivery,
+    )

@@ -1,4 +1,5 @@
-"""`kycstream reconcile`: find expected verifications without a final result and poll their provider.
+"""`kycstream reconcile`: find expected verifications without a final result and poll their provider;
+fetch the results that callbacks only announce (processors.kafka.fetcher).
 
 Expectations (kyc.verification.expected.v1) are a table split across reconcilers by the consumer
 group; the state table (kyc.verification.state.v1) is read whole. A poll answer enters the raw
@@ -25,9 +26,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from processors import logs
 from processors.errors import SerdeError
 from processors.kafka import config, reader
+from processors.kafka.fetcher import Fetcher, FetchJob
+from processors.kafka.producer import produce_dead_letter
 from processors.kafka.serde import (
     Codec,
-    dead_letter_to_record,
     delivery_to_record,
     expectation_from_record,
     state_from_record,
@@ -53,6 +55,12 @@ class ReconcileMetrics:
         )
         self.open = Gauge(
             "kycstream_expectations_open", "Expected verifications without a final result.", registry=self.registry
+        )
+        self.fetches = Counter(
+            "kycstream_fetches",
+            "Result fetches after a notice, by provider and outcome (not_ready and failed are fetched again).",
+            ["provider", "outcome"],
+            registry=self.registry,
         )
 
 
@@ -104,6 +112,14 @@ class Reconciler:
         self._runner: asyncio.Runner | None = None
         self._client: httpx.AsyncClient | None = None
         self._pollers: dict[str, Poller] = {}  # by source; their rate limits hold across ticks
+        fetch_consumer = Consumer(
+            config.consumer(
+                settings.kafka,
+                f"{r.group_id}-fetch",
+                **{"session.timeout.ms": r.session_timeout_ms, "enable.partition.eof": False},
+            )
+        )
+        self.fetcher = Fetcher(settings, self.codec, fetch_consumer, self.producer, self.metrics.fetches, clock)
 
     # --- tables ------------------------------------------------------------------------------------
 
@@ -120,11 +136,13 @@ class Reconciler:
         self.expected.subscribe(
             [self.topics.expected], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
+        self.fetcher.start()
         state = self.topics.state
         partitions = reader.topic_partitions(self.states_reader, state)
         self.states_reader.assign([TopicPartition(state, p, OFFSET_BEGINNING) for p in partitions])
 
     def _drain(self) -> None:
+        self.fetcher.read()
         for msg in self.expected.consume(1000, 0.2):
             if self._usable(msg):
                 self._track(msg)
@@ -210,16 +228,32 @@ class Reconciler:
 
     async def _poll_all(self, due: list[_Tracked]) -> list[PollOutcome]:
         """Runs on self._runner's loop, where the pollers' shared client lives."""
+        return list(await asyncio.gather(*(self._poller(t.expectation.source).poll(t.expectation) for t in due)))
+
+    def _poller(self, name: str) -> Poller:
+        """The source's poller (its rate limit and concurrency), shared by polls and fetches."""
         if self._client is None:
             self._client = httpx.AsyncClient(transport=self.transport)
-        pollers = self._pollers
-        for tracked in due:
-            name = tracked.expectation.source
-            if name not in pollers:
-                source = self.settings.sources[name]
-                assert source.poll is not None
-                pollers[name] = Poller(REGISTRY[source.provider], source.poll, self._client)
-        return list(await asyncio.gather(*(pollers[t.expectation.source].poll(t.expectation) for t in due)))
+        if name not in self._pollers:
+            source = self.settings.sources[name]
+            assert source.poll is not None
+            self._pollers[name] = Poller(REGISTRY[source.provider], source.poll, self._client)
+        return self._pollers[name]
+
+    def fetch_due(self) -> None:
+        """Fetch every result due now, write or reschedule each, and commit what is finished."""
+        jobs = self.fetcher.due(self.clock())
+        if jobs:
+            if self._runner is None:
+                self._runner = asyncio.Runner()
+            answers = self._runner.run(self._fetch_all(jobs))
+            for job, answer in zip(jobs, answers, strict=True):
+                self.fetcher.act(job, answer)
+        self.producer.poll(0)  # delivery reports finish jobs
+        self.fetcher.commit()
+
+    async def _fetch_all(self, jobs: list[FetchJob]) -> list[httpx.Response | PollOutcome]:
+        return list(await asyncio.gather(*(self.fetcher.fetch(j, self._poller(j.event.source)) for j in jobs)))
 
     def _close_http(self) -> None:
         if self._runner is None:
@@ -278,12 +312,7 @@ class Reconciler:
             source=e.source,
             provider=e.provider,
         )
-        self.producer.produce(
-            self.topics.dlq,
-            key=e.key.encode(),
-            value=self.codec.encode("DeadLetter", dead_letter_to_record(letter), self.topics.dlq),
-            headers=[("kycstream-reason", reason.encode())],
-        )
+        produce_dead_letter(self.producer, self.codec, self.topics.dlq, letter, e.key.encode())
         self.metrics.polls.labels(e.provider, reason).inc()
         log.warning("reconcile_dead_letter", provider=e.provider, source=e.source, reason=reason)
 
@@ -298,12 +327,15 @@ class Reconciler:
         try:
             while not stop.is_set():
                 self._drain()
+                self.fetch_due()
                 if time.monotonic() - last_tick >= self.settings.reconcile.tick_s:
                     last_tick = time.monotonic()
                     self.tick()
         finally:
             self._close_http()
             self.producer.flush(30)
+            self.fetcher.commit()
+            self.fetcher.close()
             self.expected.close()
             self.states_reader.close()
             log.info("reconciler_stopped")

@@ -14,8 +14,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from processors import logs
 from processors.errors import BrokerError, SerdeError
 from processors.kafka import config, reader
+from processors.kafka.producer import produce_dead_letter
 from processors.kafka.runner import Engine
-from processors.kafka.serde import Codec, dead_letter_from_record, dead_letter_to_record, delivery_from_record
+from processors.kafka.serde import Codec, dead_letter_from_record, delivery_from_record
 from processors.model import DeadLetter, Rejection
 from processors.pipeline import normalize
 from processors.settings import ProcessorSettings
@@ -131,6 +132,9 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
                 letters.append((partition, offset, msg.key(), letter))
 
         for partition, offset, key, letter in letters:
+            if letter.source_topic != topics.raw:  # the reconciler's (an expectation, a notice's event):
+                tally[f"skipped:{letter.reason}"] += 1  # not a delivery, left as it is
+                continue
             try:
                 delivery = delivery_from_record(codec.decode("RawDelivery", letter.original_value, topics.raw))
                 outcome = normalize(delivery)
@@ -150,13 +154,7 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
             tally[f"still_failing:{outcome.code}"] += 1
             if not dry_run:
                 again = dataclasses.replace(letter, reason=outcome.code, detail=outcome.detail)
-                producer.produce(
-                    topics.dlq,
-                    key=key,
-                    value=codec.encode("DeadLetter", dead_letter_to_record(again), topics.dlq),
-                    headers=[("kycstream-reason", outcome.code.encode())],
-                    on_delivery=on_delivery,
-                )
+                produce_dead_letter(producer, codec, topics.dlq, again, key, on_delivery)
         if dry_run:
             return tally
         if producer.flush(60) or failures:

@@ -33,10 +33,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from processors import logs, state
 from processors.errors import BrokerError, ConfigError, SerdeError
 from processors.kafka import config, recovery
-from processors.kafka.producer import producer_gone
+from processors.kafka.producer import produce_dead_letter, producer_gone
 from processors.kafka.serde import (
     Codec,
-    dead_letter_to_record,
     dedup_record,
     delivery_from_record,
     event_to_record,
@@ -44,6 +43,7 @@ from processors.kafka.serde import (
 )
 from processors.model import (
     DeadLetter,
+    Notice,
     RawDelivery,
     RawRef,
     Rejection,
@@ -67,6 +67,12 @@ class ProcessorMetrics:
             "kycstream_dead_letters",
             "Deliveries sent to the DLQ by provider and reason.",
             ["provider", "reason"],
+            registry=r,
+        )
+        self.notices = Counter(
+            "kycstream_notices",
+            "Provider notices that are no verification result (no event, no dead letter), by kind.",
+            ["provider", "kind"],
             registry=r,
         )
         self.dedup_hits = Counter(
@@ -165,7 +171,7 @@ class Engine:
             )
         )
         self.owned: dict[int, recovery.PartitionStores] = {}
-        self.tally: collections.Counter[str] = collections.Counter()  # events, duplicates, dead_letters since start
+        self.tally: collections.Counter[str] = collections.Counter()  # events, duplicates, notices, dead_letters
         self._last_expiry = time.monotonic()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # metric children, see _count
 
@@ -323,13 +329,18 @@ class Engine:
         try:
             delivery = delivery_from_record(self.codec.decode("RawDelivery", value, topic))
         except (SerdeError, KeyError, TypeError) as exc:
-            outcome: VerificationEvent | Rejection = Rejection("undecodable_envelope", str(exc))
+            outcome: VerificationEvent | Notice | Rejection = Rejection("undecodable_envelope", str(exc))
         else:
             outcome = normalize(delivery, RawRef(topic, partition, offset, delivery.request_id))
 
         if isinstance(outcome, Rejection):
             self._dead_letter(msg, delivery, outcome, batch)
             batch.tally["dead_letters"] += 1
+            return
+        if isinstance(outcome, Notice):
+            assert delivery is not None
+            self._count(self.metrics.notices, delivery.provider, outcome.kind)
+            batch.tally["notices"] += 1
             return
         stores = self.owned[partition]
         key = outcome.idempotency_key
@@ -386,13 +397,7 @@ class Engine:
             source=delivery.source if delivery else None,
             provider=delivery.provider if delivery else None,
         )
-        self.producer.produce(
-            self.topics.dlq,
-            key=msg.key(),
-            value=self.codec.encode("DeadLetter", dead_letter_to_record(letter), self.topics.dlq),
-            headers=[("kycstream-reason", why.code.encode())],
-            on_delivery=batch.on_delivery,
-        )
+        produce_dead_letter(self.producer, self.codec, self.topics.dlq, letter, msg.key(), batch.on_delivery)
         self.metrics.dead_letters.labels(letter.provider or "unknown", why.code).inc()
         log.info(
             "dead_letter",

@@ -26,6 +26,7 @@ from processors.model import (
     DeadLetter,
     DedupRecord,
     Expectation,
+    Origin,
     RawDelivery,
     RawRef,
     Reason,
@@ -217,6 +218,12 @@ def delivery_to_record(d: RawDelivery) -> dict[str, Any]:
     }
 
 
+def _origin(value: object) -> Origin:
+    if value == "poll" or value == "fetch":
+        return value
+    return "callback"
+
+
 def delivery_from_record(r: Mapping[str, Any]) -> RawDelivery:
     return RawDelivery(
         request_id=r["request_id"],
@@ -228,7 +235,7 @@ def delivery_from_record(r: Mapping[str, Any]) -> RawDelivery:
         headers=dict(r.get("headers") or {}),
         remote_addr=r.get("remote_addr"),
         content_type=r.get("content_type"),
-        origin=r.get("origin") or "callback",
+        origin=_origin(r.get("origin")),
     )
 
 

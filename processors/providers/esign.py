@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from processors.model import (
+    ApiCredentials,
     AuthSpec,
     Check,
     CheckOutcome,
@@ -25,6 +26,7 @@ NAME = "esign"
 DEFAULT_AUTH = AuthSpec(scheme="bearer")
 METHODS = ("POST", "PUT", "PATCH")
 HEADERS: tuple[str, ...] = ()
+FETCHES: dict[str, str] = {}  # every callback carries its result
 
 REASON_MESSAGES = {
     "DUKCAPIL_REJECTED": "identity data does not match the Dukcapil records",
@@ -100,11 +102,11 @@ def _checks(value: object) -> tuple[Check, ...]:
 # --- reconciliation: Get Submission Details (seed 000, "Fallback Polling") ---------------------
 
 
-def poll_request(verification_id: str, lookup: Mapping[str, str], token: str) -> PollRequest:
+def poll_request(verification_id: str, lookup: Mapping[str, str], credentials: ApiCredentials) -> PollRequest:
     return PollRequest(
         path="/esign-partner/v1/submissions",
         headers={
-            "x-onekyc-token": token,
+            "x-onekyc-token": credentials.token,
             "x-partner-user-id": lookup.get("userId", ""),
             "x-partner-user-id-type": lookup.get("userIdType", ""),
             "x-partner-session-id": lookup.get("partnerSessionId", ""),

@@ -18,8 +18,19 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from processors.model import AuthSpec, Check, CheckOutcome, Normalized, PollRequest, Rejection, VerificationStatus
-from processors.providers._read import obj, scalar_attributes, text, timestamp, word_check
+from processors.model import (
+    ApiCredentials,
+    AuthSpec,
+    Check,
+    CheckOutcome,
+    Normalized,
+    Notice,
+    NotReady,
+    PollRequest,
+    Rejection,
+    VerificationStatus,
+)
+from processors.providers._read import number, obj, scalar_attributes, text, timestamp, word_check
 
 NAME = "incode"
 DEFAULT_AUTH = AuthSpec(scheme="api_key", header="x-incode-webhook-secret")
@@ -37,6 +48,22 @@ _STATUS = {
     "SESSION_FAILED": VerificationStatus.REJECTED,
     "SESSION_PENDING_REVIEW": VerificationStatus.REVIEW,
 }
+# Incode's webhooks that are no verification result (seed 002: video selfie, global watchlist, face
+# authentication, work history, proof of payment; deprecated: authentication 1:1/1:N, INE scraping),
+# each told by a field of its documented payload (lower-cased).
+_NOTICE_MARKERS = (
+    ("workhistory", "work_history"),
+    ("rfcissuer", "proof_of_payment"),
+    ("fiscalinvoice", "proof_of_payment"),
+    ("totalcfdi", "proof_of_payment"),
+    ("search_id", "watchlist_updated"),
+    ("overallstatus", "face_authentication"),
+    ("attemptcounterstate", "face_authentication"),
+    ("facematch", "authentication"),
+    ("recognitionconfidence", "authentication"),
+    ("scrapingstatus", "ine_scraping"),
+)
+_VIDEO_SELFIE_KEYS = frozenset({"interviewid", "clientid", "flowid", "externalid", "externalcustomerid"})
 _SESSION_EVENT_FIELDS = ("event", "eventType", "type", "status")
 _SEPARATORS = re.compile(r"[\s._-]+")
 _MODULE_OUTCOMES = {
@@ -53,7 +80,9 @@ def verification_id(doc: Mapping[str, Any]) -> str | None:
     return text(doc.get("interviewId")) or text(doc.get("sessionId")) or text(doc.get("session_id"))
 
 
-def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Rejection:
+def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Notice | Rejection:
+    if doc.get("onboardingStatus") is None and (kind := _notice_kind(doc)) is not None:
+        return Notice(kind)
     vid = verification_id(doc)
     if vid is None:
         return Rejection("missing_verification_id", "incode payload has no interviewId (or sessionId)")
@@ -77,6 +106,20 @@ def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized 
         checks=_checks(doc.get("modules")),
         attributes=scalar_attributes(doc, "clientId", "flowId"),
     )
+
+
+def _notice_kind(doc: Mapping[str, Any]) -> str | None:
+    """Which of Incode's other webhooks this is, by a field only that kind carries (none of them
+    has a type field); the video-selfie one is just the session's ids (clientId, flowId, interviewId)."""
+    keys = {str(key).lower() for key in doc}
+    for marker, kind in _NOTICE_MARKERS:
+        if marker in keys:
+            return kind
+    if any("video" in key for key in keys) or (
+        "interviewid" in keys and keys & {"clientid", "flowid"} and keys <= _VIDEO_SELFIE_KEYS
+    ):
+        return "videoselfie_uploaded"
+    return None
 
 
 def _status_word(doc: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -122,10 +165,10 @@ def _checks(value: object) -> tuple[Check, ...]:
 # --- reconciliation: the onboarding-status endpoint (GET /omni/get/onboarding/status?id=...) -----
 
 
-def poll_request(verification_id: str, lookup: Mapping[str, str], token: str) -> PollRequest:
+def poll_request(verification_id: str, lookup: Mapping[str, str], credentials: ApiCredentials) -> PollRequest:
     return PollRequest(
         path="/omni/get/onboarding/status",
-        headers={"x-api-key": token, "api-version": "1.0"},
+        headers={"x-api-key": credentials.token, "api-version": "1.0"},
         params={"id": verification_id},
     )
 
@@ -135,3 +178,93 @@ def poll_result(verification_id: str, lookup: Mapping[str, str], answer: Mapping
     if status is None:
         return None
     return {"interviewId": verification_id, "onboardingStatus": status}
+
+
+# --- fetched results: Fetch Scores (GET /omni/get/score?id=...) after ONBOARDING_FINISHED ---------
+# The onboarding-status webhook says the data is ready, not what it says: the decision is the
+# score's overall status (Incode's "Fetch Score Data"). Its modules become checks; the answer may
+# hold personal data in places (names, document numbers): only statuses and values are read.
+
+FETCHES = {"ONBOARDING_FINISHED": "score"}
+_SCORE_STATUS = {
+    "OK": VerificationStatus.APPROVED,
+    "FAIL": VerificationStatus.REJECTED,
+    "WARN": VerificationStatus.REVIEW,
+    "MANUAL_OK": VerificationStatus.APPROVED,
+    "MANUAL_APPROVED": VerificationStatus.APPROVED,
+    "MANUAL_FAIL": VerificationStatus.REJECTED,
+    "MANUAL_REJECTED": VerificationStatus.REJECTED,
+    "MANUAL": VerificationStatus.REVIEW,
+    "MANUAL_PENDING": VerificationStatus.REVIEW,
+    "NEEDS_REVIEW": VerificationStatus.REVIEW,
+}
+_SCORE_NOT_READY = {"UNKNOWN", "PENDING", "PROCESSING", "IN_PROGRESS", "NOT_READY", "NOT_CALCULATED"}
+_SCORE_OUTCOMES = {
+    "OK": CheckOutcome.PASS,
+    "MANUAL_OK": CheckOutcome.PASS,
+    "FAIL": CheckOutcome.FAIL,
+    "MANUAL_FAIL": CheckOutcome.FAIL,
+    "WARN": CheckOutcome.FAIL,  # not passed cleanly: the word stays in `code`
+    "ERROR": CheckOutcome.ERROR,
+}
+
+
+def fetch_missing(credentials: ApiCredentials) -> str | None:
+    if not credentials.admin_token:
+        return "admin_token (Incode's executive token, sent as X-Incode-Hardware-Id to fetch scores)"
+    return None
+
+
+def fetch_request(kind: str, verification_id: str, credentials: ApiCredentials) -> PollRequest:
+    headers = {"x-api-key": credentials.token, "api-version": "1.0"}
+    if credentials.admin_token:
+        headers["X-Incode-Hardware-Id"] = credentials.admin_token
+    return PollRequest(path="/omni/get/score", headers=headers, params={"id": verification_id})
+
+
+def normalize_fetched(kind: str, verification_id: str, doc: Mapping[str, Any]) -> Normalized | NotReady | Rejection:
+    if kind != "score":
+        return Rejection("unrecognized_event", f"incode has no fetched result of kind {kind!r}")
+    overall = doc.get("overall")
+    word = text(obj(overall).get("status")) if isinstance(overall, Mapping) else text(overall)
+    if word is None:
+        return NotReady("the score has no overall status yet")
+    canonical = _canonical(word)
+    if canonical in _SCORE_NOT_READY:
+        return NotReady(f"the score's overall status is {canonical}")
+    status = _SCORE_STATUS.get(canonical)
+    if status is None:
+        return Rejection("unknown_status", f"incode score overall status {word!r} has no mapping")
+    return Normalized(
+        verification_id=verification_id,
+        status=status,
+        provider_status=f"SCORE_{canonical}",
+        idempotency_key=f"{NAME}:{verification_id}:score:{canonical}",
+        event_type="score",
+        session_id=verification_id,
+        checks=_score_checks(doc),
+        attributes=scalar_attributes(obj(overall), "value"),
+    )
+
+
+def _score_checks(doc: Mapping[str, Any]) -> tuple[Check, ...]:
+    """One check per module section that has an overall status ({"liveness": {"overall": {...}}})."""
+    checks = []
+    for name, section in doc.items():
+        module_overall = obj(obj(section).get("overall"))
+        word = text(module_overall.get("status"))
+        if name == "overall" or word is None:
+            continue
+        canonical = _canonical(word)
+        outcome = _SCORE_OUTCOMES.get(canonical, CheckOutcome.SKIPPED)
+        value = module_overall.get("value")
+        score = number(value) if not isinstance(value, str) else _decimal(value)
+        checks.append(Check(name=str(name)[:128], outcome=outcome, score=score, code=canonical[:64]))
+    return tuple(checks)
+
+
+def _decimal(value: str) -> float | None:
+    try:
+        return number(float(value))
+    except ValueError:
+        return None

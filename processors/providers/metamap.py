@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from processors.model import (
+    ApiCredentials,
     AuthSpec,
     Check,
     CheckOutcome,
     Normalized,
+    Notice,
     PollRequest,
     Reason,
     Rejection,
@@ -28,10 +30,14 @@ NAME = "metamap"
 DEFAULT_AUTH = AuthSpec(scheme="hmac_sha256", header="x-signature")
 METHODS = ("POST",)
 HEADERS: tuple[str, ...] = ()
+FETCHES: dict[str, str] = {}  # every callback carries its result
 
 _IN_PROGRESS = {"verification_started", "verification_inputs_completed", "step_completed"}
 _DECIDED = {"verification_completed", "verification_updated"}
 _EXPIRED = "verification_expired"
+# Documented events that are not verification results: a verification put off for later, a signed
+# document (MetaMap's e-signature). Counted as notices, not events, not dead letters.
+_NOTICES = {"verification_postponed", "verification_signed"}
 _IDENTITY_STATUS = {
     "verified": VerificationStatus.APPROVED,
     "rejected": VerificationStatus.REJECTED,
@@ -51,7 +57,7 @@ def verification_id(doc: Mapping[str, Any]) -> str | None:
     return explicit or (segments[-1] if segments else None)
 
 
-def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Rejection:
+def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Notice | Rejection:
     raw_event = text(doc.get("eventName"))
     if raw_event is None:
         return Rejection("unrecognized_event", "metamap payload has no eventName")
@@ -71,6 +77,8 @@ def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized 
         status, provider_status = VerificationStatus.PENDING, event
     elif event == _EXPIRED:
         status, provider_status = VerificationStatus.RESUBMISSION_REQUIRED, event
+    elif event in _NOTICES:
+        return Notice(event)
     else:
         return Rejection("unknown_status", f"metamap eventName {raw_event!r} has no mapping")
 
@@ -91,8 +99,7 @@ def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized 
         verification_id=vid,
         status=status,
         provider_status=provider_status,
-        # Without a timestamp two different results could share a key; the body hash keeps them apart.
-        idempotency_key=f"{NAME}:{vid}:{event}:{step_id or ''}:{moment}" if moment else None,
+        idempotency_key=_key(vid, event, identity_word, step_id, moment),
         occurred_at=timestamp(moment),
         event_type=event,
         subject_id=text(doc.get("identity")),
@@ -100,6 +107,17 @@ def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized 
         reasons=tuple(reasons),
         attributes=attributes,
     )
+
+
+def _key(vid: str, event: str, identity_word: str | None, step_id: str | None, moment: str | None) -> str | None:
+    """A verification-level result is its verification and status, whichever event (completed,
+    updated, a polled answer) carries it; a step or progress event is also its step and time."""
+    if event in _DECIDED and identity_word is not None:
+        return f"{NAME}:{vid}:identity:{identity_word.lower()}"
+    if event == _EXPIRED:
+        return f"{NAME}:{vid}:{event}"
+    # Without a timestamp two different progress events could share a key; the body hash keeps them apart.
+    return f"{NAME}:{vid}:{event}:{step_id or ''}:{moment}" if moment else None
 
 
 def _path_segments(resource: object) -> list[str]:
@@ -144,8 +162,10 @@ def _reasons(error: object, step_id: str | None) -> list[Reason]:
 # --- reconciliation: the verification resource (GET /v2/verifications/{id}) --------------------
 
 
-def poll_request(verification_id: str, lookup: Mapping[str, str], token: str) -> PollRequest:
-    return PollRequest(path=f"/v2/verifications/{verification_id}", headers={"authorization": f"Bearer {token}"})
+def poll_request(verification_id: str, lookup: Mapping[str, str], credentials: ApiCredentials) -> PollRequest:
+    return PollRequest(
+        path=f"/v2/verifications/{verification_id}", headers={"authorization": f"Bearer {credentials.token}"}
+    )
 
 
 def poll_result(verification_id: str, lookup: Mapping[str, str], answer: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from processors.model import AuthSpec, Normalized, PollRequest, Rejection, VerificationStatus
+from processors.model import ApiCredentials, AuthSpec, Normalized, PollRequest, Rejection, VerificationStatus
 from processors.providers._read import scalar_attributes, text
 
 NAME = "signicat"
 DEFAULT_AUTH = AuthSpec(scheme="bearer")
 METHODS = ("POST",)
 HEADERS: tuple[str, ...] = ()
+FETCHES: dict[str, str] = {}  # every callback carries its result
 
 _STATUS = {
     "accepted": VerificationStatus.APPROVED,
@@ -61,11 +62,11 @@ def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized 
 # --- reconciliation: Assure's process lookup by dossierId and processId -------------------------
 
 
-def poll_request(verification_id: str, lookup: Mapping[str, str], token: str) -> PollRequest:
+def poll_request(verification_id: str, lookup: Mapping[str, str], credentials: ApiCredentials) -> PollRequest:
     dossier = lookup.get("dossierId", "")
     return PollRequest(
         path=f"/assure/dossiers/{dossier}/processes/{verification_id}",
-        headers={"authorization": f"Bearer {token}"},
+        headers={"authorization": f"Bearer {credentials.token}"},
     )
 
 

@@ -1,7 +1,9 @@
 """Xendit `account.verification` webhooks (seed 004).
 
 Auth: the `x-callback-token` header equals the account's webhook verification token.
-Idempotency: Xendit's own `webhook-id` header, the same on every retry of one webhook.
+Idempotency: the account id, its KYC status and that status's time (kyc.verified_at, else
+data.updated, else created), so a polled account and the callback for the same result share it
+(Xendit's `webhook-id` names a delivery, not a result: it is kept in the raw envelope only).
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from processors.model import AuthSpec, Normalized, PollRequest, Reason, Rejection, VerificationStatus
+from processors.model import ApiCredentials, AuthSpec, Normalized, PollRequest, Reason, Rejection, VerificationStatus
 from processors.providers._read import obj, scalar_attributes, text, timestamp
 
 NAME = "xendit"
 DEFAULT_AUTH = AuthSpec(scheme="header_token", header="x-callback-token")
 METHODS = ("POST",)
 HEADERS = ("webhook-id",)
+FETCHES: dict[str, str] = {}  # every callback carries its result
 
 _EVENT = "account.verification"
 _STATUS = {
@@ -46,15 +49,15 @@ def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized 
     if status is None:
         return Rejection("unknown_status", f"xendit kyc status {word!r} has no mapping")
 
-    webhook_id = text(headers.get("webhook-id"))
+    occurred_at = timestamp(kyc.get("verified_at")) or timestamp(data.get("updated")) or timestamp(doc.get("created"))
+    moment = occurred_at.isoformat(timespec="milliseconds").replace("+00:00", "Z") if occurred_at else ""
     return Normalized(
         verification_id=vid,
         status=status,
         provider_status=word.upper(),
-        idempotency_key=f"{NAME}:webhook-id:{webhook_id}" if webhook_id else None,
-        occurred_at=(
-            timestamp(kyc.get("verified_at")) or timestamp(data.get("updated")) or timestamp(doc.get("created"))
-        ),
+        # The result, not the delivery: a retried webhook, a polled account and a late callback agree.
+        idempotency_key=f"{NAME}:{vid}:{word.upper()}:{moment}",
+        occurred_at=occurred_at,
         event_type=event or _EVENT,
         reasons=_failure_reasons(kyc.get("failure_reasons")),
         attributes=scalar_attributes(doc, "business_id"),
@@ -81,8 +84,8 @@ def _failure_reasons(value: object) -> tuple[Reason, ...]:
 # --- reconciliation: the account lookup (GET /v2/accounts/{id}, Basic auth with the secret key) -
 
 
-def poll_request(verification_id: str, lookup: Mapping[str, str], token: str) -> PollRequest:
-    basic = base64.b64encode(f"{token}:".encode()).decode()
+def poll_request(verification_id: str, lookup: Mapping[str, str], credentials: ApiCredentials) -> PollRequest:
+    basic = base64.b64encode(f"{credentials.token}:".encode()).decode()
     return PollRequest(path=f"/v2/accounts/{verification_id}", headers={"authorization": f"Basic {basic}"})
 
 
@@ -90,5 +93,4 @@ def poll_result(verification_id: str, lookup: Mapping[str, str], answer: Mapping
     kyc = obj(answer.get("kyc"))
     if text(kyc.get("status")) is None:
         return None
-    # No webhook-id on a polled answer: its idempotency key is the body hash.
     return {"event": _EVENT, "data": {"id": verification_id, "updated": answer.get("updated"), "kyc": dict(kyc)}}

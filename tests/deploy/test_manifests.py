@@ -290,6 +290,8 @@ def test_reconciler_config_and_env_validate(reconcile_settings: ReconcileSetting
     assert set(polled) == SOURCES
     for name, poll in polled.items():
         assert poll.token.get_secret_value() == PLACEHOLDER_SECRET, f"{name}: the token must come from the Secret"
+        if reconcile_settings.sources[name].provider == "incode":  # Fetch Scores needs the executive token
+            assert poll.admin_token is not None and poll.admin_token.get_secret_value() == PLACEHOLDER_SECRET
         assert poll.base_url.startswith("https://"), f"{name}: the NetworkPolicy opens 443 only"
         assert reconcile_settings.sources[name].provider in REGISTRY
 
@@ -573,10 +575,11 @@ def test_kafka_users_are_least_privilege(
     assert all(kind in {"topic", "group"} for kind, _ in processor)
     assert ("topic", t.expected) not in processor
     groups = _reconciler_groups(reconcile_settings, monkeypatch)
-    assert reconcile_settings.reconcile.group_id in groups and len(groups) == 2
+    assert reconcile_settings.reconcile.group_id in groups and len(groups) == 3
     assert _acls(strimzi, "kycstream-reconciler") == {
         ("topic", t.expected): {"Read", "Describe"},
         ("topic", t.state): {"Read", "Describe"},
+        ("topic", t.events): {"Read", "Describe"},
         ("topic", t.raw): {"Write", "Describe"},
         ("topic", t.dlq): {"Write", "Describe"},
         **{("group", group): {"Read", "Describe"} for group in groups},
@@ -599,6 +602,7 @@ def _exported_names() -> set[str]:
     processor.events.labels("p", "APPROVED").inc()
     processor.dead_letters.labels("p", "r").inc()
     reconciler.polls.labels("p", "result").inc()
+    reconciler.fetches.labels("p", "result").inc()
     reconciler.open.set(1)
     registries = (gateway.registry, processor.registry, reconciler.registry)
     text = b"".join(generate_latest(r) for r in registries).decode()

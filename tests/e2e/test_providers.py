@@ -81,7 +81,7 @@ def test_every_provider_fixture_over_http(pipeline: Pipeline) -> None:
         "too large": 413,
     }
 
-    keys = {rid: _idempotency_key(c) for rid, c in sent.items() if not c.dead_letter}
+    keys = {rid: _idempotency_key(c) for rid, c in sent.items() if c.event}
     dead = {rid: c for rid, c in sent.items() if c.dead_letter}
     for _ in range(120):
         events = pipeline.decoded("events")
@@ -100,8 +100,11 @@ def test_every_provider_fixture_over_http(pipeline: Pipeline) -> None:
     events = pipeline.decoded("events")
     assert Counter(e["event_id"] for e in events).most_common(1)[0][1] == 1, "an event written twice"
     assert sorted(e["idempotency_key"] for e in events) == sorted(set(keys.values())), "one event per result"
+    notices = Counter((c.provider, c.notice) for c in sent.values() if c.notice)
+    assert notices and pipeline.processor_metric("kycstream_notices_total") == sum(notices.values())
     for event in events:
         case = sent[event["raw_ref"]["request_id"]]
+        assert case.event, f"{case.id} is a notice or a dead letter, not an event"
         cases.assert_matches(event, case.expect)
         assert event["_key"] == f"{event['provider']}:{event['verification_id']}".encode()
 

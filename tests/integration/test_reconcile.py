@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -17,10 +16,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.settings import GatewaySettings
-from processors.kafka.reconciler import Reconciler
 from processors.kafka.serde import Codec
-from processors.settings import KafkaSettings, ReconcileSettings, TopicSettings
-from tests.conftest import dev_sources, latest_states, post, processing, read, serving, serving_app, unique
+from processors.settings import KafkaSettings
+from tests.conftest import (
+    committed_to_end,
+    dev_sources,
+    latest_states,
+    post,
+    processing,
+    read,
+    reconciling,
+    serving,
+    serving_app,
+    unique,
+    wait_until,
+)
+from tests.credentials import auth_headers
 
 pytestmark = pytest.mark.broker
 API_KEY = "expect-key"
@@ -61,25 +72,6 @@ def gateway_with_expectations(
     settings = gateway_settings(expectations_api_keys=[API_KEY])
     with serving(settings) as url:
         yield url, settings
-
-
-@contextmanager
-def reconciling(kafka: KafkaSettings, topics: TopicSettings, sources: dict[str, Any]) -> Iterator[Reconciler]:
-    settings = ReconcileSettings(
-        kafka=kafka,
-        topics=topics,
-        sources=sources,
-        reconcile={"group_id": unique("rec"), "tick_s": 0.3, "metrics_port": None},
-    )
-    reconciler = Reconciler(settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=reconciler.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield reconciler
-    finally:
-        stop.set()
-        thread.join(20)
 
 
 def _source(provider: str, url: str, **poll: Any) -> dict[str, Any]:
@@ -185,12 +177,12 @@ def test_a_stuck_incode_session_is_polled_to_its_final_state(
     vid = unique("interview")
     fake.script = [(200, {"onboardingStatus": "MANUAL_REVIEW_APPROVED"})]
     source = settings.sources["incode"]
-    body = json.dumps({"interviewId": vid, "onboardingStatus": "ONBOARDING_FINISHED"}).encode()
+    body = json.dumps({"interviewId": vid, "onboardingStatus": "FACE_VALIDATION_FINISHED"}).encode()
     assert post(f"{url}/webhooks/incode", body, {source.auth.header or "": "dev-secret"}).status_code == 200
     _expect(url, "incode", vid)
     with (
         processing(kafka, settings.topics),
-        reconciling(kafka, settings.topics, _source("incode", api_url, window_s=2)),
+        reconciling(kafka, settings.topics, _source("incode", api_url, window_s=2, admin_token="exec-token")),
     ):
         _wait(
             lambda: (
@@ -245,3 +237,48 @@ def test_expectations_api_refusals(
     with serving(gateway_settings(sources=dev_sources())) as off:
         response = post(f"{off}/expectations/esign", good, auth)
     assert response.status_code == 404 and "expectations_api_keys" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("provider", ["xendit", "metamap"])
+def test_a_polled_result_and_its_late_callback_give_one_event(
+    provider: str,
+    gateway_with_expectations: tuple[str, GatewaySettings],
+    api: tuple[FakeProviderApi, str],
+    kafka: KafkaSettings,
+    codec: Codec,
+) -> None:
+    """The callback is delivered after the poll found the result: same provider result, same key."""
+    url, settings = gateway_with_expectations
+    fake, api_url = api
+    if provider == "xendit":
+        vid = unique("acct")
+        kyc = {"status": "PASSED", "verified_at": "2026-05-08T10:30:00Z"}
+        fake.script = [(200, {"id": vid, "updated": "2026-05-08T10:31:00Z", "kyc": kyc})]
+        callback = {"event": "account.verification", "created": "2026-05-08T10:30:02Z", "data": {"id": vid, "kyc": kyc}}
+        headers = {"x-callback-token": "dev-secret", "webhook-id": unique("wh")}
+    else:
+        vid = uuid.uuid4().hex[:24]
+        fake.script = [(200, {"id": vid, "identity": {"status": "verified"}, "updatedAt": "2026-05-08T10:31:00Z"})]
+        callback = {
+            "eventName": "verification_completed",
+            "resource": f"https://api.getmati.com/v2/verifications/{vid}",
+            "identityStatus": "verified",
+            "timestamp": "2026-05-08T10:30:00.000Z",
+        }
+        headers = {}
+    body = json.dumps(callback).encode()
+    headers.update(auth_headers(settings.sources[provider], body))
+    _expect(url, provider, vid)
+    group = unique("proc")
+    with (
+        processing(kafka, settings.topics, group_id=group),
+        reconciling(kafka, settings.topics, _source(provider, api_url)),
+    ):
+        events = read(kafka, settings.topics.events, codec, "VerificationEvent", at_least=1, timeout=30)
+        assert [(e["verification_id"], e["status"]) for e in events] == [(vid, "APPROVED")]
+        assert post(f"{url}/webhooks/{provider}", body, headers).status_code == 200
+        wait_until(lambda: committed_to_end(kafka, group, settings.topics.raw), 30, "the callback processed")
+    raw = read(kafka, settings.topics.raw, codec, "RawDelivery")
+    assert sorted(r["origin"] for r in raw) == ["callback", "poll"]
+    events = read(kafka, settings.topics.events, codec, "VerificationEvent")
+    assert len(events) == 1, [e["idempotency_key"] for e in events]

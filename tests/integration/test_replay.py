@@ -78,7 +78,7 @@ def test_replay_into_fresh_topics_rebuilds_events_and_state(
         [*KYCSTREAM, "replay", "--from-beginning", *args], env=env, capture_output=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert b"25 events emitted, 20 already emitted, 1 dead letters" in result.stderr
+    assert b"25 events emitted, 20 already emitted, 0 notices, 1 dead letters" in result.stderr
     events = read(kafka, fresh.events, codec, "VerificationEvent")
     assert Counter(e["status"] for e in events) == {"APPROVED": 20, "PENDING": 5}
     states = latest_states(kafka, fresh.state, codec)
@@ -138,3 +138,39 @@ def test_redrive_sends_fixed_letters_back_and_keeps_the_rest_with_their_new_reas
     letters = read(kafka, topic_settings.dlq, codec, "DeadLetter")
     assert Counter(d["reason"] for d in letters) == {"invalid_json": 2, "unknown_status": 1}, "re-appended once"
     assert redrive(settings) == Counter({"still_failing:invalid_json": 1}), "the next run starts after the last"
+
+
+def test_redrive_leaves_the_reconcilers_letters_alone(
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
+) -> None:
+    """A fetch or poll dead letter holds an event or an expectation, not a delivery: redrive must not
+    rewrite it as `undecodable_envelope` (its reason would be lost)."""
+    from datetime import UTC, datetime
+
+    from confluent_kafka import Producer
+
+    from processors.kafka import config
+    from processors.kafka.producer import produce_dead_letter
+    from processors.kafka.replay import redrive
+    from processors.model import DeadLetter
+    from processors.settings import ProcessorSettings
+
+    letter = DeadLetter(
+        reason="fetch_unauthorized",
+        detail="the incode API refused the credential (HTTP 401)",
+        failed_at=datetime.now(UTC),
+        source_topic=topic_settings.events,
+        partition=0,
+        offset=7,
+        original_value=b"an event record",
+        original_key=b"incode:v-1",
+        source="incode",
+        provider="incode",
+    )
+    producer = Producer(config.producer(kafka))
+    produce_dead_letter(producer, codec, topic_settings.dlq, letter, letter.original_key)
+    assert producer.flush(10) == 0
+    settings = ProcessorSettings(kafka=kafka, topics=topic_settings, processor={"group_id": unique("redrive")})
+    assert redrive(settings) == Counter({"skipped:fetch_unauthorized": 1})
+    letters = read(kafka, topic_settings.dlq, codec, "DeadLetter")
+    assert [(d["reason"], d["source_topic"]) for d in letters] == [("fetch_unauthorized", topic_settings.events)]

@@ -32,6 +32,9 @@ def test_normalize_prints_the_event_or_exits_65(case: cases.Case) -> None:
         assert result.exit_code == 65, result.stdout
         assert result.stderr.startswith(f"{case.dead_letter}: ")
         assert result.stdout == ""
+    elif case.notice:
+        assert result.exit_code == 0, result.stderr
+        assert result.stderr.startswith(f"notice: {case.notice} ") and result.stdout == ""
     else:
         assert result.exit_code == 0, result.stderr
         cases.assert_matches(json.loads(result.stdout), case.expect)

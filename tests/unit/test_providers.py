@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.kafka.serde import event_to_record
-from processors.model import RawDelivery, Rejection, VerificationEvent
+from processors.model import Notice, RawDelivery, Rejection, VerificationEvent
 from processors.pipeline import event_id_for, normalize, routing_id
 from processors.providers import REGISTRY
 from tests import cases
@@ -18,7 +18,9 @@ from tests import cases
 ALL = cases.load()
 
 
-def _deliver(provider: str, body: bytes, headers: dict[str, str] | None = None) -> VerificationEvent | Rejection:
+def _deliver(
+    provider: str, body: bytes, headers: dict[str, str] | None = None
+) -> VerificationEvent | Notice | Rejection:
     return normalize(
         RawDelivery(
             request_id="r-1",
@@ -43,6 +45,8 @@ def test_golden_case(case: cases.Case) -> None:
         assert isinstance(outcome, Rejection), outcome
         assert outcome.code == case.dead_letter
         assert outcome.detail
+    elif case.notice:
+        assert outcome == Notice(case.notice)
     else:
         assert isinstance(outcome, VerificationEvent), outcome
         cases.assert_matches(event_to_record(outcome), case.expect)
@@ -50,7 +54,7 @@ def test_golden_case(case: cases.Case) -> None:
         assert outcome.idempotency_key.startswith(f"{case.provider}:")
 
 
-@pytest.mark.parametrize("case", [c for c in ALL if not c.dead_letter], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [c for c in ALL if c.event], ids=lambda c: c.id)
 def test_routing_key_is_the_event_key(case: cases.Case) -> None:
     outcome = _deliver(case.provider, case.body, case.headers)
     assert isinstance(outcome, VerificationEvent)
@@ -67,7 +71,7 @@ def _strings(value: object) -> set[str]:
     return set()
 
 
-@pytest.mark.parametrize("case", [c for c in ALL if c.provider == "metamap" and not c.dead_letter], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [c for c in ALL if c.provider == "metamap" and c.event], ids=lambda c: c.id)
 def test_metamap_events_carry_no_personal_data(case: cases.Case) -> None:
     doc = json.loads(case.body)
     step = doc.get("step") if isinstance(doc.get("step"), dict) else {}
