@@ -18,6 +18,7 @@ from gateway.expectations import ExpectationsEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.routes import RawSink, WebhookEndpoint
 from gateway.settings import GatewaySettings
+from gateway.spool import Spool
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -28,10 +29,14 @@ def create_app(
     *,
     on_shutdown: Callable[[], object] | None = None,
     clock: Callable[[], datetime] | None = None,
+    spool: Spool | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> Gateway:
-    metrics = GatewayMetrics()
+    metrics = metrics or GatewayMetrics()
     clock = clock or (lambda: datetime.now(UTC))
-    webhook = WebhookEndpoint(settings, sink, metrics, clock)
+    webhook = WebhookEndpoint(settings, sink, metrics, clock, spool)
+    if spool is not None:
+        metrics.watch(spool)
     expectations = ExpectationsEndpoint(settings, sink, clock)
 
     async def healthz(request: Request) -> Response:
@@ -39,9 +44,13 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         reason = await sink.not_ready()
-        if reason is not None:
-            return JSONResponse({"status": "unavailable", "detail": reason}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        if reason is None:
+            return JSONResponse({"status": "ready"})
+        if spool is not None and (full := spool.full()) is None:  # accepting: into the spool
+            spooling = settings.spooling
+            return JSONResponse({"status": "ready", "spooling": spooling, "detail": reason})
+        detail = reason if spool is None else f"{reason}; {full}"
+        return JSONResponse({"status": "unavailable", "detail": detail}, status_code=503)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -47,6 +47,10 @@ class KafkaUnavailable(GatewayError):
     status = 503
     code = "kafka_unavailable"
 
+    def __init__(self, detail: str, headers: dict[str, str] | None = None, status: int = 503) -> None:
+        super().__init__(detail, headers)
+        self.status = status  # per source: some providers punish a 5xx (sources.<name>.unavailable_status)
+
 
 class InvalidRequest(GatewayError):
     status = 400

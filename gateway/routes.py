@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import traceback
@@ -28,6 +29,7 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings, SourceSettings
+from gateway.spool import Spool, Spooled
 from processors import logs
 from processors.errors import BrokerError
 from processors.kafka.producer import Delivered
@@ -49,6 +51,8 @@ _INTERNAL_ERROR = (
 class RawSink(Protocol):
     topic: str
 
+    def envelope(self, delivery: RawDelivery) -> tuple[bytes, list[tuple[str, bytes]]]: ...
+
     async def write(self, delivery: RawDelivery, key: str) -> Delivered: ...
 
     async def write_expectation(self, expectation: Expectation) -> Delivered: ...
@@ -66,6 +70,8 @@ class Source:
     max_body_bytes: int
     kept_headers: tuple[str, ...]
     bucket: TokenBucket | None
+    spools: bool
+    unavailable_status: int
 
     @classmethod
     def build(cls, name: str, s: SourceSettings, default_max_body: int) -> Source:
@@ -81,6 +87,8 @@ class Source:
             max_body_bytes=s.max_body_bytes or default_max_body,
             kept_headers=tuple(dict.fromkeys((*_KEPT_HEADERS, *REGISTRY[s.provider].HEADERS))),
             bucket=TokenBucket(s.rate_limit.per_second, s.rate_limit.burst) if s.rate_limit else None,
+            spools=s.on_kafka_unavailable == "spool",
+            unavailable_status=s.unavailable_status or 503,
         )
 
 
@@ -97,8 +105,10 @@ class WebhookEndpoint:
         sink: RawSink,
         metrics: GatewayMetrics,
         clock: Callable[[], datetime],
+        spool: Spool | None = None,
     ) -> None:
         server = settings.gateway
+        self.spool = spool
         self.sources = {n: Source.build(n, s, server.max_body_bytes) for n, s in settings.sources.items()}
         self.trusted = clientip.networks(server.trusted_proxies)
         self.retry_after = str(server.retry_after_s)
@@ -189,18 +199,42 @@ class WebhookEndpoint:
             content_type=hdrs.get("content-type"),
         )
         key = routing_id(source.provider, body) or request_id
+        if source.spools and self.spool is not None and self.spool.records:
+            # Kafka was away: until the spool is drained this source's deliveries queue behind it, in order.
+            return await self._spool(source, delivery, key, "the spool is being forwarded")
         self.metrics.in_flight.inc()
         started = time.perf_counter()
         try:
             await self.sink.write(delivery, key)
         except BrokerError as exc:
+            if source.spools and self.spool is not None:
+                return await self._spool(source, delivery, key, str(exc))
             raise KafkaUnavailable(
-                f"{exc}; the delivery was not accepted, retry later", {"retry-after": self.retry_after}
+                f"{exc}; the delivery was not accepted, retry later",
+                {"retry-after": self.retry_after},
+                source.unavailable_status,
             ) from exc
         finally:
             self.metrics.in_flight.dec()
         self.metrics.produce_seconds.observe(time.perf_counter() - started)
         return 200, request_id.join(_ACCEPTED).encode(), {}
+
+    async def _spool(
+        self, source: Source, delivery: RawDelivery, key: str, why: str
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """200 once the exact raw record is fsynced in the local spool; the refusal when it is full."""
+        assert self.spool is not None
+        full = self.spool.full()
+        if full is not None:
+            raise KafkaUnavailable(
+                f"Kafka is unavailable ({why}) and {full}; the delivery was not accepted, retry later",
+                {"retry-after": self.retry_after},
+                source.unavailable_status,
+            )
+        value, headers = self.sink.envelope(delivery)
+        await asyncio.to_thread(self.spool.append, Spooled(key.encode(), value, tuple(headers), time.time()))
+        self.metrics.spooled.labels(source.name).inc()
+        return 200, orjson.dumps({"status": "accepted", "request_id": delivery.request_id, "spooled": True}), {}
 
 
 _random = bytearray()  # random bytes not used yet; a forked child starts with none of its parent's

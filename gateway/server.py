@@ -7,9 +7,12 @@ import gc
 import uvicorn
 
 from gateway.app import create_app
+from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from gateway.spool import Spool
 from processors import logs
-from processors.kafka.sink import KafkaRawSink
+from processors.errors import ConfigError
+from processors.kafka.sink import KafkaRawSink, SpoolForwarder
 
 log = logs.get("kycstream.gateway")
 
@@ -20,12 +23,15 @@ def build(settings: GatewaySettings) -> tuple[uvicorn.Config, KafkaRawSink]:
     sink = KafkaRawSink(
         settings.kafka, settings.topics, produce_timeout_s=server.produce_timeout_s, linger_ms=server.linger_ms
     )
+    metrics = GatewayMetrics()
+    spool, forwarder = _spool(settings, metrics)
 
     def drain() -> None:
         left = sink.close(timeout=server.produce_timeout_s)
-        log.info("gateway_stopped", undelivered=left)
+        spooled = forwarder.stop(server.spool.drain_on_exit_s) if forwarder is not None else 0
+        log.info("gateway_stopped", undelivered=left, left_in_spool=spooled)
 
-    app = create_app(settings, sink, on_shutdown=drain)
+    app = create_app(settings, sink, on_shutdown=drain, spool=spool, metrics=metrics)
     config = uvicorn.Config(
         app,
         host=server.host,
@@ -37,6 +43,25 @@ def build(settings: GatewaySettings) -> tuple[uvicorn.Config, KafkaRawSink]:
         timeout_graceful_shutdown=int(server.produce_timeout_s) + 5,
     )
     return config, sink
+
+
+def _spool(settings: GatewaySettings, metrics: GatewayMetrics) -> tuple[Spool | None, SpoolForwarder | None]:
+    """The spool and its forwarder when a source spools; what a previous process left is forwarded."""
+    if not settings.spooling:
+        return None, None
+    server = settings.gateway
+    try:
+        spool = Spool(server.spool_dir, server.spool.max_bytes, server.spool.max_age_s).open()
+    except OSError as exc:
+        raise ConfigError(
+            f"gateway.spool_dir {server.spool_dir}: {exc.strerror} (sources {', '.join(settings.spooling)} spool: "
+            "give the gateway a writable directory on a volume that outlives it, KYCSTREAM_GATEWAY__SPOOL_DIR)"
+        ) from exc
+    forwarder = SpoolForwarder(
+        spool, settings.kafka, settings.topics.raw, on_forwarded=metrics.spool_forwarded.inc
+    ).start()
+    log.info("spool_open", directory=str(server.spool_dir), sources=settings.spooling, records=spool.records)
+    return spool, forwarder
 
 
 def serve(settings: GatewaySettings) -> None:

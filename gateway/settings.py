@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Self
+from pathlib import Path
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -52,6 +53,11 @@ class SourceSettings(Section):
     allow_ips: list[str] = Field(default_factory=list)
     rate_limit: RateLimitSettings | None = None
     max_body_bytes: int | None = Field(None, ge=1)
+    # When Kafka does not acknowledge in time: refuse (the provider retries) or spool (answer 200
+    # once the delivery is fsynced in gateway.spool_dir; forwarded to Kafka as soon as it answers).
+    on_kafka_unavailable: Literal["refuse", "spool"] = "refuse"
+    # The refusal's status (no spool, or the spool full); default: the provider's (see README).
+    unavailable_status: int | None = Field(None, ge=400, le=599)
     poll: PollSettings | None = None  # read by `kycstream reconcile`
 
     @field_validator("provider")
@@ -90,7 +96,15 @@ class SourceSettings(Section):
         object.__setattr__(self, "auth", AuthSettings(scheme=scheme, header=header, credentials=self.auth.credentials))
         if self.methods is None:
             object.__setattr__(self, "methods", list(REGISTRY[self.provider].METHODS))
+        if self.unavailable_status is None:
+            object.__setattr__(self, "unavailable_status", REGISTRY[self.provider].UNAVAILABLE_STATUS)
         return self
+
+
+class SpoolSettings(Section):
+    max_bytes: int = Field(1024**3, ge=1024 * 1024, description="past this the spooling sources refuse")
+    max_age_s: float = Field(24 * 3600, gt=0, description="a spool whose oldest record is older refuses more")
+    drain_on_exit_s: float = Field(20.0, ge=0, description="on SIGTERM, forward the spool for up to this long")
 
 
 class ServerSettings(Section):
@@ -101,6 +115,8 @@ class ServerSettings(Section):
     linger_ms: float = Field(1.0, ge=0)
     trusted_proxies: list[str] = Field(default_factory=list)
     retry_after_s: int = Field(5, ge=1)
+    spool_dir: Path = Path("/tmp/kycstream/spool")  # on a volume that outlives the pod (deploy/)
+    spool: SpoolSettings = SpoolSettings()
     # Keys for POST /expectations/{source} (Authorization: Bearer <key>); none: the route is off.
     expectations_api_keys: list[SecretStr] = Field(default_factory=list)
 
@@ -120,6 +136,10 @@ class GatewaySettings(Settings):
                     f"source name {name!r} must be lowercase letters, digits, - or _ (it is a URL segment)"
                 )
         return value
+
+    @property
+    def spooling(self) -> list[str]:
+        return sorted(name for name, s in self.sources.items() if s.on_kafka_unavailable == "spool")
 
     def require_sources(self) -> None:
         from processors.errors import ConfigError

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from processors import logs
 from processors.errors import BrokerError
 from processors.kafka import config
 from processors.kafka.producer import AsyncProducer, Delivered
@@ -12,6 +18,11 @@ from processors.kafka.serde import Codec, delivery_to_record, expectation_to_rec
 from processors.kafka.topics import specs
 from processors.model import Expectation, RawDelivery
 from processors.settings import KafkaSettings, TopicSettings
+
+if TYPE_CHECKING:
+    from gateway.spool import Spool
+
+log = logs.get("kycstream.gateway")
 
 
 class KafkaRawSink:
@@ -43,14 +54,19 @@ class KafkaRawSink:
         self._ready_at = 0.0
         self._ready_reason: str | None = "not checked yet"
 
-    async def write(self, delivery: RawDelivery, key: str) -> Delivered:
+    def envelope(self, delivery: RawDelivery) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The raw record's value and headers, exactly as produced (and as spooled)."""
         value = self._codec.encode("RawDelivery", delivery_to_record(delivery), self.topic)
-        headers: list[tuple[str, str | bytes | None]] = [
+        headers = [
             ("kycstream-request-id", delivery.request_id.encode()),
             ("kycstream-source", delivery.source.encode()),
             ("kycstream-provider", delivery.provider.encode()),
         ]
-        return await self._producer.send(self.topic, value, key.encode(), headers)
+        return value, headers
+
+    async def write(self, delivery: RawDelivery, key: str) -> Delivered:
+        value, headers = self.envelope(delivery)
+        return await self._producer.send(self.topic, value, key.encode(), list(headers))
 
     async def write_expectation(self, expectation: Expectation) -> Delivered:
         value = self._codec.encode("Expectation", expectation_to_record(expectation), self._expected)
@@ -74,3 +90,91 @@ class KafkaRawSink:
 
     def close(self, timeout: float = 10.0) -> int:
         return self._producer.close(timeout)
+
+
+class SpoolForwarder:
+    """Sends the gateway's spool to the raw topic, oldest segment first, each record as spooled, and
+    removes a segment once Kafka acknowledged every record of it. A failed round sends the whole
+    segment again later (the normalizer's dedup absorbs what had landed)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        kafka: KafkaSettings,
+        topic: str,
+        *,
+        timeout_s: float = 10.0,
+        on_forwarded: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.spool = spool
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self.on_forwarded = on_forwarded
+        self._conf = config.producer(kafka, **{"message.timeout.ms": int(timeout_s * 1000), "linger.ms": 5})
+        self._producer = Producer(self._conf)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spool-forwarder", daemon=True)
+
+    def start(self) -> SpoolForwarder:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            if not self.spool.records:
+                self._stop.wait(0.1)
+                continue
+            if self.forward(time.monotonic() + self.timeout_s):
+                backoff = 0.5
+            else:
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def forward(self, deadline: float) -> bool:
+        """Forward every segment there is now; False at the first that Kafka did not take whole."""
+        try:
+            self._producer.list_topics(self.topic, timeout=2.0)  # Kafka away: spend no records' timeouts
+        except KafkaException:
+            return False
+        for path in self.spool.take():
+            records = self.spool.read(path)
+            failed: list[str] = []
+
+            def on_delivery(err: KafkaError | None, msg: Message, failed: list[str] = failed) -> None:
+                if err is not None:
+                    failed.append(err.str())
+
+            for record in records:
+                while True:
+                    try:
+                        self._producer.produce(
+                            self.topic, record.value, record.key, headers=list(record.headers), on_delivery=on_delivery
+                        )
+                        break
+                    except BufferError:
+                        self._producer.poll(0.1)
+            left = self._producer.flush(max(0.1, deadline - time.monotonic()))
+            if left or failed:
+                log.warning("spool_forward_failed", segment=path.name, undelivered=left, errors=failed[:3])
+                self._producer.purge()
+                self._producer.flush(0)
+                self._producer = Producer(self._conf)  # an idempotent producer whose records expired may be fenced
+                return False
+            self.spool.remove(path)
+            self.on_forwarded(len(records))
+            log.info("spool_forwarded", segment=path.name, records=len(records))
+        return True
+
+    def stop(self, drain_s: float) -> int:
+        """Stop; forward what is spooled for up to `drain_s` first. Returns the records left."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.timeout_s + 5)
+        deadline = time.monotonic() + drain_s
+        while self.spool.records and time.monotonic() < deadline:
+            if not self.forward(deadline):
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        left = self.spool.records
+        self.spool.close()
+        return left

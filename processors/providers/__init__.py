@@ -26,6 +26,9 @@ class Provider(Protocol):
     @property
     def HEADERS(self) -> tuple[str, ...]: ...  # request headers the normalizer reads (kept in the raw envelope)
 
+    @property
+    def UNAVAILABLE_STATUS(self) -> int: ...  # the refusal status when Kafka is away and nothing spools
+
     def verification_id(self, doc: Mapping[str, Any]) -> str | None: ...
 
     # An event, a notice that is no verification result (counted, no event, no dead letter), or why

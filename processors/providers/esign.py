@@ -26,6 +26,9 @@ NAME = "esign"
 DEFAULT_AUTH = AuthSpec(scheme="bearer")
 METHODS = ("POST", "PUT", "PATCH")
 HEADERS: tuple[str, ...] = ()
+# Kafka away and no spool: "If the platform does not receive a 2xx response within the timeout
+# window, it may retry" (seed 000): 503 with Retry-After.
+UNAVAILABLE_STATUS = 503
 FETCHES: dict[str, str] = {}  # every callback carries its result
 
 REASON_MESSAGES = {

@@ -36,6 +36,9 @@ NAME = "incode"
 DEFAULT_AUTH = AuthSpec(scheme="api_key", header="x-incode-webhook-secret")
 METHODS = ("POST",)
 HEADERS: tuple[str, ...] = ()
+# Kafka away and no spool: Incode retries once when "the response of your service is not status
+# 200 OK" (its webhooks page): 503 with Retry-After; one retry only, so `spool` is the safer choice.
+UNAVAILABLE_STATUS = 503
 
 _PENDING_PREFIXES = ("ID_VALIDATION_", "POST_PROCESSING_", "FACE_VALIDATION_", "GOVERNMENT_VALIDATION_")
 _STATUS = {

@@ -30,6 +30,8 @@ NAME = "metamap"
 DEFAULT_AUTH = AuthSpec(scheme="hmac_sha256", header="x-signature")
 METHODS = ("POST",)
 HEADERS: tuple[str, ...] = ()
+# Kafka away and no spool: 503 with Retry-After; MetaMap retries webhooks it could not deliver.
+UNAVAILABLE_STATUS = 503
 FETCHES: dict[str, str] = {}  # every callback carries its result
 
 _IN_PROGRESS = {"verification_started", "verification_inputs_completed", "step_completed"}

@@ -17,6 +17,11 @@ NAME = "signicat"
 DEFAULT_AUTH = AuthSpec(scheme="bearer")
 METHODS = ("POST",)
 HEADERS: tuple[str, ...] = ()
+# Kafka away and no spool: Signicat's ReadID delays every later notification by an hour after a
+# ">= 500 or 404, 405, 406, 410, 414, 415"; "for all other HTTP status codes, the server will wait
+# an hour to retry again up to 24 times" (seed 001). 429 is such a code. Paper and Connect send a
+# "single callback" and never retry: give them `on_kafka_unavailable: spool`.
+UNAVAILABLE_STATUS = 429
 FETCHES: dict[str, str] = {}  # every callback carries its result
 
 _STATUS = {
