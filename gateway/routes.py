@@ -109,6 +109,7 @@ class WebhookEndpoint:
     ) -> None:
         server = settings.gateway
         self.spool = spool
+        self.spool_after_s = min(server.spool.after_s, server.produce_timeout_s)
         self.sources = {n: Source.build(n, s, server.max_body_bytes) for n, s in settings.sources.items()}
         self.trusted = clientip.networks(server.trusted_proxies)
         self.retry_after = str(server.retry_after_s)
@@ -205,10 +206,16 @@ class WebhookEndpoint:
         self.metrics.in_flight.inc()
         started = time.perf_counter()
         try:
-            await self.sink.write(delivery, key)
-        except BrokerError as exc:
             if source.spools and self.spool is not None:
-                return await self._spool(source, delivery, key, str(exc))
+                # Not the whole produce deadline: a record that lands after all is a repeat dedup absorbs.
+                await asyncio.wait_for(self.sink.write(delivery, key), self.spool_after_s)
+            else:
+                await self.sink.write(delivery, key)
+        except (BrokerError, TimeoutError) as exc:
+            if source.spools and self.spool is not None:
+                why = str(exc) or f"Kafka did not acknowledge within {self.spool_after_s:g}s"
+                return await self._spool(source, delivery, key, why)
+            assert isinstance(exc, BrokerError)
             raise KafkaUnavailable(
                 f"{exc}; the delivery was not accepted, retry later",
                 {"retry-after": self.retry_after},

@@ -102,6 +102,9 @@ class SourceSettings(Section):
 
 
 class SpoolSettings(Section):
+    after_s: float = Field(
+        1.0, gt=0, le=60, description="a spooling source waits this long for Kafka's acknowledgement, then spools"
+    )
     max_bytes: int = Field(1024**3, ge=1024 * 1024, description="past this the spooling sources refuse")
     max_age_s: float = Field(24 * 3600, gt=0, description="a spool whose oldest record is older refuses more")
     drain_on_exit_s: float = Field(20.0, ge=0, description="on SIGTERM, forward the spool for up to this long")

@@ -121,7 +121,9 @@ class Role:
 
 
 class Pipeline:
-    def __init__(self, bootstrap: str, workdir: Path, codec: Codec, *, partitions: int = 3) -> None:
+    def __init__(
+        self, bootstrap: str, workdir: Path, codec: Codec, *, partitions: int = 3, spool_all: bool = False
+    ) -> None:
         self.workdir = workdir
         self.codec = codec
         tag = uuid.uuid4().hex[:10]
@@ -134,6 +136,10 @@ class Pipeline:
 
         config = yaml.safe_load(DEV_CONFIG.read_text())
         config["log_format"] = "json"  # the logs are read back by some tests
+        config["gateway"]["spool_dir"] = str(workdir / "spool")  # its own, kept across gateway restarts
+        if spool_all:  # every source answers 200 from the spool while Kafka is away
+            for source in config["sources"].values():
+                source["on_kafka_unavailable"] = "spool"
         self.config_path = workdir / "kycstream.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.env = {
@@ -200,15 +206,11 @@ class Pipeline:
 
     def processor_metric(self, name: str) -> float | None:
         """Sum of a metric's samples from the processor's /metrics (None while it does not answer)."""
-        try:
-            text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
-        except httpx.TransportError:
-            return None
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return _metric(f"http://127.0.0.1:{self.metrics_port}/metrics", name)
+
+    def gateway_metric(self, name: str) -> float | None:
+        """Sum of a metric's samples from the gateway's /metrics (None while it does not answer)."""
+        return _metric(f"{self.url}/metrics", name)
 
     def start(self) -> Pipeline:
         self.create_topics()
@@ -263,6 +265,18 @@ class Pipeline:
 
 # The tightest provider deadline (PRODUCT.md): every answer must come well before it.
 SIGNICAT_DEADLINE_S = 10.0
+
+
+def _metric(url: str, name: str) -> float | None:
+    try:
+        text = httpx.get(url, timeout=2).text
+    except httpx.TransportError:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def gateway_status_ok(code: int) -> bool:

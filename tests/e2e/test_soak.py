@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import committed_to_end, wait_until
 from tests.e2e.brokers import Broker
 from tests.e2e.pipeline import SIGNICAT_DEADLINE_S, Pipeline, gateway_status_ok
 from tests.e2e.workload import LoadGenerator, Workload, build_workload, verify, wait_for_outputs
@@ -100,7 +101,11 @@ def soak(
         finished = time.monotonic()
         wait_for_outputs(pipeline, workload, gen)
         settled = time.monotonic()
-        time.sleep(3)  # anything written twice would arrive now
+        wait_until(  # then whatever the processor writes for the raw topic's records is in
+            lambda: committed_to_end(pipeline.kafka, pipeline.group, pipeline.topics.raw),
+            120,
+            "the processor committed the raw topic",
+        )
     finally:
         sampler.stop()
         gen.stop()  # after a failure: no more traffic from this test into the next ones
@@ -269,3 +274,41 @@ def test_gateway_sigterm_mid_soak_acknowledges_nothing_without_its_raw_record(
         finished = [a for a in in_flight if a.status == 200]
         assert len(finished) >= 5, f"expected requests in flight at the SIGTERM to finish: {len(in_flight)} in flight"
     assert any(a.status is None for a in during), "no delivery found the gateway down (the test did not bite)"
+
+
+SPOOL_SIZES = [
+    pytest.param(Soak(24, 40), 10.0, id="ci"),
+    pytest.param(Soak(90, 50), 60.0, id="60s", marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
+]
+
+
+@pytest.mark.parametrize(("size", "outage_s"), SPOOL_SIZES)
+def test_spooling_sources_answer_200_through_an_outage_and_two_gateway_sigkills(
+    make_pipeline: Callable[..., Pipeline], e2e_broker: Broker, size: Soak, outage_s: float, note: Callable[[str], None]
+) -> None:
+    """Every source spools: while Kafka is unreachable, and across two SIGKILLs of the gateway during
+    the outage, every answer is 200 (or no answer while the gateway is down, retried); once Kafka is
+    back every accepted delivery is exactly one event, none missing, none doubled."""
+    if not e2e_broker.can_fail:
+        pytest.skip(f"cannot take a {e2e_broker.kind} broker down")
+    pipeline = make_pipeline(spool_all=True).start()
+
+    def outage(gen: LoadGenerator) -> dict[str, Any]:
+        kills = []
+        with e2e_broker.outage():
+            down = time.monotonic()
+            for share in (1 / 3, 2 / 3):  # two SIGKILLs, each once more deliveries were spooled
+                time.sleep(max(0.0, down + outage_s * share - time.monotonic()))  # the outage's schedule
+                spooled = pipeline.gateway_metric("kycstream_gateway_spool_records")
+                assert pipeline.gateway.stop(signal.SIGKILL, timeout=10) == -signal.SIGKILL
+                pipeline.start_gateway()  # the same spool directory: it forwards what the last one spooled
+                kills.append(spooled)
+            time.sleep(max(0.0, down + outage_s - time.monotonic()))
+            up = time.monotonic()
+        during = [a for a in gen.attempts if a.started >= down and a.ended <= up]
+        assert during and {a.status for a in during} <= {200, None}, Counter(a.status for a in during)
+        assert any(a.status == 200 and b'"spooled":true' in a.body for a in during), "nothing was spooled"
+        wait_until(lambda: pipeline.gateway_metric("kycstream_gateway_spool_records") == 0, 120, "the spool forwarded")
+        return {"outage_s": round(up - down, 1), "spooled_at_the_kills": kills}
+
+    soak(pipeline, size, seed=5, note=note, fault=outage, fault_at=0.1)
