@@ -24,6 +24,7 @@ from processors.kafka.serde import Codec
 from processors.kafka.sink import KafkaRawSink
 from processors.providers import REGISTRY
 from processors.settings import KafkaSettings, ProcessorSection, ProcessorSettings, ReconcileSettings, TopicSettings
+from tests.tcpproxy import TcpProxy
 
 DEV_SECRET = "dev-secret"
 
@@ -42,6 +43,19 @@ def broker() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def codec() -> Codec:
     return Codec()
+
+
+@pytest.fixture
+def proxied() -> Iterator[tuple[KafkaSettings, TcpProxy]]:
+    """A broker of this test's own behind a TCP proxy the test can cut, restore or slow."""
+    from tests.e2e import brokers
+
+    broker = brokers.start_embedded()
+    assert broker.proxy is not None
+    try:
+        yield KafkaSettings(bootstrap_servers=broker.bootstrap), broker.proxy
+    finally:
+        broker.close()
 
 
 @pytest.fixture

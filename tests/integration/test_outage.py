@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,21 +17,10 @@ from processors.kafka.runner import Normalizer
 from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import committed_to_end, processing, produce_raw, read, unique, wait_until
-from tests.e2e import brokers
 from tests.integration.test_exactly_once import _stream
 from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def proxied() -> Iterator[tuple[KafkaSettings, TcpProxy]]:
-    broker = brokers.start_embedded()
-    assert broker.proxy is not None
-    try:
-        yield KafkaSettings(bootstrap_servers=broker.bootstrap), broker.proxy
-    finally:
-        broker.close()
 
 
 class _CutWithOutputsQueued:

@@ -24,20 +24,9 @@ from processors.kafka.sink import KafkaRawSink
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import DEV_SECRET, committed_to_end, processing, raw_delivery, read, unique, wait_until
 from tests.credentials import auth_headers
-from tests.e2e import brokers
 from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def proxied() -> Iterator[tuple[KafkaSettings, TcpProxy]]:
-    broker = brokers.start_embedded()
-    assert broker.proxy is not None
-    try:
-        yield KafkaSettings(bootstrap_servers=broker.bootstrap), broker.proxy
-    finally:
-        broker.close()
 
 
 def _settings(kafka: KafkaSettings, names: TopicSettings, spool_dir: Path, **spool: Any) -> GatewaySettings:
