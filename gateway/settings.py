@@ -34,6 +34,8 @@ class AuthSettings(Section):
     header: str | None = None
     # Several at once so a secret can rotate without downtime. Basic: "user:password".
     credentials: list[SecretStr] = Field(default_factory=list)
+    # Or (and) a file of them, one per line, read again when it changes: rotation without a restart.
+    credentials_file: Path | None = None
 
     @field_validator("header")
     @classmethod
@@ -86,14 +88,18 @@ class SourceSettings(Section):
         header = self.auth.header or (
             default.header if scheme == default.scheme else _DEFAULT_HEADER.get(scheme, "authorization")
         )
-        if scheme != "none" and not [c for c in self.auth.credentials if c.get_secret_value()]:
+        given = [c for c in self.auth.credentials if c.get_secret_value()]
+        if scheme != "none" and not given and self.auth.credentials_file is None:
             raise ValueError(
                 f"auth.credentials: a {self.provider} source with auth scheme {scheme!r} needs at least "
-                "one credential (or auth.scheme: none to accept unauthenticated deliveries)"
+                "one credential, or auth.credentials_file (or auth.scheme: none to accept unauthenticated deliveries)"
             )
         if scheme == "basic" and any(":" not in c.get_secret_value() for c in self.auth.credentials):
             raise ValueError("auth.credentials: basic credentials are written user:password")
-        object.__setattr__(self, "auth", AuthSettings(scheme=scheme, header=header, credentials=self.auth.credentials))
+        resolved = AuthSettings(
+            scheme=scheme, header=header, credentials=self.auth.credentials, credentials_file=self.auth.credentials_file
+        )
+        object.__setattr__(self, "auth", resolved)
         if self.methods is None:
             object.__setattr__(self, "methods", list(REGISTRY[self.provider].METHODS))
         if self.unavailable_status is None:

@@ -5,19 +5,22 @@ exponential backoff and jitter on 5xx and timeouts (tenacity), and a verdict the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 import orjson
+from prometheus_client import Counter
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from processors.model import Expectation, PollRequest
+from processors.credentials import CredentialError, Credentials, credentials_for
+from processors.model import ApiCredentials, Expectation, PollRequest
 from processors.providers import Provider
 from processors.ratelimit import TokenBucket
 from processors.settings import PollSettings
 
-Verdict = Literal["result", "unrecognized", "unauthorized", "not_found", "failed"]
+Verdict = Literal["result", "unrecognized", "unauthorized", "not_found", "failed", "credential_failed"]
 
 
 @dataclass(frozen=True)
@@ -35,21 +38,54 @@ class _Transient(Exception):
 class Poller:
     """One per provider source: its own rate limit and concurrency."""
 
-    def __init__(self, provider: Provider, settings: PollSettings, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        settings: PollSettings,
+        client: httpx.AsyncClient,
+        credentials: Credentials | None = None,
+        token_requests: Counter | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`token_requests`: kycstream_token_requests_total{provider,outcome}, for OAuth2 sources."""
         self.provider = provider
         self.settings = settings
         self.client = client
         self.bucket = TokenBucket(settings.rate_per_s, max(1, int(settings.rate_per_s)))
         self.slots = asyncio.Semaphore(settings.concurrency)
 
+        def counted(ok: bool) -> None:
+            if token_requests is not None:
+                token_requests.labels(provider.NAME, "ok" if ok else "failed").inc()
+
+        self.credentials = credentials or credentials_for(settings, transport=transport, on_token_request=counted)
+
+    async def aclose(self) -> None:
+        """Close what the credentials hold (an OAuth2 client); the shared HTTP client is the caller's."""
+        await self.credentials.aclose()
+
     async def poll(self, expectation: Expectation) -> PollOutcome:
-        request = self.provider.poll_request(
-            expectation.verification_id, expectation.lookup, self.settings.credentials()
-        )
-        response = await self.call(request)
+        e = expectation
+        response = await self.call_with(lambda c: self.provider.poll_request(e.verification_id, e.lookup, c))
         if isinstance(response, PollOutcome):
             return response
         return self._verdict(expectation, response)
+
+    async def call_with(self, build: Callable[[ApiCredentials], PollRequest]) -> httpx.Response | PollOutcome:
+        """The answer with the current credential; after a 401/403, once more with a fresh one (OAuth2):
+        only a refusal of a fresh credential reaches the caller. `credential_failed` when the
+        credential itself cannot be had (retried later, never dead-lettered)."""
+        for fresh in (False, True):
+            try:
+                credentials = await self.credentials.current()
+            except CredentialError as exc:
+                return PollOutcome("credential_failed", str(exc))
+            answer = await self.call(build(credentials))
+            if isinstance(answer, PollOutcome) or answer.status_code not in (401, 403) or fresh:
+                return answer
+            if not self.credentials.refused():  # a static credential: nothing fresher to try
+                return answer
+        raise AssertionError("unreachable: the second round returns")
 
     async def call(self, request: PollRequest) -> httpx.Response | PollOutcome:
         """The answer, tried again on 5xx, 429 and transport errors; a `failed` outcome if none came."""

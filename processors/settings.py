@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from processors.errors import ConfigError
 from processors.model import ApiCredentials
+from processors.secretfile import read_lines
 
 CONFIG_ENV = "KYCSTREAM_CONFIG"
 DAY_MS = 24 * 3600 * 1000
@@ -140,13 +141,27 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
 def load_settings(cls: type[S], path: str | Path | None = None, **overrides: Any) -> S:
     data = read_config_file(path)
     kafka = dict(data.get("kafka") or {})
-    kafka.update({field: os.environ[var] for var, field in KAFKA_ENV.items() if os.environ.get(var)})
+    kafka.update({field: value for var, field in KAFKA_ENV.items() if (value := _plain_env(var))})
     data["kafka"] = kafka
     data.update(overrides)
     try:
         return cls(**data)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, path or os.environ.get(CONFIG_ENV))) from exc
+
+
+def _plain_env(var: str) -> str | None:
+    """$VAR, else the content of the file named by $VAR_FILE (e.g. KAFKA_SASL_PASSWORD_FILE, a mounted
+    Secret); read at start: a Kafka client keeps its connection's credentials."""
+    if value := os.environ.get(var):
+        return value
+    if file := os.environ.get(f"{var}_FILE"):
+        try:
+            lines = read_lines(Path(file))
+        except OSError as exc:
+            raise ConfigError(f"{var}_FILE={file}: {exc.strerror}: mount it or fix the path") from exc
+        return lines[0] if lines else None
+    return None
 
 
 def describe_validation_error(exc: ValidationError, path: str | Path | None, prefix: tuple[str, ...] = ()) -> str:
@@ -161,14 +176,46 @@ def describe_validation_error(exc: ValidationError, path: str | Path | None, pre
     return "\n".join(lines)
 
 
+class OAuth2Settings(Section):
+    """OAuth2 client credentials for a provider API that takes short-lived bearer tokens."""
+
+    token_url: str = Field(description="the provider's token endpoint")
+    client_id: str
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = Field(None, description="or a file holding it, read again when it changes")
+    scopes: list[str] = Field(default_factory=list)
+    audience: str | None = None
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    timeout_s: float = Field(10.0, gt=0)
+    default_lifetime_s: float = Field(300.0, gt=0, description="when the token answer has no expires_in")
+
+    @field_validator("token_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must start with https:// (or http:// for a local test server)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> Self:
+        if (self.client_secret is None) == (self.client_secret_file is None):
+            raise ValueError("client_secret: Field required: give client_secret or client_secret_file, one of the two")
+        return self
+
+
 class PollSettings(Section):
-    """How the reconciler reaches a source's provider status API."""
+    """How the reconciler reaches a source's provider API (status polls and result fetches)."""
 
     base_url: str = Field(description="e.g. https://api.provider.example (no trailing path)")
-    token: SecretStr = Field(description="the provider API credential (token, API key or secret key)")
+    # Required, unless token_file or oauth2 is given (then None): a missing credential is reported
+    # as sources.<name>.poll.token with its variable, KYCSTREAM_SOURCES__<NAME>__POLL__TOKEN.
+    token: SecretStr | None = Field(description="a static API credential (token, API key or secret key)")
+    token_file: Path | None = Field(None, description="or a file holding it, read again when it changes")
+    oauth2: OAuth2Settings | None = Field(None, description="or OAuth2 client credentials, refreshed as they expire")
     admin_token: SecretStr | None = Field(
         None, description="a second credential where a result API needs one (Incode: the executive token)"
     )
+    admin_token_file: Path | None = Field(None, description="or a file holding it, read again when it changes")
     window_s: int = Field(600, ge=1, description="poll a verification with no final result after this long")
     rate_per_s: float = Field(2.0, gt=0)
     concurrency: int = Field(4, ge=1, le=256)
@@ -181,15 +228,38 @@ class PollSettings(Section):
     fetch_give_up_after_s: int = Field(3600, ge=1, description="stop fetching a result not ready after this long")
 
     def credentials(self) -> ApiCredentials:
-        admin = self.admin_token.get_secret_value() if self.admin_token else None
-        return ApiCredentials(self.token.get_secret_value(), admin or None)
+        """The credentials as configured now (files read; with oauth2 the token is fetched instead:
+        processors.credentials keeps them current)."""
+        return ApiCredentials(
+            _secret(self.token, self.token_file) or "", _secret(self.admin_token, self.admin_token_file)
+        )
 
     @field_validator("token")
     @classmethod
-    def _token(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
             raise ValueError("is empty: set the provider API credential (e.g. KYCSTREAM_SOURCES__<NAME>__POLL__TOKEN)")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_alternatives(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("token") is None and (data.get("token_file") or data.get("oauth2")):
+            return {**data, "token": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Self:
+        given = [name for name in ("token", "token_file", "oauth2") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "token: Field required: give the provider API credential as a static token "
+                "(KYCSTREAM_SOURCES__<NAME>__POLL__TOKEN), a token_file, or oauth2 client credentials: "
+                f"one of them, not {' and '.join(given) or 'none'}"
+            )
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ValueError("admin_token and admin_token_file: give one of the two")
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -197,6 +267,18 @@ class PollSettings(Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} must start with https:// (or http:// for a local test server)")
         return value.rstrip("/")
+
+
+def _secret(value: SecretStr | None, file: Path | None) -> str | None:
+    if value is not None:
+        return value.get_secret_value() or None
+    if file is not None:
+        try:
+            lines = read_lines(file)
+        except OSError as exc:
+            raise ConfigError(f"secret file {file}: {exc.strerror}: mount it or fix the path") from exc
+        return lines[0] if lines else None
+    return None
 
 
 class ReconcileSource(BaseModel):

@@ -32,7 +32,6 @@ from processors.model import (
     FETCH_KIND_HEADER,
     DeadLetter,
     NotReady,
-    PollRequest,
     RawDelivery,
     VerificationEvent,
 )
@@ -42,7 +41,7 @@ from processors.settings import ReconcileSettings
 
 log = logs.get("kycstream.fetch")
 
-OUTCOMES = ("result", "not_ready", "failed", "fetch_unauthorized", "fetch_failed", "fetch_expired")
+OUTCOMES = ("result", "not_ready", "failed", "credential_failed", "fetch_unauthorized", "fetch_failed", "fetch_expired")
 _MAX_BACKOFF_S = 300.0
 
 
@@ -166,13 +165,9 @@ class Fetcher:
     def due(self, now: datetime) -> list[FetchJob]:
         return [job for job in self.jobs.values() if not job.writing and job.next_at <= now]
 
-    def request(self, job: FetchJob) -> PollRequest:
-        poll = self.settings.sources[job.event.source].poll
-        assert poll is not None
-        return self.sources[job.event.source].fetch_request(job.kind, job.event.verification_id, poll.credentials())
-
     async def fetch(self, job: FetchJob, poller: Poller) -> httpx.Response | PollOutcome:
-        return await poller.call(self.request(job))
+        fetcher, e = self.sources[job.event.source], job.event
+        return await poller.call_with(lambda c: fetcher.fetch_request(job.kind, e.verification_id, c))
 
     def act(self, job: FetchJob, answer: httpx.Response | PollOutcome) -> None:
         """Write a ready answer, schedule a retry, or dead-letter the notice with the reason."""
@@ -180,8 +175,8 @@ class Fetcher:
         poll = self.settings.sources[job.event.source].poll
         assert poll is not None
         job.tries += 1
-        if isinstance(answer, PollOutcome):  # no answer after the call's own retries
-            self._retry(job, "failed", answer.detail, poll.fetch_backoff_s, poll.fetch_give_up_after_s)
+        if isinstance(answer, PollOutcome):  # no answer after the call's own retries, or no credential
+            self._retry(job, answer.verdict, answer.detail, poll.fetch_backoff_s, poll.fetch_give_up_after_s)
             return
         code = answer.status_code
         if code in (401, 403):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +15,7 @@ from gateway.settings import GatewaySettings, SourceSettings
 from processors.kafka import embedded, topics
 from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings, TopicSettings
-from tests.conftest import dev_sources, post, read, serving
+from tests.conftest import dev_sources, post, read, serving, wait_until
 from tests.credentials import auth_headers
 
 pytestmark = pytest.mark.broker
@@ -193,3 +195,30 @@ def test_503_not_200_when_kafka_is_down(tmp_path: object) -> None:
             assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
     finally:
         own.stop()
+
+
+def test_a_rotated_credentials_file_takes_effect_without_a_restart(
+    gateway_settings: Callable[..., GatewaySettings], tmp_path: Path
+) -> None:
+    """Rotation as README says: add the new secret to the file, switch the provider, remove the old one."""
+    secrets = tmp_path / "xendit-tokens"
+    secrets.write_text("old-token\n")
+    source = SourceSettings.model_validate({"provider": "xendit", "auth": {"credentials_file": str(secrets)}})
+    settings = gateway_settings(sources={"xendit": source})
+    body = b'{"event": "account.verification", "data": {"id": "rot-1", "kyc": {"status": "PASSED"}}}'
+
+    def status(token: str) -> int:
+        return post(f"{url}/webhooks/xendit", body, {"x-callback-token": token}).status_code
+
+    def replace(text: str) -> None:  # as Kubernetes updates a mounted Secret: swapped in atomically
+        (tmp_path / "new").write_text(text)
+        os.replace(tmp_path / "new", secrets)
+
+    with serving(settings) as url:
+        assert (status("old-token"), status("new-token")) == (200, 401)
+        replace("old-token\nnew-token\n")
+        wait_until(lambda: status("new-token") == 200, 10, "the new token accepted")
+        assert status("old-token") == 200, "both during the switch"
+        replace("new-token\n")
+        wait_until(lambda: status("old-token") == 401, 10, "the old token refused once removed")
+        assert status("new-token") == 200
