@@ -172,7 +172,8 @@ class SpoolForwarder:
         if self._thread.is_alive():
             self._thread.join(self.timeout_s + 5)
         deadline = time.monotonic() + drain_s
-        while self.spool.records and time.monotonic() < deadline:
+        # Still in a round (Kafka slower than timeout_s): one sender at a time, what remains waits on disk.
+        while self.spool.records and time.monotonic() < deadline and not self._thread.is_alive():
             if not self.forward(deadline):
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         left = self.spool.records
