@@ -99,6 +99,9 @@ def start(
         stdout=output,
         stderr=output,
         stdin=subprocess.DEVNULL,
+        # Its own session: a Ctrl-C in the terminal reaches the roles, which leave the broker cleanly,
+        # and not the broker, which its owner stops last.
+        start_new_session=True,
     )
     broker = EmbeddedBroker(host, port, process, advertised)
     try:
