@@ -310,5 +310,4 @@ class Fetcher:
             self._committed[tp.partition] = tp.offset
 
     def close(self) -> None:
-        if self.active:
-            self.consumer.close()
+        self.consumer.close()

@@ -5,11 +5,19 @@ Expectations (kyc.verification.expected.v1) are a table split across reconcilers
 group; the state table (kyc.verification.state.v1) is read whole. A poll answer enters the raw
 topic as a delivery with origin `poll`, so it goes through the same normalizer, dedup and state
 rules as a callback: a polled result and a late callback for the same result give one event.
+
+Every write has a delivery report, and nothing counts as done before Kafka acknowledged it: a
+poll whose answer was refused stays due, so the next tick polls it again. What is finished leaves
+the table as a tombstone of its expectation: the settled ones (a decision or a review in the state
+table), and the closed ones once their dead letter (gave up, credential refused) is acknowledged,
+so no restart or new owner of the partition polls or dead-letters them again. A crash between a
+dead letter and its tombstone repeats that dead letter once, never loses it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 import typing
@@ -20,14 +28,14 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processors import logs
 from processors.errors import SerdeError
 from processors.kafka import config, reader
 from processors.kafka.fetcher import Fetcher, FetchJob
-from processors.kafka.producer import produce_dead_letter
+from processors.kafka.producer import produce_dead_letter, producer_gone
 from processors.kafka.serde import (
     Codec,
     delivery_to_record,
@@ -56,6 +64,12 @@ class ReconcileMetrics:
         self.open = Gauge(
             "kycstream_expectations_open", "Expected verifications without a final result.", registry=self.registry
         )
+        self.token_requests = Counter(
+            "kycstream_token_requests",
+            "OAuth2 token requests for provider APIs, by provider and outcome (ok, failed).",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
         self.fetches = Counter(
             "kycstream_fetches",
             "Result fetches after a notice, by provider and outcome (not_ready and failed are fetched again).",
@@ -70,12 +84,15 @@ class _Tracked:
     partition: int
     offset: int
     raw: bytes
-    polls: int = 0
+    polls: int = 0  # polls done: their answer, if any, acknowledged by Kafka
     last_poll: datetime | None = None
-    closed: bool = False  # gave up, or the provider refused our credential: never polled again
+    writing: bool = False  # a record for it was produced and its delivery report is not in yet
+    closed: bool = False  # its dead letter is acknowledged: never polled again; a tombstone follows
 
 
 class Reconciler:
+    _FLUSH_TIMEOUT_S = 30.0
+
     def __init__(
         self,
         settings: ReconcileSettings,
@@ -90,18 +107,18 @@ class Reconciler:
         self.codec = Codec(config.schema_registry(settings.kafka))
         self.metrics = ReconcileMetrics()
         r = settings.reconcile
+        # Both tables are read with partition-EOF events: they say when a partition is read whole.
         self.expected = Consumer(
-            config.consumer(
-                settings.kafka,
-                r.group_id,
-                **{"session.timeout.ms": r.session_timeout_ms, "enable.partition.eof": False},
-            )
+            config.consumer(settings.kafka, r.group_id, **{"session.timeout.ms": r.session_timeout_ms})
         )
-        self.states_reader = Consumer(
-            config.consumer(settings.kafka, f"{r.group_id}-state", **{"enable.partition.eof": False})
-        )
-        self.producer = Producer(config.producer(settings.kafka))
+        self.states_reader = Consumer(config.consumer(settings.kafka, f"{r.group_id}-state"))
+        self.producer = self._new_producer()
+        self._producer_gone = False
         self.tracked: dict[str, _Tracked] = {}
+        self._assigned: set[int] = set()  # this member's partitions of the expected topic
+        self._unread: set[int] = set()  # ... not read to their end since they were assigned
+        self._states_unread: set[int] = set()  # state-topic partitions not read to their end yet
+        self.ticks = 0  # ticks that acted on whole tables
         for source in settings.sources.values():  # every series exists from the start, for alerts
             if source.poll is not None:
                 for outcome in (*typing.get_args(Verdict), "poll_unauthorized", "poll_expired"):
@@ -121,16 +138,45 @@ class Reconciler:
         )
         self.fetcher = Fetcher(settings, self.codec, fetch_consumer, self.producer, self.metrics.fetches, clock)
 
+    # --- the producer ------------------------------------------------------------------------------
+
+    def _new_producer(self) -> Producer:
+        return Producer(config.producer(self.settings.kafka, error_cb=self._on_producer_error))
+
+    def _on_producer_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._producer_gone = True
+
+    def _renew_producer_if_gone(self) -> None:
+        """A fenced or fatally failed idempotent producer fails every record from then on (seen on the
+        embedded broker once records timed out in an outage): replace it, the fetcher's too. Purged,
+        the old one's records report failures, so their work is done again."""
+        if not self._producer_gone:
+            return
+        self._producer_gone = False
+        old = self.producer
+        self.producer = self.fetcher.producer = self._new_producer()
+        old.purge(in_queue=True, in_flight=True)
+        old.flush(self._FLUSH_TIMEOUT_S)
+        log.warning("producer_replaced")
+
     # --- tables ------------------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The expected topic is a table: read each assigned partition whole, never commit.
         consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in partitions])
-        log.info("expectations_assigned", partitions=[tp.partition for tp in partitions])
+        assigned = {tp.partition for tp in partitions}
+        self._assigned |= assigned
+        self._unread |= assigned
+        log.info("expectations_assigned", partitions=sorted(assigned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {tp.partition for tp in partitions}
+        self._assigned -= gone
+        self._unread -= gone
         self.tracked = {k: t for k, t in self.tracked.items() if t.partition not in gone}
+        if not self._assigned:  # no tick sets it until partitions come back
+            self.metrics.open.set(0)
 
     def _start(self) -> None:
         self.expected.subscribe(
@@ -139,33 +185,45 @@ class Reconciler:
         self.fetcher.start()
         state = self.topics.state
         partitions = reader.topic_partitions(self.states_reader, state)
+        self._states_unread = set(partitions)
         self.states_reader.assign([TopicPartition(state, p, OFFSET_BEGINNING) for p in partitions])
 
     def _drain(self) -> None:
         self.fetcher.read()
         for msg in self.expected.consume(1000, 0.2):
-            if self._usable(msg):
+            if self._is_record(msg, self._unread):
                 self._track(msg)
         for msg in self.states_reader.consume(10_000, 0.2):
-            if self._usable(msg):
-                key = (msg.key() or b"").decode()
-                if msg.value() is None:
-                    self.states.pop(key, None)
-                    continue
-                try:
-                    state = state_from_record(
-                        self.codec.decode("VerificationState", msg.value() or b"", self.topics.state)
-                    )
-                except SerdeError:
-                    continue
-                self.states[key] = (state.status, state.updated_at)
+            if self._is_record(msg, self._states_unread):
+                self._remember_state(msg)
 
     @staticmethod
-    def _usable(msg: Message) -> bool:
+    def _is_record(msg: Message, unread: set[int]) -> bool:
+        """Whether `msg` is a record; a partition-EOF event takes its partition out of `unread`."""
         error = msg.error()
-        if error is not None:  # both consumers run without partition-EOF events
+        if error is None:
+            return True
+        if error.code() == KafkaError._PARTITION_EOF:
+            unread.discard(msg.partition() or 0)
+        else:
             log.warning("consume_error", error=error.str())
-        return error is None
+        return False
+
+    def _tables_whole(self) -> bool:
+        """Act only on whole tables: a partition read halfway may still hold the tombstone of an
+        expectation already dead-lettered, and a state table read halfway may miss a decision."""
+        return bool(self._assigned) and not self._unread and not self._states_unread
+
+    def _remember_state(self, msg: Message) -> None:
+        key = (msg.key() or b"").decode()
+        if msg.value() is None:
+            self.states.pop(key, None)
+            return
+        try:
+            state = state_from_record(self.codec.decode("VerificationState", msg.value() or b"", self.topics.state))
+        except SerdeError:
+            return
+        self.states[key] = (state.status, state.updated_at)
 
     def _track(self, msg: Message) -> None:
         key = (msg.key() or b"").decode()
@@ -191,10 +249,10 @@ class Reconciler:
         for key, tracked in self.tracked.items():
             source = self.settings.sources.get(tracked.expectation.source)
             state = self.states.get(key)
-            if tracked.closed or (state is not None and state[0] in SETTLED):
+            if tracked.closed or self._settled(key):
                 continue
             still_open += 1
-            if source is None or source.poll is None:
+            if tracked.writing or source is None or source.poll is None:
                 continue
             e = tracked.expectation
             if now - e.expected_at >= timedelta(seconds=source.poll.give_up_after_s):
@@ -207,7 +265,13 @@ class Reconciler:
         self.metrics.open.set(still_open)
         return poll, expire
 
+    def _settled(self, key: str) -> bool:
+        state = self.states.get(key)
+        return state is not None and state[0] in SETTLED
+
     def tick(self) -> None:
+        if not self._tables_whole():
+            return
         now = self.clock()
         to_poll, to_expire = self.due(now)
         for tracked in to_expire:
@@ -223,8 +287,18 @@ class Reconciler:
             outcomes = self._runner.run(self._poll_all(to_poll))
             for tracked, outcome in zip(to_poll, outcomes, strict=True):
                 self._act(tracked, outcome, now)
-        if to_poll or to_expire:
-            self.producer.flush(30)
+        # One flush budget per tick, shared with the tombstones of the dead letters acknowledged in
+        # the first flush: written at once, they leave a restart the narrowest window to repeat one.
+        deadline = time.monotonic() + self._FLUSH_TIMEOUT_S
+        self._flush(deadline)
+        self._tombstone_finished()
+        self._flush(deadline)
+        self.ticks += 1
+
+    def _flush(self, deadline: float) -> None:
+        left = self.producer.flush(max(0.0, deadline - time.monotonic()))
+        if left:  # their reports come later (producer.poll); until then those expectations wait
+            log.warning("reconcile_writes_not_acknowledged_yet", records=left)
 
     async def _poll_all(self, due: list[_Tracked]) -> list[PollOutcome]:
         """Runs on self._runner's loop, where the pollers' shared client lives."""
@@ -237,7 +311,13 @@ class Reconciler:
         if name not in self._pollers:
             source = self.settings.sources[name]
             assert source.poll is not None
-            self._pollers[name] = Poller(REGISTRY[source.provider], source.poll, self._client)
+            self._pollers[name] = Poller(
+                REGISTRY[source.provider],
+                source.poll,
+                self._client,
+                token_requests=self.metrics.token_requests,
+                transport=self.transport,
+            )
         return self._pollers[name]
 
     def fetch_due(self) -> None:
@@ -249,7 +329,7 @@ class Reconciler:
             answers = self._runner.run(self._fetch_all(jobs))
             for job, answer in zip(jobs, answers, strict=True):
                 self.fetcher.act(job, answer)
-        self.producer.poll(0)  # delivery reports finish jobs
+        self.producer.poll(0)  # delivery reports finish fetch jobs and polls
         self.fetcher.commit()
 
     async def _fetch_all(self, jobs: list[FetchJob]) -> list[httpx.Response | PollOutcome]:
@@ -258,6 +338,8 @@ class Reconciler:
     def _close_http(self) -> None:
         if self._runner is None:
             return
+        for poller in self._pollers.values():
+            self._runner.run(poller.aclose())
         if self._client is not None:
             self._runner.run(self._client.aclose())
         self._runner.close()
@@ -265,20 +347,30 @@ class Reconciler:
 
     def _act(self, tracked: _Tracked, outcome: PollOutcome, now: datetime) -> None:
         e = tracked.expectation
-        tracked.polls += 1
-        tracked.last_poll = now
-        self.metrics.polls.labels(e.provider, outcome.verdict).inc()
         log.info("polled", provider=e.provider, source=e.source, outcome=outcome.verdict, http=outcome.http_status)
+        done = functools.partial(self._polled, tracked, outcome.verdict, now)
         if outcome.verdict == "unauthorized":
             self._dead_letter(
                 tracked,
                 "poll_unauthorized",
                 f"{outcome.detail}: fix the source's poll.token; this verification is not polled again",
+                done,
             )
-            return
-        if outcome.verdict != "result" or outcome.body is None:
-            return
-        body = orjson.dumps(outcome.body)
+        elif outcome.verdict == "result" and outcome.body is not None:
+            self._write_answer(tracked, outcome.body, now, done)
+        else:  # no answer to write: the poll is done
+            done()
+
+    def _polled(self, tracked: _Tracked, verdict: Verdict, now: datetime) -> None:
+        tracked.polls += 1
+        tracked.last_poll = now
+        self.metrics.polls.labels(tracked.expectation.provider, verdict).inc()
+
+    def _write_answer(
+        self, tracked: _Tracked, answer: dict[str, typing.Any], now: datetime, done: Callable[[], None]
+    ) -> None:
+        e = tracked.expectation
+        body = orjson.dumps(answer)
         delivery = RawDelivery(
             request_id=str(uuid.uuid4()),
             source=e.source,
@@ -295,10 +387,14 @@ class Reconciler:
             key=key.encode(),
             value=self.codec.encode("RawDelivery", delivery_to_record(delivery), self.topics.raw),
             headers=[("kycstream-origin", b"poll")],
+            on_delivery=self._delivery_report(tracked, "poll_answer", done),
         )
 
-    def _dead_letter(self, tracked: _Tracked, reason: str, detail: str) -> None:
-        tracked.closed = True
+    def _dead_letter(
+        self, tracked: _Tracked, reason: str, detail: str, poll_done: Callable[[], None] | None = None
+    ) -> None:
+        """Dead-letter the expectation; once Kafka has the letter, the poll that led to it (if any)
+        is done and the expectation is closed."""
         e = tracked.expectation
         letter = DeadLetter(
             reason=reason,
@@ -312,9 +408,57 @@ class Reconciler:
             source=e.source,
             provider=e.provider,
         )
-        produce_dead_letter(self.producer, self.codec, self.topics.dlq, letter, e.key.encode())
+
+        def written() -> None:
+            if poll_done is not None:
+                poll_done()
+            self._close(tracked, reason)
+
+        report = self._delivery_report(tracked, reason, written)
+        produce_dead_letter(self.producer, self.codec, self.topics.dlq, letter, e.key.encode(), report)
+
+    def _close(self, tracked: _Tracked, reason: str) -> None:
+        e = tracked.expectation
+        tracked.closed = True
         self.metrics.polls.labels(e.provider, reason).inc()
         log.warning("reconcile_dead_letter", provider=e.provider, source=e.source, reason=reason)
+
+    def _tombstone_finished(self) -> None:
+        """Delete the settled and the closed from the expected topic: whoever reads it next (this
+        reconciler, a restarted one, a new owner of the partition) no longer tracks them."""
+        for key, tracked in list(self.tracked.items()):
+            if not tracked.writing and (tracked.closed or self._settled(key)):
+                forget = functools.partial(self._forget, key, tracked)
+                self.producer.produce(
+                    self.topics.expected,
+                    key=key.encode(),
+                    value=None,
+                    on_delivery=self._delivery_report(tracked, "tombstone", forget),
+                )
+
+    def _forget(self, key: str, tracked: _Tracked) -> None:
+        # Reading the tombstone back drops it too; until then it must not be tombstoned again. A
+        # newer expectation read meanwhile under the same key is not this one.
+        if self.tracked.get(key) is tracked:
+            del self.tracked[key]
+
+    def _delivery_report(
+        self, tracked: _Tracked, record: str, done: Callable[[], None]
+    ) -> Callable[[KafkaError | None, Message], None]:
+        """The delivery report of a record written for `tracked`, which counts as writing until it
+        comes: `done` once Kafka has the record. A refused record changes nothing, so the next tick
+        does the same work again."""
+        tracked.writing = True
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            tracked.writing = False
+            if err is None:
+                done()
+            else:
+                log.warning("reconcile_write_failed", key=tracked.expectation.key, record=record, error=err.str())
+                self._producer_gone |= producer_gone(err)
+
+        return report
 
     def run(self, stop: threading.Event) -> None:
         self._start()
@@ -326,6 +470,7 @@ class Reconciler:
         last_tick = 0.0
         try:
             while not stop.is_set():
+                self._renew_producer_if_gone()
                 self._drain()
                 self.fetch_due()
                 if time.monotonic() - last_tick >= self.settings.reconcile.tick_s:
@@ -333,7 +478,8 @@ class Reconciler:
                     self.tick()
         finally:
             self._close_http()
-            self.producer.flush(30)
+            if left := self.producer.flush(self._FLUSH_TIMEOUT_S):  # not counted: polled again by the next owner
+                log.warning("reconciler_stopped_with_writes_unacknowledged", records=left)
             self.fetcher.commit()
             self.fetcher.close()
             self.expected.close()
