@@ -1,4 +1,5 @@
-"""Authentication of deliveries: pure checks over the headers and the raw body bytes.
+"""Authentication of deliveries: pure checks over the headers and the raw body bytes, against the
+source's credentials (those of its credentials_file as the file is now).
 
 Every comparison is constant-time, every configured credential is tried (rotation), and every
 malformed header becomes an `Unauthorized` with a reason, never a stray ValueError.
@@ -14,7 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import Unauthorized
+from processors import logs
 from processors.model import AuthScheme
+from processors.secretfile import SecretFile
+
+_log = logs.get("kycstream.gateway")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,25 @@ class Authenticator:
         presented = _presented(self.scheme, self.header, value.strip(), body, self.credentials)
         if not _any_equal(presented, self.credentials, self.scheme, body):
             raise Unauthorized(f"{self.header} does not match any configured credential")
+
+
+class AcceptedCredentials:
+    """A source's accepted credentials: those of the config, plus those of its credentials_file as
+    the file is now (the Authenticator is rebuilt only when the file changed)."""
+
+    def __init__(self, scheme: AuthScheme, header: str, fixed: tuple[bytes, ...], file: SecretFile | None) -> None:
+        self._scheme, self._header, self._fixed, self._file = scheme, header, fixed, file
+        self._lines: tuple[str, ...] | None = None
+        self._current = Authenticator(scheme, header, fixed)
+
+    def check(self, headers: Mapping[str, str], body: bytes) -> None:
+        if self._file is not None and (lines := self._file.values) is not self._lines:
+            if self._scheme == "basic" and any(":" not in line for line in lines):
+                _log.error("credentials_file_invalid", path=str(self._file.path), problem="basic needs user:password")
+            else:
+                self._current = Authenticator(self._scheme, self._header, (*self._fixed, *(x.encode() for x in lines)))
+            self._lines = lines
+        self._current.check(headers, body)
 
 
 def _presented(scheme: AuthScheme, header: str, value: str, body: bytes, credentials: Sequence[bytes]) -> bytes:

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import clientip
-from gateway.auth import Authenticator
+from gateway.auth import AcceptedCredentials
 from gateway.errors import (
     Forbidden,
     GatewayError,
@@ -33,7 +33,7 @@ from gateway.spool import Spool, Spooled
 from processors import logs
 from processors.errors import BrokerError
 from processors.kafka.producer import Delivered
-from processors.model import AuthScheme, Expectation, RawDelivery
+from processors.model import Expectation, RawDelivery
 from processors.pipeline import routing_id, uuid_text
 from processors.providers import REGISTRY
 from processors.ratelimit import TokenBucket
@@ -61,31 +61,12 @@ class RawSink(Protocol):
     async def not_ready(self) -> str | None: ...
 
 
-class _Credentials:
-    """A source's accepted credentials: those of the config, plus those of its credentials_file as
-    the file is now (the Authenticator is rebuilt only when the file changed)."""
-
-    def __init__(self, scheme: AuthScheme, header: str, fixed: tuple[bytes, ...], file: SecretFile | None) -> None:
-        self._scheme, self._header, self._fixed, self._file = scheme, header, fixed, file
-        self._lines: tuple[str, ...] | None = None
-        self._current = Authenticator(scheme, header, fixed)
-
-    def check(self, headers: dict[str, str], body: bytes) -> None:
-        if self._file is not None and (lines := self._file.values) is not self._lines:
-            if self._scheme == "basic" and any(":" not in line for line in lines):
-                log.error("credentials_file_invalid", path=str(self._file.path), problem="basic needs user:password")
-            else:
-                self._current = Authenticator(self._scheme, self._header, (*self._fixed, *(x.encode() for x in lines)))
-            self._lines = lines
-        self._current.check(headers, body)
-
-
 @dataclass(frozen=True)
 class Source:
     name: str
     provider: str
     methods: frozenset[str]
-    authenticator: _Credentials
+    authenticator: AcceptedCredentials
     allow: tuple[clientip.Network, ...]
     max_body_bytes: int
     kept_headers: tuple[str, ...]
@@ -100,7 +81,7 @@ class Source:
             name=name,
             provider=s.provider,
             methods=frozenset(s.methods),
-            authenticator=_Credentials(
+            authenticator=AcceptedCredentials(
                 s.auth.scheme,
                 s.auth.header,
                 tuple(c.get_secret_value().encode() for c in s.auth.credentials if c.get_secret_value()),

@@ -128,6 +128,9 @@ class ServerSettings(Section):
     spool: SpoolSettings = SpoolSettings()
     # Keys for POST /expectations/{source} (Authorization: Bearer <key>); none: the route is off.
     expectations_api_keys: list[SecretStr] = Field(default_factory=list)
+    # Or (and) a file of them, one per line, read again when it changes. A file missing at start (an
+    # optional Secret not created) leaves the route off, like no key at all.
+    expectations_api_keys_file: Path | None = None
 
     _trusted = field_validator("trusted_proxies")(classmethod(lambda cls, v: _networks(v)))
 

@@ -7,6 +7,7 @@ own settings classes, routes, metrics and CLI. The last tests run `deploy/check.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import json
 import os
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import pytest
 import yaml
@@ -29,12 +30,15 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from processors.errors import ConfigError
 from processors.kafka import reconciler as reconciler_module
+from processors.kafka.fetcher import fetcher_sources
 from processors.kafka.reconciler import ReconcileMetrics
 from processors.kafka.runner import ProcessorMetrics
+from processors.kafka.sink import SpoolForwarder
 from processors.kafka.topics import specs
 from processors.polling import Verdict
 from processors.providers import REGISTRY
-from processors.settings import KAFKA_ENV, ProcessorSettings, ReconcileSettings
+from processors.secretfile import read_lines
+from processors.settings import KAFKA_ENV, ProcessorSettings, ReconcileSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -42,22 +46,25 @@ TOOLS = ROOT / ".venv-deploy" / "bin"
 OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 SOURCES = {"esign", "xendit", "signicat", "incode", "metamap"}
 ROLES = ("gateway", "processor", "reconciler")
-# A placeholder a Secret would hold: a JSON list, and user:password-shaped so basic auth accepts it.
-PLACEHOLDER_CREDENTIALS = '["kycstream:placeholder-secret"]'
-PLACEHOLDER_API_KEYS = '["placeholder-api-key"]'
-# What each referenced Secret holds, in the shape the settings expect (others: one plain string).
+# The gateway is a StatefulSet: each pod keeps its own spool volume (gateway.spool_dir) across restarts.
+KINDS = {"gateway": "StatefulSet", "processor": "Deployment", "reconciler": "Deployment"}
+# What a mounted Secret's file would hold (one secret per line): user:password-shaped for the
+# webhook secrets so basic auth accepts it, one plain string for the others.
+PLACEHOLDER_CREDENTIALS = "kycstream:placeholder-secret"
+PLACEHOLDER_API_KEYS = "placeholder-api-key"
 SECRET_PLACEHOLDERS = {
     "kycstream-provider-credentials": PLACEHOLDER_CREDENTIALS,
     "kycstream-expectations-api-keys": PLACEHOLDER_API_KEYS,
 }
 PLACEHOLDER_SECRET = "placeholder-secret"
-# What each role may read from Secrets by env (least privilege: a webhook-facing gateway never
-# holds a status-API token, the processor no provider secret at all).
+# The Secrets each role mounts as files (least privilege: a webhook-facing gateway never holds a
+# provider API credential, the processor no provider secret at all). None reaches a role by env.
 ROLE_SECRETS = {
     "gateway": {"kycstream-kafka-gateway", "kycstream-provider-credentials", "kycstream-expectations-api-keys"},
     "processor": {"kycstream-kafka-processor"},
     "reconciler": {"kycstream-kafka-reconciler", "kycstream-provider-poll-tokens"},
 }
+SHARED_SECRETS = {"kycstream-kafka-ca"}  # the cluster CA's certificate, not a secret: every role
 
 Doc = dict[str, Any]
 
@@ -102,6 +109,11 @@ def one(docs: list[Doc], kind: str, name: str) -> Doc:
     return found[0]
 
 
+def workload(docs: list[Doc], role: str) -> Doc:
+    """The role's Deployment or StatefulSet (KINDS), `kycstream-<role>`."""
+    return one(docs, KINDS[role], f"kycstream-{role}")
+
+
 def container(deployment: Doc) -> Doc:
     containers = deployment["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
@@ -134,32 +146,73 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def _config_file(docs: list[Doc], tmp_path: Path) -> Path:
-    """The rendered ConfigMap's kycstream.yaml, as the pod sees it at its --config path."""
+Mounts = dict[str, str]  # a Secret volume's mount path in the pod -> where a test put its files
+
+
+def _relocate(text: str, mounts: Mounts) -> str:
+    """`text` with the pod's Secret file paths replaced by the test's (see `_mount_secrets`)."""
+    for mount_path, here in mounts.items():
+        text = text.replace(f"{mount_path}/", f"{here}/")
+    return text
+
+
+def _config_file(docs: list[Doc], tmp_path: Path, mounts: Mounts | None = None) -> Path:
+    """The rendered ConfigMap's kycstream.yaml, as the pod sees it at its --config path (the
+    Secret files it names at `mounts`)."""
     configmap = one(docs, "ConfigMap", "kycstream-config")
     path = tmp_path / "kycstream.yaml"
-    path.write_text(configmap["data"]["kycstream.yaml"])
+    path.write_text(_relocate(configmap["data"]["kycstream.yaml"], mounts or {}))
     return path
 
 
-def _env(deployment: Doc, skip: frozenset[str] = frozenset()) -> dict[str, str]:
-    """The container's env as the kubelet would set it, with placeholders for Secret values."""
+def _secret_volumes(deployment: Doc) -> dict[str, dict[str, Any]]:
+    """The container's Secret volumes by mount path: each volume's `secret:` source."""
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = container(deployment).get("volumeMounts", [])
+    return {m["mountPath"]: volumes[m["name"]]["secret"] for m in mounts if "secret" in volumes.get(m["name"], {})}
+
+
+def _secret_file(deployment: Doc, path: str) -> tuple[str, str] | None:
+    """The (Secret, key) the kubelet projects at `path` in the container, if any."""
+    for mount_path, secret in _secret_volumes(deployment).items():
+        for item in secret.get("items", []):
+            if f"{mount_path}/{item['path']}" == path:
+                return secret["secretName"], item["key"]
+    return None
+
+
+def _mount_secrets(deployment: Doc, root: Path, skip: frozenset[str] = frozenset()) -> Mounts:
+    """Placeholder files where the kubelet would project the container's Secrets (but those named
+    in `skip`: as if absent), under `root`."""
+    mounts: Mounts = {}
+    for mount_path, secret in _secret_volumes(deployment).items():
+        here = root / "pod" / mount_path.lstrip("/")
+        here.mkdir(parents=True, exist_ok=True)
+        mounts[mount_path] = str(here)
+        if secret["secretName"] in skip:
+            continue
+        for item in secret["items"]:
+            (here / item["path"]).write_text(SECRET_PLACEHOLDERS.get(secret["secretName"], PLACEHOLDER_SECRET) + "\n")
+    return mounts
+
+
+def _env(deployment: Doc, skip: frozenset[str] = frozenset(), mounts: Mounts | None = None) -> dict[str, str]:
+    """The container's env as the kubelet would set it, Secret file paths at `mounts`."""
     env: dict[str, str] = {}
     for item in container(deployment).get("env", []):
         if item["name"] in skip:
             continue
-        if "value" in item:
-            env[item["name"]] = item["value"]
-        else:
-            ref = item["valueFrom"]["secretKeyRef"]
-            env[item["name"]] = SECRET_PLACEHOLDERS.get(ref["name"], PLACEHOLDER_SECRET)
+        assert "valueFrom" not in item, f"{item['name']}: Secrets are mounted as files, not given as env"
+        env[item["name"]] = _relocate(item["value"], mounts or {})
     return env
 
 
-def _apply_env(monkeypatch: pytest.MonkeyPatch, deployment: Doc, skip: frozenset[str] = frozenset()) -> dict[str, str]:
+def _apply_env(
+    monkeypatch: pytest.MonkeyPatch, deployment: Doc, skip: frozenset[str] = frozenset(), mounts: Mounts | None = None
+) -> dict[str, str]:
     """Replace this process's kycstream/Kafka env with the container's (see `_env`)."""
     _clear_env(monkeypatch)
-    env = _env(deployment, skip)
+    env = _env(deployment, skip, mounts)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
@@ -169,6 +222,16 @@ def _secret_refs(deployment: Doc) -> dict[str, dict[str, Any]]:
     return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(deployment).get("env", []) if "valueFrom" in e}
 
 
+S = TypeVar("S", bound=Settings)
+
+
+def _load(cls: type[S], deployment: Doc, docs: list[Doc], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> S:
+    """The role's settings from the rendered ConfigMap and its container's env, its Secrets mounted."""
+    mounts = _mount_secrets(deployment, tmp_path)
+    _apply_env(monkeypatch, deployment, mounts=mounts)
+    return cls.load(_config_file(docs, tmp_path, mounts))
+
+
 def _config_arg(deployment: Doc) -> str:
     args = container(deployment)["args"]
     return str(args[args.index("--config") + 1])
@@ -176,23 +239,17 @@ def _config_arg(deployment: Doc) -> str:
 
 @pytest.fixture
 def gateway_settings(overlay: list[Doc], tmp_path: Path, clean_env: pytest.MonkeyPatch) -> GatewaySettings:
-    deployment = one(overlay, "Deployment", "kycstream-gateway")
-    _apply_env(clean_env, deployment)
-    return GatewaySettings.load(_config_file(overlay, tmp_path))
+    return _load(GatewaySettings, workload(overlay, "gateway"), overlay, tmp_path, clean_env)
 
 
 @pytest.fixture
 def processor_settings(overlay: list[Doc], tmp_path: Path, clean_env: pytest.MonkeyPatch) -> ProcessorSettings:
-    deployment = one(overlay, "Deployment", "kycstream-processor")
-    _apply_env(clean_env, deployment)
-    return ProcessorSettings.load(_config_file(overlay, tmp_path))
+    return _load(ProcessorSettings, workload(overlay, "processor"), overlay, tmp_path, clean_env)
 
 
 @pytest.fixture
 def reconcile_settings(overlay: list[Doc], tmp_path: Path, clean_env: pytest.MonkeyPatch) -> ReconcileSettings:
-    deployment = one(overlay, "Deployment", "kycstream-reconciler")
-    _apply_env(clean_env, deployment)
-    return ReconcileSettings.load(_config_file(overlay, tmp_path))
+    return _load(ReconcileSettings, workload(overlay, "reconciler"), overlay, tmp_path, clean_env)
 
 
 def _polled(config_text: str) -> set[str]:
@@ -212,16 +269,17 @@ def test_gateway_config_and_env_validate(gateway_settings: GatewaySettings, over
     assert set(gateway_settings.sources) == SOURCES
     assert set(REGISTRY) >= SOURCES
     for name, source in gateway_settings.sources.items():
-        assert source.auth.credentials, f"source {name} got no credentials from the Secret"
-        assert [c.get_secret_value() for c in source.auth.credentials] == json.loads(PLACEHOLDER_CREDENTIALS)
+        assert not source.auth.credentials and source.auth.credentials_file is not None, name
+        assert read_lines(source.auth.credentials_file) == (PLACEHOLDER_CREDENTIALS,), f"{name}: not the Secret's file"
     kafka = gateway_settings.kafka
     assert (kafka.security_protocol, kafka.sasl_username) == ("SASL_SSL", "kycstream-gateway")
-    assert kafka.sasl_password is not None
+    assert kafka.sasl_password is not None and kafka.sasl_password.get_secret_value() == PLACEHOLDER_SECRET
     assert gateway_settings.gateway.host in {"0.0.0.0", "::"}, "the gateway must listen beyond loopback in a pod"
-    # The shared config's poll sections are dropped: the gateway neither needs nor holds their tokens.
+    # The shared config's poll sections are dropped: the gateway neither needs nor holds their credentials.
     assert all(source.poll is None for source in gateway_settings.sources.values())
-    keys = [k.get_secret_value() for k in gateway_settings.gateway.expectations_api_keys]
-    assert keys == json.loads(PLACEHOLDER_API_KEYS)
+    keys_file = gateway_settings.gateway.expectations_api_keys_file
+    assert not gateway_settings.gateway.expectations_api_keys and keys_file is not None
+    assert read_lines(keys_file) == (PLACEHOLDER_API_KEYS,)
     assert _expectations_on(gateway_settings)
 
 
@@ -229,51 +287,85 @@ def test_expectations_api_keys_secret_is_optional(
     overlay: list[Doc], tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
     """Without the Secret the gateway still takes webhooks; only POST /expectations/ is off (404)."""
-    deployment = one(overlay, "Deployment", "kycstream-gateway")
-    ref = _secret_refs(deployment)["KYCSTREAM_GATEWAY__EXPECTATIONS_API_KEYS"]
-    assert ref == {"name": "kycstream-expectations-api-keys", "key": "keys", "optional": True}
-    _apply_env(clean_env, deployment, skip=frozenset({"KYCSTREAM_GATEWAY__EXPECTATIONS_API_KEYS"}))
-    settings = GatewaySettings.load(_config_file(overlay, tmp_path))
+    deployment = workload(overlay, "gateway")
+    keys_file = yaml.safe_load(_config_file(overlay, tmp_path).read_text())["gateway"]["expectations_api_keys_file"]
+    assert _secret_file(deployment, keys_file) == ("kycstream-expectations-api-keys", "keys")
+    volumes = {s["secretName"]: s for s in _secret_volumes(deployment).values()}
+    assert volumes["kycstream-expectations-api-keys"]["optional"] is True, "without it the pod waits for the Secret"
+    mounts = _mount_secrets(deployment, tmp_path, skip=frozenset({"kycstream-expectations-api-keys"}))
+    _apply_env(clean_env, deployment, mounts=mounts)
+    settings = GatewaySettings.load(_config_file(overlay, tmp_path, mounts))
     settings.require_sources()
     assert not _expectations_on(settings)
 
 
-def test_every_source_has_its_credentials_env(overlay: list[Doc]) -> None:
+def test_every_source_has_its_credentials_file(overlay: list[Doc]) -> None:
     config = yaml.safe_load(one(overlay, "ConfigMap", "kycstream-config")["data"]["kycstream.yaml"])
     assert set(config["sources"]) == SOURCES
-    for source in config["sources"].values():
+    gateway = workload(overlay, "gateway")
+    for name, source in config["sources"].items():
         assert "credentials" not in source.get("auth", {}), "credentials belong in the Secret, not the ConfigMap"
-    env = {e["name"]: e for e in container(one(overlay, "Deployment", "kycstream-gateway"))["env"]}
-    for name in SOURCES:
-        ref = env[f"KYCSTREAM_SOURCES__{name.upper()}__AUTH__CREDENTIALS"]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": "kycstream-provider-credentials", "key": name}
+        path = source["auth"]["credentials_file"]
+        assert _secret_file(gateway, path) == ("kycstream-provider-credentials", name), f"{name}: {path} not mounted"
 
 
-def test_every_polled_source_has_its_token_env_in_the_reconciler_only(overlay: list[Doc]) -> None:
+# Where each polled source's API credential comes from: (setting under `poll`, key of kycstream-provider-poll-tokens).
+POLL_CREDENTIALS = {
+    "esign": [("token_file", "esign")],
+    "xendit": [("token_file", "xendit")],
+    "incode": [("token_file", "incode"), ("admin_token_file", "incode-admin")],  # admin: Fetch Scores
+    # Their APIs take short-lived OAuth2 tokens: client credentials (README, "Provider API credentials").
+    "signicat": [("oauth2.client_secret_file", "signicat")],
+    "metamap": [("oauth2.client_secret_file", "metamap")],
+}
+TOKEN_URLS = {
+    "signicat": "https://api.signicat.com/auth/open/connect/token",
+    "metamap": "https://api.getmati.com/oauth",
+}
+
+
+def test_every_polled_source_has_its_credential_file_in_the_reconciler_only(overlay: list[Doc]) -> None:
     text = one(overlay, "ConfigMap", "kycstream-config")["data"]["kycstream.yaml"]
     polled = _polled(text)
-    assert polled == SOURCES, "every provider has a status API: poll them all"
-    for name, source in yaml.safe_load(text)["sources"].items():
-        assert "token" not in source.get("poll", {}), f"{name}: poll.token belongs in the Secret, not the ConfigMap"
-    token_env = {f"KYCSTREAM_SOURCES__{name.upper()}__POLL__TOKEN": name for name in polled}
-    refs = _secret_refs(one(overlay, "Deployment", "kycstream-reconciler"))
-    assert {var for var in refs if var.endswith("__POLL__TOKEN")} == set(token_env)
-    for var, name in token_env.items():
-        assert refs[var] == {"name": "kycstream-provider-poll-tokens", "key": name}
-    # The gateway parses `sources.*.poll` too (SourceSettings.poll, token required): it drops each
-    # section instead of receiving the token.
-    gateway = {e["name"]: e for e in container(one(overlay, "Deployment", "kycstream-gateway"))["env"]}
+    assert polled == SOURCES == set(POLL_CREDENTIALS), "every provider has a status API: poll them all"
+    reconciler = workload(overlay, "reconciler")
+    sources = yaml.safe_load(text)["sources"]
+    for name, source in sources.items():
+        poll = source["poll"]
+        assert not {"token", "admin_token"} & set(poll), f"{name}: credentials belong in the Secret, not the ConfigMap"
+        assert "client_secret" not in poll.get("oauth2", {}), f"{name}: the client secret belongs in the Secret"
+        for setting, key in POLL_CREDENTIALS[name]:
+            path = poll["oauth2"]["client_secret_file"] if setting.startswith("oauth2.") else poll[setting]
+            assert _secret_file(reconciler, path) == ("kycstream-provider-poll-tokens", key), f"{name}.{setting}"
+        if name in TOKEN_URLS:
+            assert poll["oauth2"]["token_url"] == TOKEN_URLS[name] and "token_file" not in poll
+    assert sources["signicat"]["poll"]["oauth2"]["scopes"] == ["signicat-api"]
+    # The gateway drops each `sources.*.poll` of the shared config (it parses them otherwise).
+    gateway = {e["name"]: e for e in container(workload(overlay, "gateway"))["env"]}
     dropped = {var: item.get("value") for var, item in gateway.items() if var.endswith("__POLL")}
     assert dropped == {f"KYCSTREAM_SOURCES__{name.upper()}__POLL": "null" for name in polled}
     for role in ("gateway", "processor"):
-        env = container(one(overlay, "Deployment", f"kycstream-{role}"))["env"]
+        env = container(workload(overlay, role))["env"]
         assert not [e for e in env if "__POLL__" in e["name"]], f"the {role} must not get a poll setting or token"
 
 
-def test_each_role_gets_only_its_secrets(overlay: list[Doc]) -> None:
+def test_each_role_gets_only_its_secrets_as_files(overlay: list[Doc]) -> None:
     for role, allowed in ROLE_SECRETS.items():
-        refs = _secret_refs(one(overlay, "Deployment", f"kycstream-{role}"))
-        assert {ref["name"] for ref in refs.values()} == allowed, role
+        deployment = workload(overlay, role)
+        c = container(deployment)
+        assert not _secret_refs(deployment) and "envFrom" not in c, f"{role}: a Secret by env (CKV_K8S_35)"
+        volumes = _secret_volumes(deployment)
+        assert {s["secretName"] for s in volumes.values()} == allowed | SHARED_SECRETS, role
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"] if m["mountPath"] in volumes}
+        for path, mount in mounts.items():
+            # subPath mounts are never updated by the kubelet: a rotated secret would not arrive.
+            assert mount.get("readOnly") is True and "subPath" not in mount, f"{role}: {path}"
+            # Keys listed: a missing key stops the pod at its mount, not a webhook or a poll later.
+            assert volumes[path].get("items"), f"{role}: {path} projects every key of its Secret"
+        # The Kafka password: the role's own KafkaUser's Secret, as a file read at start.
+        env = _env(deployment)
+        assert "KAFKA_SASL_PASSWORD" not in env
+        assert _secret_file(deployment, env["KAFKA_SASL_PASSWORD_FILE"]) == (f"kycstream-kafka-{role}", "password")
 
 
 def test_processor_config_and_env_validate(processor_settings: ProcessorSettings) -> None:
@@ -284,42 +376,70 @@ def test_processor_config_and_env_validate(processor_settings: ProcessorSettings
 def test_reconciler_config_and_env_validate(reconcile_settings: ReconcileSettings) -> None:
     assert reconcile_settings.kafka.sasl_username == "kycstream-reconciler"
     assert reconcile_settings.kafka.sasl_password is not None
+    assert reconcile_settings.kafka.sasl_password.get_secret_value() == PLACEHOLDER_SECRET
     assert reconcile_settings.reconcile.metrics_port, "the reconciler's probes and PodMonitor need its metrics port"
     # `kycstream reconcile` refuses to start when no source has a poll section.
     polled = {name: s.poll for name, s in reconcile_settings.sources.items() if s.poll is not None}
     assert set(polled) == SOURCES
     for name, poll in polled.items():
-        assert poll.token.get_secret_value() == PLACEHOLDER_SECRET, f"{name}: the token must come from the Secret"
-        if reconcile_settings.sources[name].provider == "incode":  # Fetch Scores needs the executive token
-            assert poll.admin_token is not None and poll.admin_token.get_secret_value() == PLACEHOLDER_SECRET
+        if poll.oauth2 is not None:
+            assert poll.oauth2.client_secret_file is not None, f"{name}: the client secret must come from the Secret"
+            assert read_lines(poll.oauth2.client_secret_file) == (PLACEHOLDER_SECRET,)
+            assert poll.oauth2.token_url.startswith("https://")
+        else:
+            assert poll.credentials().token == PLACEHOLDER_SECRET, f"{name}: the token must come from the Secret"
         assert poll.base_url.startswith("https://"), f"{name}: the NetworkPolicy opens 443 only"
         assert reconcile_settings.sources[name].provider in REGISTRY
+    # What the reconciler checks at start: Fetch Scores needs Incode's executive token (a file here).
+    assert set(fetcher_sources(reconcile_settings)) == {"incode"}
+    assert polled["incode"].credentials().admin_token == PLACEHOLDER_SECRET
 
 
-def test_a_missing_poll_token_stops_the_reconciler_with_a_clear_error(overlay: list[Doc], tmp_path: Path) -> None:
-    """Through the real CLI: the message names the setting and the env variable that sets it."""
-    deployment = one(overlay, "Deployment", "kycstream-reconciler")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KYCSTREAM_") and k not in KAFKA_ENV}
-    env |= _env(deployment, skip=frozenset({"KYCSTREAM_SOURCES__XENDIT__POLL__TOKEN"}))
-    config = _config_file(overlay, tmp_path)
+def _reconcile(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KYCSTREAM_") and k not in KAFKA_ENV} | env
     kycstream = Path(sys.executable).with_name("kycstream")
-    done = subprocess.run(
+    return subprocess.run(
         [kycstream, "reconcile", "--config", str(config)], capture_output=True, text=True, env=env, timeout=60
     )
+
+
+def test_a_missing_poll_credential_stops_the_reconciler_with_a_clear_error(overlay: list[Doc], tmp_path: Path) -> None:
+    """Through the real CLI: the message names the setting (a missing Secret key stops the pod
+    before: its items are listed, see test_each_role_gets_only_its_secrets_as_files)."""
+    deployment = workload(overlay, "reconciler")
+    mounts = _mount_secrets(deployment, tmp_path)
+    config = _config_file(overlay, tmp_path, mounts)
+    doc = yaml.safe_load(config.read_text())
+    del doc["sources"]["xendit"]["poll"]["token_file"]
+    config.write_text(yaml.safe_dump(doc))
+    done = _reconcile(config, _env(deployment, mounts=mounts))
     assert done.returncode == 2, done.stderr
     assert "sources.xendit.poll.token: Field required" in done.stderr
     assert "KYCSTREAM_SOURCES__XENDIT__POLL__TOKEN" in done.stderr
     assert PLACEHOLDER_SECRET not in done.stdout + done.stderr
+    # The Kafka password's file, read at start, is named by its variable.
+    mounts = _mount_secrets(deployment, tmp_path / "no-kafka", skip=frozenset({"kycstream-kafka-reconciler"}))
+    done = _reconcile(_config_file(overlay, tmp_path, mounts), _env(deployment, mounts=mounts))
+    assert done.returncode == 2, done.stderr
+    assert "KAFKA_SASL_PASSWORD_FILE=" in done.stderr and "mount it or fix the path" in done.stderr
 
 
-def test_the_gateway_without_the_poll_override_would_need_the_tokens(
+def test_the_gateway_does_not_depend_on_the_poll_sections(
     overlay: list[Doc], tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
-    """Why the gateway's env drops `poll`: the shared config would not validate for it otherwise."""
-    deployment = one(overlay, "Deployment", "kycstream-gateway")
-    _apply_env(clean_env, deployment, skip=frozenset({"KYCSTREAM_SOURCES__ESIGN__POLL"}))
+    """Why the gateway's env drops `poll`: it would parse the reconciler's sections otherwise, and a
+    mistake in one would stop the webhook gateway."""
+    deployment = workload(overlay, "gateway")
+    mounts = _mount_secrets(deployment, tmp_path)
+    config = _config_file(overlay, tmp_path, mounts)
+    doc = yaml.safe_load(config.read_text())
+    del doc["sources"]["esign"]["poll"]["token_file"]
+    config.write_text(yaml.safe_dump(doc))
+    _apply_env(clean_env, deployment, mounts=mounts)
+    assert GatewaySettings.load(config).sources["esign"].poll is None
+    _apply_env(clean_env, deployment, skip=frozenset({"KYCSTREAM_SOURCES__ESIGN__POLL"}), mounts=mounts)
     with pytest.raises(ConfigError, match=r"sources\.esign\.poll\.token: Field required"):
-        GatewaySettings.load(_config_file(overlay, tmp_path))
+        GatewaySettings.load(config)
 
 
 def test_no_secret_is_committed(overlay: list[Doc], strimzi: list[Doc]) -> None:
@@ -336,7 +456,7 @@ def _port(c: Doc, ref: int | str) -> int:
 
 
 def test_gateway_probes_and_ports(overlay: list[Doc], gateway_settings: GatewaySettings) -> None:
-    c = container(one(overlay, "Deployment", "kycstream-gateway"))
+    c = container(workload(overlay, "gateway"))
     assert [p["containerPort"] for p in c["ports"]] == [gateway_settings.gateway.port]
     routes = create_app(gateway_settings, sink=object()).paths  # type: ignore[arg-type]
     probes = {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}
@@ -373,17 +493,17 @@ def test_worker_probes_and_ports(
 
 def test_pod_monitors_scrape_named_ports(overlay: list[Doc]) -> None:
     for role in ROLES:
-        c = container(one(overlay, "Deployment", f"kycstream-{role}"))
+        c = container(workload(overlay, role))
         monitor = one(overlay, "PodMonitor", f"kycstream-{role}")
         for endpoint in monitor["spec"]["podMetricsEndpoints"]:
             assert endpoint["port"] in {p["name"] for p in c["ports"]} and endpoint["path"] == "/metrics"
-        labels = one(overlay, "Deployment", f"kycstream-{role}")["spec"]["template"]["metadata"]["labels"]
+        labels = workload(overlay, role)["spec"]["template"]["metadata"]["labels"]
         assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
 @pytest.mark.parametrize("role", ROLES)
 def test_args_are_real_cli_commands(overlay: list[Doc], role: str) -> None:
-    deployment = one(overlay, "Deployment", f"kycstream-{role}")
+    deployment = workload(overlay, role)
     args = container(deployment)["args"]
     kycstream = Path(sys.executable).with_name("kycstream")
     done = subprocess.run([kycstream, *args, "--help"], capture_output=True, text=True)
@@ -402,12 +522,17 @@ def test_dockerfile_entrypoint_is_the_cli() -> None:
 
 
 def test_graceful_shutdown_covers_the_produce_deadline(overlay: list[Doc], gateway_settings: GatewaySettings) -> None:
-    spec = one(overlay, "Deployment", "kycstream-gateway")["spec"]["template"]["spec"]
-    command = container(one(overlay, "Deployment", "kycstream-gateway"))["lifecycle"]["preStop"]["exec"]["command"]
+    spec = workload(overlay, "gateway")["spec"]["template"]["spec"]
+    command = container(workload(overlay, "gateway"))["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     deadline = gateway_settings.gateway.produce_timeout_s
     # gateway/server.py: uvicorn drains for int(produce_timeout_s) + 5, then the sink flushes for produce_timeout_s.
     needed = int(command[1]) + int(deadline) + 5 + deadline
+    if gateway_settings.spooling:
+        # Then SpoolForwarder.stop: it waits for the round in progress (joined for its timeout_s + 5)
+        # and forwards the spool for gateway.spool.drain_on_exit_s (a pod removed on scale-in).
+        round_in_progress = inspect.signature(SpoolForwarder).parameters["timeout_s"].default + 5
+        needed += round_in_progress + gateway_settings.gateway.spool.drain_on_exit_s
     assert spec["terminationGracePeriodSeconds"] >= needed
 
 
@@ -442,8 +567,44 @@ def test_ingress_body_limit_matches_the_gateway(overlay: list[Doc], gateway_sett
 def test_gateway_scales_and_survives_disruption(overlay: list[Doc]) -> None:
     hpa = one(overlay, "HorizontalPodAutoscaler", "kycstream-gateway")["spec"]
     assert hpa["minReplicas"] >= 2 and hpa["metrics"][0]["resource"]["name"] == "cpu"
-    assert one(overlay, "Deployment", "kycstream-gateway")["spec"]["replicas"] >= 2
-    assert one(overlay, "PodDisruptionBudget", "kycstream-gateway")["spec"]["minAvailable"] < hpa["minReplicas"]
+    gateway = workload(overlay, "gateway")
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "kycstream-gateway"}
+    assert gateway["spec"]["replicas"] >= 2
+    pdb = one(overlay, "PodDisruptionBudget", "kycstream-gateway")["spec"]
+    assert pdb["minAvailable"] < hpa["minReplicas"]
+    labels = gateway["spec"]["template"]["metadata"]["labels"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+
+
+def _quantity(value: str) -> int:
+    """Bytes in a Kubernetes quantity: 2Gi, 1500M, 1073741824."""
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", value).groups()  # type: ignore[union-attr]
+    scale = {None: 1, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+    scale |= {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+    return int(number) * scale[unit]
+
+
+def test_gateway_spool_is_on_a_volume_of_each_pod(overlay: list[Doc], gateway_settings: GatewaySettings) -> None:
+    """A spooled delivery was answered 200: gateway.spool_dir must outlive the pod, and hold max_bytes."""
+    assert "signicat" in gateway_settings.spooling, "Signicat Paper and Connect send one callback, never retried"
+    gateway = workload(overlay, "gateway")
+    pod = gateway["spec"]["template"]["spec"]
+    spool_dir = str(gateway_settings.gateway.spool_dir)
+    mounts = [m for m in container(gateway)["volumeMounts"] if m["mountPath"] == spool_dir]
+    assert len(mounts) == 1 and not mounts[0].get("readOnly") and "subPath" not in mounts[0]
+    # A claim per pod from the StatefulSet's template, not a pod volume (emptyDir dies with the pod).
+    assert mounts[0]["name"] not in {v["name"] for v in pod["volumes"]}
+    claims = {c["metadata"]["name"]: c["spec"] for c in gateway["spec"]["volumeClaimTemplates"]}
+    claim = claims[mounts[0]["name"]]
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+    # Headroom over max_bytes: the filesystem's own share (ext4 reserves 5 % for root) and records in flight.
+    assert _quantity(claim["resources"]["requests"]["storage"]) >= 1.25 * gateway_settings.gateway.spool.max_bytes
+    # Scale-in keeps the claim: what a removed pod could not forward waits for that pod to return.
+    assert gateway["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenScaled": "Retain", "whenDeleted": "Retain"}
+    assert pod["securityContext"]["fsGroup"] == container(gateway)["securityContext"]["runAsGroup"]
+    headless = one(overlay, "Service", gateway["spec"]["serviceName"])["spec"]
+    assert headless["clusterIP"] == "None"
+    assert headless["selector"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
 
 
 def test_processor_replicas_within_partitions(overlay: list[Doc], processor_settings: ProcessorSettings) -> None:
@@ -479,7 +640,7 @@ def test_network_policies_admit_each_roles_traffic_only(
     assert one(overlay, "NetworkPolicy", "kycstream-default-deny")["spec"]["podSelector"] == {}
     for role, port in served.items():
         policy = one(overlay, "NetworkPolicy", f"kycstream-{role}")["spec"]
-        labels = one(overlay, "Deployment", f"kycstream-{role}")["spec"]["template"]["metadata"]["labels"]
+        labels = workload(overlay, role)["spec"]["template"]["metadata"]["labels"]
         assert policy["podSelector"]["matchLabels"].items() <= labels.items()
         assert {p["port"] for rule in policy["ingress"] for p in rule["ports"]} == {port}, role
         egress = policy["egress"]
@@ -502,7 +663,7 @@ def test_network_policies_admit_each_roles_traffic_only(
 
 def test_pods_are_locked_down(overlay: list[Doc]) -> None:
     for d in overlay:
-        if d["kind"] != "Deployment":
+        if d["kind"] not in KINDS.values():
             continue
         pod = d["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True
@@ -577,7 +738,7 @@ def test_kafka_users_are_least_privilege(
     groups = _reconciler_groups(reconcile_settings, monkeypatch)
     assert reconcile_settings.reconcile.group_id in groups and len(groups) == 3
     assert _acls(strimzi, "kycstream-reconciler") == {
-        ("topic", t.expected): {"Read", "Describe"},
+        ("topic", t.expected): {"Read", "Write", "Describe"},  # tombstones of finished expectations
         ("topic", t.state): {"Read", "Describe"},
         ("topic", t.events): {"Read", "Describe"},
         ("topic", t.raw): {"Write", "Describe"},
@@ -586,10 +747,11 @@ def test_kafka_users_are_least_privilege(
     }
     assert {d["metadata"]["name"] for d in strimzi if d["kind"] == "KafkaUser"} == {f"kycstream-{r}" for r in ROLES}
     for role in ROLES:
-        deployment = one(overlay, "Deployment", f"kycstream-{role}")
+        deployment = workload(overlay, role)
         env = {e["name"]: e for e in container(deployment)["env"]}
         assert env["KAFKA_SASL_USERNAME"]["value"] == f"kycstream-{role}"
-        assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == f"kycstream-kafka-{role}"
+        password = _secret_file(deployment, env["KAFKA_SASL_PASSWORD_FILE"]["value"])
+        assert password == (f"kycstream-kafka-{role}", "password")
 
 
 # --- alerts and dashboard use metrics that exist ---------------------------------------------------
@@ -599,10 +761,12 @@ def _exported_names() -> set[str]:
     gateway, processor, reconciler = GatewayMetrics(), ProcessorMetrics(), ReconcileMetrics()
     gateway.requests.labels("s", "200").inc()
     gateway.produce_seconds.observe(0.01)
+    gateway.spooled.labels("s").inc()
     processor.events.labels("p", "APPROVED").inc()
     processor.dead_letters.labels("p", "r").inc()
     reconciler.polls.labels("p", "result").inc()
     reconciler.fetches.labels("p", "result").inc()
+    reconciler.token_requests.labels("p", "ok").inc()
     reconciler.open.set(1)
     registries = (gateway.registry, processor.registry, reconciler.registry)
     text = b"".join(generate_latest(r) for r in registries).decode()
@@ -630,8 +794,14 @@ def test_alerts_and_dashboard_use_exported_metrics() -> None:
         "kycstream_gateway_requests_total",
         "kycstream_polls_total",
         "kycstream_expectations_open",
+        "kycstream_gateway_spool_oldest_age_seconds",
+        "kycstream_gateway_spool_max_bytes",
+        "kycstream_gateway_spool_damaged_bytes_total",
     ):
         assert any(needed in e for e in alerts), f"no alert on {needed}"
+    near_full = r"kycstream_gateway_spool_bytes / \(kycstream_gateway_spool_max_bytes > 0\)\) > 0\.8"
+    assert any(re.search(near_full, e) for e in alerts)
+    assert any("kycstream_gateway_spool_records" in e for e in panels)
     assert any(re.search(r"by \(provider, outcome\) \(rate\(kycstream_polls_total", e) for e in panels)
     assert any("kycstream_expectations_open" in e for e in panels)
 
@@ -685,7 +855,7 @@ BREAKAGES: dict[str, tuple[str, str, str, str]] = {
         "kubernetes-validate",
     ),
     "security": (
-        "base/gateway-deployment.yaml",
+        "base/gateway-statefulset.yaml",
         "            readOnlyRootFilesystem: true\n",
         "            readOnlyRootFilesystem: false\n",
         "checkov kubernetes",

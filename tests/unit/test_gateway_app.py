@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +14,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from processors.kafka.producer import Delivered
 from processors.model import Expectation, RawDelivery
-from tests.conftest import dev_sources, post, serving_app
+from tests.conftest import dev_sources, post, serving_app, wait_until
 
 XENDIT = json.dumps({"event": "account.verification", "data": {"id": "acct-7", "kyc": {"status": "PASSED"}}}).encode()
 TOKEN = {"x-callback-token": "dev-secret"}
@@ -40,8 +42,8 @@ class Sink:
         return None
 
 
-def settings() -> GatewaySettings:
-    return GatewaySettings(sources=dev_sources(), kafka={"bootstrap_servers": "127.0.0.1:1"})
+def settings(**gateway: Any) -> GatewaySettings:
+    return GatewaySettings(sources=dev_sources(), kafka={"bootstrap_servers": "127.0.0.1:1"}, gateway=gateway)
 
 
 def test_a_failing_sink_answers_500_with_a_reason_and_the_gateway_goes_on() -> None:
@@ -112,3 +114,24 @@ def test_a_body_in_chunks_is_joined_and_limited() -> None:
     limit = settings().gateway.max_body_bytes
     assert call([b"x" * (limit // 2), b"x" * (limit // 2 + 1)]) == 413
     assert len(sink.written) == 1
+
+
+def test_expectations_api_keys_from_a_file_rotate_and_a_missing_file_turns_the_route_off(tmp_path: Path) -> None:
+    """gateway.expectations_api_keys_file: a mounted Secret, read again when it changes; absent (the
+    optional Secret not created), POST /expectations/ answers 404 as without keys."""
+    keys = tmp_path / "keys"
+    body = b'{"verification_id": "acct-7"}'
+
+    def status(url: str, key: str) -> int:
+        return post(f"{url}/expectations/xendit", body, {"authorization": f"Bearer {key}"}).status_code
+
+    with serving_app(create_app(settings(expectations_api_keys_file=keys), Sink())) as url:
+        off = post(f"{url}/expectations/xendit", body, {"authorization": "Bearer k1"})
+        assert off.status_code == 404 and "expectations_api_keys_file" in off.json()["detail"]
+    keys.write_text("# one key per line\nk1\n")
+    with serving_app(create_app(settings(expectations_api_keys_file=keys), Sink())) as url:
+        assert (status(url, "k1"), status(url, "k2")) == (200, 401)
+        (tmp_path / "new").write_text("k2\n")
+        os.replace(tmp_path / "new", keys)  # as the kubelet swaps a Secret's files
+        wait_until(lambda: status(url, "k2") == 200, 10, "the new key accepted")
+        assert status(url, "k1") == 401, "the removed key refused"
