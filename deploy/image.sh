@@ -119,8 +119,13 @@ fi
 # shellcheck disable=SC2206
 flags+=(${BUILD_FLAGS:-})
 say "$ENGINE build $IMAGE on $base"
+previous=$("$ENGINE" image inspect --format '{{.Id}}' "$IMAGE" 2> /dev/null || true)
 started=$(date +%s.%N)
 "$ENGINE" build "${flags[@]}" --file "$ROOT/Dockerfile" "$ROOT" >&2
+# The image this build replaced, now untagged: its top layer (the virtualenv, ~150 MB) would pile up.
+if [[ -n $previous && $previous != "$("$ENGINE" image inspect --format '{{.Id}}' "$IMAGE")" ]]; then
+    "$ENGINE" rmi "$previous" > /dev/null 2>&1 || true  # still used by a container: left alone
+fi
 seconds=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 bytes=$("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE")
 printf 'image: %s (%s) on %s, %s MB, built in %s s\n' \

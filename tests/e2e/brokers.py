@@ -1,14 +1,18 @@
 """The broker an end-to-end run uses, chosen in this order:
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` when set: a Kafka you run (its outage test is skipped: we cannot stop it);
-2. a throwaway Apache Kafka in Docker (``apache/kafka``, KRaft, single node) via testcontainers, when a
-   Docker engine answers;
-3. the embedded broker (Tansu), behind a TCP proxy that is advertised as its listener, so a test can
-   cut the link (the embedded broker is memory-only: stopping it would lose the data).
+2. containers, through testcontainers, when a Docker-compatible API answers (Docker, or the podman
+   socket `make e2e` starts): the pipeline then runs from the product image (``KYCSTREAM_E2E_IMAGE``,
+   what `make image` built), and the broker is a throwaway Apache Kafka (``apache/kafka``, KRaft,
+   single node) where that image can be pulled, else the product image's own embedded broker in a
+   container, behind a TCP proxy on the host (as in 3);
+3. the embedded broker (Tansu) as a subprocess, behind a TCP proxy that is advertised as its
+   listener, so a test can cut the link (the embedded broker is memory-only: stopping it would lose
+   the data).
 
 ``KYCSTREAM_E2E_BROKER=embedded|testcontainers`` forces 2 or 3 (CI pins ``embedded``); with
 ``testcontainers`` and no engine the run fails instead of falling back.
-``KYCSTREAM_E2E_KAFKA_IMAGE`` picks the image (default ``apache/kafka:3.8.0``).
+``KYCSTREAM_E2E_KAFKA_IMAGE`` picks the Kafka image (default ``apache/kafka:3.8.0``).
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from processors.kafka import embedded
+from tests.e2e import containers
 from tests.tcpproxy import TcpProxy
 
 KAFKA_IMAGE = os.environ.get("KYCSTREAM_E2E_KAFKA_IMAGE", "apache/kafka:3.8.0")
+PRODUCT_IMAGE = os.environ.get("KYCSTREAM_E2E_IMAGE", containers.DEFAULT_IMAGE)
 _START_SCRIPT = "/tmp/kycstream-e2e-start.sh"
 
 
@@ -38,14 +45,21 @@ class Broker:
     kind: str  # "external", "testcontainers" or "embedded"
     bootstrap: str
     detail: str = ""
-    proxy: TcpProxy | None = None  # embedded only: the link tests may cut or slow down
+    proxy: TcpProxy | None = None  # embedded broker only: the link tests may cut or slow down
+    image: str | None = None  # the product image the pipeline runs from (containers), else the CLI
+    image_mb: float | None = None  # its size, for the summary
     _down: Callable[[], None] | None = None
     _up: Callable[[], None] | None = None
     _close: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def describe(self) -> str:
-        return f"{self.kind} {self.bootstrap}" + (f" ({self.detail})" if self.detail else "")
+        described = f"{self.kind} {self.bootstrap}" + (f" ({self.detail})" if self.detail else "")
+        size = f"{self.image_mb:.0f} MB, " if self.image_mb else ""
+        pipeline = (
+            f"containers of {self.image} ({size}read-only root, UID 10001)" if self.image else "the CLI as subprocesses"
+        )
+        return f"{described}; pipeline: {pipeline}"
 
     @property
     def can_fail(self) -> bool:
@@ -53,9 +67,9 @@ class Broker:
 
     @property
     def outage_kind(self) -> str:
-        return {"embedded": "link cut at the TCP proxy", "testcontainers": "broker container stopped"}.get(
-            self.kind, "none"
-        )
+        if self.proxy is not None:
+            return "link cut at the TCP proxy"
+        return "broker container stopped" if self.kind == "testcontainers" else "none"
 
     @contextmanager
     def outage(self) -> Iterator[None]:
@@ -81,8 +95,50 @@ def choose() -> Broker:
     if forced not in ("auto", "embedded", "testcontainers"):
         raise ValueError(f"KYCSTREAM_E2E_BROKER={forced!r}: use auto, embedded or testcontainers")
     if forced == "testcontainers" or (forced == "auto" and docker_answers()):
-        return start_kafka_container(KAFKA_IMAGE)
+        return start_containers()
     return start_embedded()
+
+
+def start_containers() -> Broker:
+    """The pipeline from the product image; the broker from Apache Kafka's image if it can be had,
+    else from the product image (its embedded broker)."""
+    import docker
+
+    client = docker.from_env(timeout=120)
+    try:
+        # podman keeps a locally built image as localhost/NAME; Docker as NAME.
+        names = [PRODUCT_IMAGE] + ([f"localhost/{PRODUCT_IMAGE}"] if "/" not in PRODUCT_IMAGE else [])
+        image = next((name for name in names if _local_or_pulled(client, name, pull=False)), None)
+        if image is None:
+            raise RuntimeError(f"no image {PRODUCT_IMAGE}: run `make image` (KYCSTREAM_E2E_IMAGE names another)")
+        image_mb = client.images.get(image).attrs["Size"] / 1e6
+        kafka = _local_or_pulled(client, KAFKA_IMAGE, pull=True)
+    finally:
+        client.close()
+    if kafka:
+        broker = start_kafka_container(KAFKA_IMAGE)
+    else:
+        broker = start_embedded_container(image)
+        broker.detail += f"; {KAFKA_IMAGE} could not be pulled"
+    broker.image, broker.image_mb = image, image_mb
+    return broker
+
+
+def _local_or_pulled(client: Any, image: str, *, pull: bool) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        pass
+    if not pull:
+        return False
+    try:
+        client.images.pull(image)
+        return True
+    except docker.errors.APIError:  # no registry reachable (or no such image): say so, use the fallback
+        return False
 
 
 def docker_answers() -> bool:
@@ -121,6 +177,39 @@ def start_embedded() -> Broker:
         _up=proxy.restore,
     )
     broker._close += [running.stop, proxy.close]
+    return broker
+
+
+def start_embedded_container(image: str) -> Broker:
+    """The embedded broker (Tansu, shipped in the product image) in a container of that image,
+    behind a TCP proxy on the host like the subprocess one: memory-only, so its outage is a cut link."""
+    port = embedded.free_port()
+    proxy = TcpProxy("127.0.0.1", port).start()
+    script = (
+        "from processors.kafka import embedded; "
+        f"embedded.start('127.0.0.1', {port}, advertised_port={proxy.port}, output=None).process.wait()"
+    )
+    container = containers.container(image, ["-c", script], {}, {})
+    container.with_kwargs(**containers.run_options(), entrypoint=["python"])
+    try:
+        container.start()
+    except BaseException:
+        proxy.close()
+        raise
+    broker = Broker(
+        "testcontainers",
+        f"127.0.0.1:{proxy.port}",
+        f"the embedded broker (Tansu) in a container of {image}, on 127.0.0.1:{port} behind a TCP proxy",
+        proxy=proxy,
+        _down=proxy.cut,
+        _up=proxy.restore,
+    )
+    broker._close += [container.stop, proxy.close]
+    try:
+        wait_ready(broker.bootstrap, 60)
+    except BaseException:
+        broker.close()
+        raise
     return broker
 
 

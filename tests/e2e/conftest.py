@@ -94,6 +94,7 @@ def make_pipeline(
     def make(**options: object) -> Pipeline:
         workdir = tmp_path / f"pipeline-{len(made)}"
         workdir.mkdir()
+        options.setdefault("image", e2e_broker.image)  # containers of the product image, else the CLI
         pipeline = Pipeline(e2e_broker.bootstrap, workdir, codec, **options)  # type: ignore[arg-type]
         made.append(pipeline)
         return pipeline

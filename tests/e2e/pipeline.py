@@ -2,7 +2,8 @@
 
 Each Pipeline has its own copy of deploy/kycstream.dev.yaml, its own topics (KYCSTREAM_TOPICS__*), its
 own ports (KYCSTREAM_GATEWAY__PORT, KYCSTREAM_PROCESSOR__METRICS_PORT) and consumer group, so tests
-never see each other's records.
+never see each other's records. With an image, each command runs in a container of it (containers.py),
+else as a subprocess of the installed CLI.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from processors.kafka import embedded, reader, topics
 from processors.kafka.serde import Codec, RecordType
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import state_table
+from tests.e2e import containers
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_CONFIG = REPO / "deploy" / "kycstream.dev.yaml"
@@ -94,6 +96,13 @@ class Role:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def unreaped(self) -> bool:
+        """Started and not waited for (it may have exited by itself)."""
+        return self.proc is not None and self._log is not None
+
+    def remove(self) -> None:
+        """Whatever the role leaves behind once stopped (nothing for a process)."""
+
     def _closelog(self) -> None:
         if self._log is not None:
             self._log.close()
@@ -120,9 +129,108 @@ class Role:
         return events
 
 
+class ContainerRole(Role):
+    """The same role in a container of the product image; its log file is filled from the engine's logs."""
+
+    def __init__(self, pipeline: Pipeline, name: str, args: list[str], image: str) -> None:
+        super().__init__(pipeline, name, args)
+        self.image = image
+        self.container: Any = None  # testcontainers' DockerContainer of the current generation
+        self._waited = False
+
+    def _wrapped(self) -> Any:
+        return self.container.get_wrapped_container()
+
+    @property
+    def pid(self) -> int | None:  # the host's pid of the container's kycstream process (None once it is gone)
+        state = self._state()
+        return int(state.get("Pid") or 0) or None if state.get("Running") else None
+
+    def _state(self) -> dict[str, Any]:
+        """The current container's state; {} once removed (a sampler thread may ask while it is replaced)."""
+        import docker.errors
+
+        container = self.container
+        if container is None:
+            return {}
+        try:
+            wrapped = container.get_wrapped_container()
+            wrapped.reload()
+        except docker.errors.NotFound:
+            return {}
+        except docker.errors.APIError as exc:  # podman: 500 "no such container" while it is being removed
+            if "no such container" in str(exc):
+                return {}
+            raise
+        return dict(wrapped.attrs["State"])
+
+    def start(self) -> None:
+        assert not self.alive(), f"{self.name} is already running"
+        self.remove()
+        self.generation += 1
+        self._log = self.log_path.open("wb")
+        self._waited = False
+        self.container = self.pipeline.container([*self.args, "--config", str(self.pipeline.config_path)])
+        self.container.start()
+
+    def send(self, sig: int) -> None:
+        assert self.alive(), f"{self.name} is not running"
+        self._wrapped().kill(signal=int(sig))
+
+    def wait(self, timeout: float) -> int:
+        assert self.container is not None
+        try:
+            status = self._wrapped().wait(timeout=timeout)["StatusCode"]
+        except Exception as exc:  # the engine's read timed out: the container is still running
+            self._wrapped().kill()
+            self._wrapped().wait(timeout=30)
+            self._closelog()
+            raise AssertionError(f"{self.name} did not exit within {timeout:g}s\n{self.tail()}") from exc
+        self._closelog()
+        self._waited = True
+        return containers.exit_code(int(status))
+
+    def alive(self) -> bool:
+        return self._state().get("Status") in ("created", "running", "restarting", "paused")
+
+    def unreaped(self) -> bool:
+        return self.container is not None and not self._waited
+
+    def remove(self) -> None:
+        if self.container is not None:
+            self._savelog()
+            self.container.stop()  # removes it
+            self.container = None
+
+    def _savelog(self) -> None:
+        if self.container is not None:
+            self.log_path.write_bytes(self._wrapped().logs())
+
+    def _closelog(self) -> None:
+        self._savelog()
+        super()._closelog()
+
+    def tail(self, lines: int = 40) -> str:
+        if self.container is not None:
+            self._savelog()
+        return super().tail(lines)
+
+    def log_events(self, generation: int | None = None) -> list[dict[str, Any]]:
+        if self.container is not None and generation in (None, self.generation):
+            self._savelog()
+        return super().log_events(generation)
+
+
 class Pipeline:
     def __init__(
-        self, bootstrap: str, workdir: Path, codec: Codec, *, partitions: int = 3, spool_all: bool = False
+        self,
+        bootstrap: str,
+        workdir: Path,
+        codec: Codec,
+        *,
+        partitions: int = 3,
+        spool_all: bool = False,
+        image: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.codec = codec
@@ -137,13 +245,14 @@ class Pipeline:
         config = yaml.safe_load(DEV_CONFIG.read_text())
         config["log_format"] = "json"  # the logs are read back by some tests
         config["gateway"]["spool_dir"] = str(workdir / "spool")  # its own, kept across gateway restarts
-        if spool_all:  # every source answers 200 from the spool while Kafka is away
-            for source in config["sources"].values():
-                source["on_kafka_unavailable"] = "spool"
+        # spool_all: every source answers 200 from the spool while Kafka is away; else every source
+        # refuses (the dev config spools signicat; the outage tests count refusals).
+        for source in config["sources"].values():
+            source["on_kafka_unavailable"] = "spool" if spool_all else "refuse"
         self.config_path = workdir / "kycstream.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.env = {
-            **os.environ,
+        self.image = image
+        self.settings = {  # what this pipeline sets; the CLI also inherits the environment
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             **{f"KYCSTREAM_TOPICS__{role.upper()}": getattr(self.topics, role) for role in topics.ROLES},
             "KYCSTREAM_TOPICS__PARTITIONS": str(partitions),
@@ -153,21 +262,45 @@ class Pipeline:
             "KYCSTREAM_PROCESSOR__STATE_DIR": str(workdir / "state"),
             "KYCSTREAM_LOG_LEVEL": "INFO",
         }
-        self.gateway = Role(self, "gateway", ["gateway"])
-        self.processor = Role(self, "processor", ["process"])
+        self.env = {**os.environ, **self.settings}
+        if image is None:
+            self.gateway = Role(self, "gateway", ["gateway"])
+            self.processor = Role(self, "processor", ["process"])
+        else:
+            for writable in ("spool", "state"):  # volumes the container's UID 10001 writes
+                (workdir / writable).mkdir(mode=0o777)
+                (workdir / writable).chmod(0o777)
+            self.gateway = ContainerRole(self, "gateway", ["gateway"], image)
+            self.processor = ContainerRole(self, "processor", ["process"], image)
+
+    def container(self, args: list[str]) -> Any:
+        """A container (not started) of the image running `kycstream ARGS` with this pipeline's settings."""
+        assert self.image is not None
+        mounts = {self.config_path: "ro", self.workdir / "spool": "rw", self.workdir / "state": "rw"}
+        return containers.container(self.image, args, self.settings, mounts)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def create_topics(self) -> str:
-        result = subprocess.run(
-            [*kycstream_command(), "topics", "create", "--config", str(self.config_path)],
-            env=self.env,
-            capture_output=True,
-            timeout=120,
-            cwd=self.workdir,
-        )
-        out = result.stdout.decode()
-        assert result.returncode == 0, f"topics create failed ({result.returncode}):\n{out}\n{result.stderr.decode()}"
+        args = ["topics", "create", "--config", str(self.config_path)]
+        code: int
+        out: str
+        err: str
+        if self.image is not None:
+            container = self.container(args).start()
+            try:
+                wrapped = container.get_wrapped_container()
+                code = int(wrapped.wait(timeout=120)["StatusCode"])
+                out = wrapped.logs(stdout=True, stderr=False).decode()
+                err = wrapped.logs(stdout=False, stderr=True).decode()
+            finally:
+                container.stop()
+        else:
+            result = subprocess.run(
+                [*kycstream_command(), *args], env=self.env, capture_output=True, timeout=120, cwd=self.workdir
+            )
+            code, out, err = result.returncode, result.stdout.decode(), result.stderr.decode()
+        assert code == 0, f"topics create failed ({code}):\n{out}\n{err}"
         for role in topics.ROLES:
             assert getattr(self.topics, role) in out, out
         return out
@@ -224,17 +357,18 @@ class Pipeline:
         for role in (self.gateway, self.processor):
             if role.alive():
                 codes[role.name] = role.stop(signal.SIGTERM, timeout=40)
-            elif role.proc is not None and role._log is not None:  # exited by itself: a crash, unless 0
+            elif role.unreaped():  # exited by itself: a crash, unless 0
                 codes[role.name] = role.wait(10)
         return codes
 
     def kill_all(self) -> None:
-        """SIGKILL what still runs; reap everything and close the logs (after a failure)."""
+        """SIGKILL what still runs; reap everything, close the logs and remove containers (after a failure)."""
         for role in (self.gateway, self.processor):
             if role.alive():
                 role.send(signal.SIGKILL)
-            if role.proc is not None and role._log is not None:
+            if role.unreaped():
                 role.wait(10)
+            role.remove()
 
     def tails(self) -> str:
         return f"{self.gateway.tail()}\n{self.processor.tail()}"

@@ -21,12 +21,12 @@ def test_the_broker_is_chosen_in_the_documented_order(monkeypatch: pytest.Monkey
         started.append("embedded")
         return embedded
 
-    def start_kafka_container(image: str) -> brokers.Broker:
-        started.append(image)
+    def start_containers() -> brokers.Broker:
+        started.append("containers")
         return container
 
     monkeypatch.setattr(brokers, "start_embedded", start_embedded)
-    monkeypatch.setattr(brokers, "start_kafka_container", start_kafka_container)
+    monkeypatch.setattr(brokers, "start_containers", start_containers)
     monkeypatch.delenv("KYCSTREAM_E2E_BROKER", raising=False)  # CI forces the embedded broker
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
@@ -36,7 +36,7 @@ def test_the_broker_is_chosen_in_the_documented_order(monkeypatch: pytest.Monkey
     assert started == []
 
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
-    assert brokers.choose() is container and started == [brokers.KAFKA_IMAGE]
+    assert brokers.choose() is container and started == ["containers"]
     monkeypatch.setattr(brokers, "docker_answers", lambda: False)
     assert brokers.choose() is embedded
     monkeypatch.setenv("KYCSTREAM_E2E_BROKER", "testcontainers")  # forced: no silent fallback
@@ -47,6 +47,45 @@ def test_the_broker_is_chosen_in_the_documented_order(monkeypatch: pytest.Monkey
     monkeypatch.setenv("KYCSTREAM_E2E_BROKER", "redpanda")
     with pytest.raises(ValueError, match="KYCSTREAM_E2E_BROKER"):
         brokers.choose()
+
+
+@pytest.mark.parametrize("kafka_pullable", [True, False])
+def test_containers_run_the_product_image_and_apache_kafka_where_it_can_be_pulled(
+    monkeypatch: pytest.MonkeyPatch, kafka_pullable: bool
+) -> None:
+    import docker
+
+    class _Image:
+        attrs: ClassVar[dict[str, int]] = {"Size": 315_000_000}
+
+    class _Images:
+        def get(self, name: str) -> _Image:
+            return _Image()
+
+    class _Client:
+        images = _Images()
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(docker, "from_env", lambda **_: _Client())
+    available = {brokers.PRODUCT_IMAGE: True, brokers.KAFKA_IMAGE: kafka_pullable}
+    monkeypatch.setattr(brokers, "_local_or_pulled", lambda client, image, pull: available.get(image, False))
+    monkeypatch.setattr(brokers, "start_kafka_container", lambda image: brokers.Broker("testcontainers", "k:1"))
+    monkeypatch.setattr(
+        brokers, "start_embedded_container", lambda image: brokers.Broker("testcontainers", "t:1", "tansu")
+    )
+
+    broker = brokers.start_containers()
+    assert broker.image == brokers.PRODUCT_IMAGE and f"containers of {broker.image} (315 MB," in broker.describe
+    if kafka_pullable:
+        assert broker.bootstrap == "k:1"
+    else:
+        assert broker.bootstrap == "t:1" and f"{brokers.KAFKA_IMAGE} could not be pulled" in broker.detail
+
+    available[brokers.PRODUCT_IMAGE] = False  # never a silent fallback to the CLI: build the image
+    with pytest.raises(RuntimeError, match="make image"):
+        brokers.start_containers()
 
 
 def test_no_docker_engine_is_detected_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
