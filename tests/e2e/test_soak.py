@@ -204,7 +204,9 @@ def test_broker_unreachable_mid_soak_gives_503_never_200(
         assert during, "no delivery was attempted during the outage"
         accepted = [a for a in during if a.status == 200]
         assert not accepted, f"{len(accepted)} deliveries answered 200 while Kafka was unreachable: {accepted[:3]}"
-        assert {a.status for a in during} <= {503, None}, {a.status for a in during}
+        # 503, or the source's own refusal status: Signicat's is 429 (a >= 500 delays ReadID's later callbacks)
+        assert {a.status for a in during} <= {503, 429, None}, {a.status for a in during}
+        assert all(b"kafka_unavailable" in a.body for a in during if a.status == 429)
         assert any(a.status == 503 and b"kafka_unavailable" in a.body for a in during), "the gateway never said 503"
         assert 503 in ready, f"/readyz stayed ready during the outage: {ready}"
         # Once it is back, the gateway accepts again.
@@ -291,7 +293,12 @@ def test_spooling_sources_answer_200_through_an_outage_and_two_gateway_sigkills(
     back every accepted delivery is exactly one event, none missing, none doubled."""
     if not e2e_broker.can_fail:
         pytest.skip(f"cannot take a {e2e_broker.kind} broker down")
-    pipeline = make_pipeline(spool_all=True).start()
+    pipeline = make_pipeline(spool_all=True)
+    if pipeline.image is not None:
+        pytest.skip(
+            "a SIGKILLed gateway container is not restarted yet in container mode (KYCSTREAM_E2E_BROKER=embedded)"
+        )
+    pipeline.start()
 
     def outage(gen: LoadGenerator) -> dict[str, Any]:
         kills = []
