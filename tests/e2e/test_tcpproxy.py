@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.tcpproxy import TcpProxy
 
 
@@ -108,16 +109,10 @@ def test_a_client_gone_behind_a_delayed_link_loses_what_had_not_arrived() -> Non
         with TcpProxy("127.0.0.1", server.server_address[1]) as proxy:
             with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as doomed:
                 doomed.sendall(b"arrives")
-                deadline = time.monotonic() + 5
-                while received != [b"arrives"]:
-                    assert time.monotonic() < deadline, received
-                    time.sleep(0.01)
+                wait_until(lambda: received == [b"arrives"], 5, "the first bytes arrived", every=0.01)
                 proxy.delay_open_links(0.3)
                 doomed.sendall(b"never arrives")
-            deadline = time.monotonic() + 5
-            while proxy.connections:  # the link is torn down once the client is gone
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            wait_until(lambda: proxy.connections == 0, 5, "the link torn down once the client is gone", every=0.01)
             time.sleep(0.5)  # past the 0.3 s the lost bytes would have taken
             assert received == [b"arrives"]
     finally:
