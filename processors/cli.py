@@ -217,8 +217,8 @@ def _serve_standin(settings: Any) -> Any:
     url = urlsplit(source.poll.base_url)
     if url.scheme != "http" or url.hostname not in ("127.0.0.1", "localhost") or not url.port:
         raise _fail(f"--fake-provider-api serves only on http://127.0.0.1:<port>, not {source.poll.base_url}")
-    creds = source.poll.credentials()
-    app_ = IncodeStandIn(creds.token, creds.admin_token).app()
+    creds, login = source.poll.credentials(), source.poll.executive_login
+    app_ = IncodeStandIn(creds.token, creds.admin_token, login=login.credentials() if login else None).app()
     server = uvicorn.Server(uvicorn.Config(app_, host=url.hostname, port=url.port, log_config=None))
     threading.Thread(target=server.run, daemon=True).start()  # not the main thread: `run` keeps the signals
     typer.echo(f"stand-in Incode API on {source.poll.base_url} (ids with fail/warn/late pick the score)", err=True)

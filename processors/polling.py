@@ -72,8 +72,8 @@ class Poller:
         return self._verdict(expectation, response)
 
     async def call_with(self, build: Callable[[ApiCredentials], PollRequest]) -> httpx.Response | PollOutcome:
-        """The answer with the current credential; after a 401/403, once more with a fresh one (OAuth2):
-        only a refusal of a fresh credential reaches the caller. `credential_failed` when the
+        """The answer with the current credential; after a 401/403, once more with a fresh one (OAuth2,
+        executive login): only a refusal of a fresh credential reaches the caller. `credential_failed` when the
         credential itself cannot be had (retried later, never dead-lettered)."""
         for fresh in (False, True):
             try:
@@ -83,7 +83,7 @@ class Poller:
             answer = await self.call(build(credentials))
             if isinstance(answer, PollOutcome) or answer.status_code not in (401, 403) or fresh:
                 return answer
-            if not self.credentials.refused():  # a static credential: nothing fresher to try
+            if not self.credentials.refused(credentials):  # a static credential: nothing fresher to try
                 return answer
         raise AssertionError("unreachable: the second round returns")
 

@@ -203,6 +203,44 @@ class OAuth2Settings(Section):
         return self
 
 
+class ExecutiveLoginSettings(Section):
+    """Incode's executive login: the executive token (X-Incode-Hardware-Id, for Fetch Scores) from a
+    dashboard user's email and password, logged in again before it expires."""
+
+    email: str = Field(description="the Incode dashboard user of your delivery document (not a secret)")
+    password: SecretStr | None = None
+    password_file: Path | None = Field(None, description="or a file holding it, read again when it changes")
+    path: str = Field("/executive/log-in", description="under poll.base_url")
+    lifetime_s: float = Field(
+        24 * 3600.0, gt=0, description="Incode's token lifetime (24 h) when the token carries no exp claim"
+    )
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if "@" not in value:
+            raise ValueError(f"{value!r} is no email: the Incode dashboard user that logs in for the executive token")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r} must start with / (a path under poll.base_url, e.g. /executive/log-in)")
+        return value
+
+    def credentials(self) -> tuple[str, str]:
+        """(email, password) as configured now (a password_file read)."""
+        return self.email, _secret(self.password, self.password_file) or ""
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Self:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("password: Field required: give password or password_file, one of the two")
+        return self
+
+
 class PollSettings(Section):
     """How the reconciler reaches a source's provider API (status polls and result fetches)."""
 
@@ -216,6 +254,9 @@ class PollSettings(Section):
         None, description="a second credential where a result API needs one (Incode: the executive token)"
     )
     admin_token_file: Path | None = Field(None, description="or a file holding it, read again when it changes")
+    executive_login: ExecutiveLoginSettings | None = Field(
+        None, description="or (Incode) log in for the executive token, again before it expires"
+    )
     window_s: int = Field(600, ge=1, description="poll a verification with no final result after this long")
     rate_per_s: float = Field(2.0, gt=0)
     concurrency: int = Field(4, ge=1, le=256)
@@ -257,8 +298,14 @@ class PollSettings(Section):
                 "(KYCSTREAM_SOURCES__<NAME>__POLL__TOKEN), a token_file, or oauth2 client credentials: "
                 f"one of them, not {' and '.join(given) or 'none'}"
             )
-        if self.admin_token is not None and self.admin_token_file is not None:
-            raise ValueError("admin_token and admin_token_file: give one of the two")
+        admins = [n for n in ("admin_token", "admin_token_file", "executive_login") if getattr(self, n) is not None]
+        if len(admins) > 1:
+            raise ValueError(
+                f"{' and '.join(admins)}: give one of them (the executive token as admin_token or "
+                "admin_token_file, or executive_login to log in for it)"
+            )
+        if self.executive_login is not None and self.oauth2 is not None:
+            raise ValueError("executive_login needs the API key as token or token_file (x-api-key), not oauth2")
         return self
 
     @field_validator("base_url")
@@ -287,6 +334,15 @@ class ReconcileSource(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     provider: str
     poll: PollSettings | None = None
+
+    @model_validator(mode="after")
+    def _login_is_incodes(self) -> Self:
+        if self.poll is not None and self.poll.executive_login is not None and self.provider != "incode":
+            raise ValueError(
+                f"poll.executive_login: {self.provider} has no executive login (Incode's only): give its API "
+                "credential as poll.token, poll.token_file or poll.oauth2"
+            )
+        return self
 
 
 class ReconcileSection(Section):

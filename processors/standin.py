@@ -10,10 +10,16 @@ person trying kycstream can pick the outcome:
 `POST /_script/<interviewId>` with a JSON list of [http_status, body] pairs sets what the next
 calls answer (the last one repeats). Calls without the configured x-api-key and executive token
 (X-Incode-Hardware-Id) get 401, as from Incode.
+
+Given a `login` (email, password), it serves Incode's executive login too: `POST /executive/log-in`
+with the x-api-key and that JSON {"email", "password"} answers {"token"}, a token that Fetch Scores
+accepts for `token_lifetime_s` (Incode: 24 hours), as well as the configured admin token if any.
 """
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections import Counter
 from typing import Any
 
@@ -38,9 +44,20 @@ def _score(word: str) -> dict[str, Any]:
 
 
 class IncodeStandIn:
-    def __init__(self, api_key: str = DEV_API_KEY, admin_token: str | None = DEV_ADMIN_TOKEN) -> None:
+    def __init__(
+        self,
+        api_key: str = DEV_API_KEY,
+        admin_token: str | None = DEV_ADMIN_TOKEN,
+        *,
+        login: tuple[str, str] | None = None,
+        token_lifetime_s: float = 24 * 3600.0,
+    ) -> None:
         self.api_key = api_key
         self.admin_token = admin_token
+        self.login = login
+        self.token_lifetime_s = token_lifetime_s
+        self.logins = 0  # executive logins answered, refused ones too
+        self.issued: dict[str, float] = {}  # executive token -> when it expires (monotonic)
         self.scripts: dict[str, list[tuple[int, Any]]] = {}
         self.calls: Counter[str] = Counter()  # score fetches per interview id, refused ones too
 
@@ -57,7 +74,23 @@ class IncodeStandIn:
     def _authorized(self, request: Request, admin: bool) -> bool:
         if request.headers.get("x-api-key") != self.api_key:
             return False
-        return not admin or self.admin_token is None or request.headers.get("x-incode-hardware-id") == self.admin_token
+        if not admin or (self.admin_token is None and self.login is None):
+            return True
+        token = request.headers.get("x-incode-hardware-id")
+        return token is not None and (token == self.admin_token or self.issued.get(token, 0.0) > time.monotonic())
+
+    async def executive_login(self, request: Request) -> Response:
+        self.logins += 1
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        given = (body.get("email"), body.get("password")) if isinstance(body, dict) else None
+        if self.login is None or request.headers.get("x-api-key") != self.api_key or given != self.login:
+            return JSONResponse({"status": 401, "error": "Unauthorized"}, status_code=401)
+        token = secrets.token_urlsafe(24)
+        self.issued[token] = time.monotonic() + self.token_lifetime_s
+        return JSONResponse({"token": token})
 
     async def score(self, request: Request) -> Response:
         interview = request.query_params.get("id", "")
@@ -84,6 +117,7 @@ class IncodeStandIn:
             routes=[
                 Route("/omni/get/score", self.score, methods=["GET"]),
                 Route("/omni/get/onboarding/status", self.onboarding_status, methods=["GET"]),
+                Route("/executive/log-in", self.executive_login, methods=["POST"]),
                 Route("/_script/{interview}", self.script, methods=["POST"]),
             ]
         )

@@ -69,7 +69,7 @@ def fetcher_sources(settings: ReconcileSettings) -> dict[str, Fetching]:
         if fetcher is None or source.poll is None:
             continue
         missing = fetcher.fetch_missing(source.poll.credentials())
-        if missing:
+        if missing and source.poll.executive_login is None:  # a login obtains the executive token
             field = missing.split(" ", 1)[0]
             raise ConfigError(
                 f"sources.{name}.poll.{field}: required to fetch {source.provider} results: {missing} "

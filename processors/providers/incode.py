@@ -214,7 +214,10 @@ _SCORE_OUTCOMES = {
 
 def fetch_missing(credentials: ApiCredentials) -> str | None:
     if not credentials.admin_token:
-        return "admin_token (Incode's executive token, sent as X-Incode-Hardware-Id to fetch scores)"
+        return (
+            "admin_token (Incode's executive token, sent as X-Incode-Hardware-Id to fetch scores), or "
+            "executive_login {email, password_file} to log in for it"
+        )
     return None
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
@@ -19,11 +23,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from processors.credentials import ExecutiveLogin, _jwt_lifetime
+from processors.errors import ConfigError
+from processors.kafka.fetcher import fetcher_sources
 from processors.model import Expectation
-from processors.polling import Poller
-from processors.providers import REGISTRY
-from processors.settings import PollSettings
-from tests.conftest import serving_app
+from processors.polling import Poller, PollOutcome
+from processors.providers import REGISTRY, incode
+from processors.settings import PollSettings, ReconcileSettings
+from processors.standin import DEV_API_KEY, IncodeStandIn
+from tests.conftest import serving_app, wait_until
 
 CLIENT = ("kycstream-client", "s3cret")
 
@@ -161,3 +169,176 @@ def test_a_token_endpoint_that_fails_is_no_unauthorized_but_a_credential_failure
         await _closed(poller)
 
     asyncio.run(run())
+
+
+# --- Incode's executive login: the executive token for Fetch Scores, against the Incode stand-in -----
+
+LOGIN = ("ops@example.com", "dashboard-pass")
+
+
+@pytest.fixture
+def incode_api() -> Iterator[tuple[IncodeStandIn, str]]:
+    standin = IncodeStandIn(DEV_API_KEY, admin_token=None, login=LOGIN, token_lifetime_s=1.0)
+    with serving_app(standin.app()) as url:
+        yield standin, url
+
+
+def _incode_poller(url: str, registry: CollectorRegistry, **login: Any) -> Poller:
+    settings = PollSettings.model_validate(
+        {
+            "base_url": url,
+            "token": DEV_API_KEY,
+            "executive_login": {"email": LOGIN[0], "password": LOGIN[1], "lifetime_s": 1.0, **login},
+            "rate_per_s": 100,
+        }
+    )
+    requests = Counter("kycstream_token_requests", "", ["provider", "outcome"], registry=registry)
+    return Poller(REGISTRY["incode"], settings, httpx.AsyncClient(), token_requests=requests)
+
+
+async def _score(poller: Poller, vid: str) -> int | str:
+    """The Fetch Scores answer's status, or the verdict when no answer came."""
+    answer = await poller.call_with(lambda c: incode.fetch_request("score", vid, c))
+    return answer.verdict if isinstance(answer, PollOutcome) else answer.status_code
+
+
+def test_the_incode_executive_token_is_logged_in_for_and_renewed_before_it_expires(
+    incode_api: tuple[IncodeStandIn, str],
+) -> None:
+    standin, url = incode_api
+    registry = CollectorRegistry()
+    poller = _incode_poller(url, registry)
+
+    async def run(seconds: float) -> list[int | str]:
+        answers = []
+        ends = time.monotonic() + seconds
+        while time.monotonic() < ends:
+            # Four at once: they share one login.
+            answers += await asyncio.gather(*(_score(poller, f"ok-{i}") for i in range(4)))
+            await asyncio.sleep(0.05)
+        await _closed(poller)
+        return answers
+
+    seconds = 5.0
+    answers = asyncio.run(run(seconds))
+    assert set(answers) == {200}, f"{len(answers) - answers.count(200)} refused of {len(answers)}"
+    expiries = seconds / standin.token_lifetime_s
+    assert expiries <= standin.logins <= expiries * 1.2 + 1, f"{standin.logins} logins in {seconds}s"
+    labels = {"provider": "incode", "outcome": "ok"}
+    assert registry.get_sample_value("kycstream_token_requests_total", labels) == standin.logins
+
+
+def test_a_refused_executive_token_is_logged_in_for_once_and_a_refused_login_is_a_credential_failure(
+    incode_api: tuple[IncodeStandIn, str],
+) -> None:
+    standin, url = incode_api
+    registry = CollectorRegistry()
+    poller = _incode_poller(url, registry, lifetime_s=3600)  # believed valid for an hour
+
+    async def run() -> None:
+        assert await _score(poller, "ok-1") == 200 and standin.logins == 1
+        standin.issued.clear()  # Incode forgot the token (ended the executive's sessions)
+        assert await _score(poller, "ok-2") == 200, "logged in again after the 401"
+        assert standin.logins == 2
+        standin.issued.clear()
+        standin.login = (LOGIN[0], "rotated-at-incode")  # the password changed, the config not yet
+        outcome = await poller.call_with(lambda c: incode.fetch_request("score", "ok-3", c))
+        assert isinstance(outcome, PollOutcome) and outcome.verdict == "credential_failed", outcome
+        assert "executive_login" in outcome.detail and LOGIN[1] not in outcome.detail
+        assert standin.logins == 3, "one login tried, not one per retry"
+        failed = {"provider": "incode", "outcome": "failed"}
+        assert registry.get_sample_value("kycstream_token_requests_total", failed) == 1
+        await _closed(poller)
+
+    asyncio.run(run())
+
+
+def test_the_executive_login_password_file_rotates_and_a_jwt_exp_comes_first(
+    incode_api: tuple[IncodeStandIn, str], tmp_path: Path
+) -> None:
+    standin, url = incode_api
+    password = tmp_path / "incode-password"
+    password.write_text(f"{LOGIN[1]}\n")
+    settings = PollSettings.model_validate(
+        {
+            "base_url": url,
+            "token": DEV_API_KEY,
+            "executive_login": {"email": LOGIN[0], "password_file": str(password)},
+        }
+    )
+    assert settings.executive_login is not None
+    clock = [1_000_000.0]
+    login = ExecutiveLogin(settings, settings.executive_login, clock=lambda: clock[0])
+
+    async def run() -> None:
+        first = await login.current()
+        assert first.token == DEV_API_KEY and first.admin_token in standin.issued
+        clock[0] += 23 * 3600  # within Incode's 24 hours: the same token
+        assert (await login.current()).admin_token == first.admin_token
+        standin.login = (LOGIN[0], "rotated")
+        os.replace(_written(tmp_path / "new", "rotated\n"), password)
+        clock[0] += 3600  # past the 24 hours, less the leeway: logged in again, with the new password
+        await asyncio.to_thread(wait_until, lambda: login._password() == "rotated", 5, "the new password read")
+        second = await login.current()
+        assert second.admin_token != first.admin_token and second.admin_token in standin.issued
+        await login.aclose()
+
+    asyncio.run(run())
+    assert standin.logins == 2
+    exp = int(time.time()) + 120
+    payload = base64.urlsafe_b64encode(json.dumps({"exp": exp}).encode()).decode().rstrip("=")
+    assert _jwt_lifetime(f"eyJhbGciOiJIUzI1NiJ9.{payload}.sig", exp - 100) == 100
+    assert _jwt_lifetime("not-a-jwt", 0) is None
+    assert _jwt_lifetime("a.%%%.c", 0) is None
+
+
+def _written(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            {"provider": "metamap", "poll": {"token": "t", "executive_login": {"email": "a@b.c", "password": "p"}}},
+            "metamap has no executive login",
+        ),
+        ({"poll": {"token": "k", "executive_login": {"email": "a@b.c"}}}, "give password or password_file"),
+        ({"poll": {"token": "k", "executive_login": {"email": "ops", "password": "p"}}}, "'ops' is no email"),
+        (
+            {"poll": {"token": "k", "admin_token": "x", "executive_login": {"email": "a@b.c", "password": "p"}}},
+            "admin_token and executive_login: give one of them",
+        ),
+        (
+            {
+                "poll": {
+                    "oauth2": {"token_url": "https://t.example", "client_id": "c", "client_secret": "s"},
+                    "executive_login": {"email": "a@b.c", "password": "p"},
+                }
+            },
+            "executive_login needs the API key as token or token_file",
+        ),
+    ],
+)
+def test_an_executive_login_config_mistake_says_what_to_fix(
+    source: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    entry = {"provider": "incode", **source}
+    entry["poll"] = {"base_url": "https://api.incode.example", **entry["poll"]}
+    config = tmp_path / "kycstream.yaml"
+    config.write_text(json.dumps({"sources": {"src": entry}}))
+    with pytest.raises(ConfigError) as raised:
+        ReconcileSettings.load(config)
+    assert message in str(raised.value), str(raised.value)
+    assert "sources.src" in str(raised.value)
+
+
+def test_a_logged_in_incode_source_needs_no_admin_token_to_fetch(tmp_path: Path) -> None:
+    login = {"email": LOGIN[0], "password": LOGIN[1]}
+    poll = {"base_url": "https://api.incode.example", "token": "k", "executive_login": login}
+    settings = ReconcileSettings(sources={"incode": {"provider": "incode", "poll": poll}})
+    assert set(fetcher_sources(settings)) == {"incode"}
+    without = ReconcileSettings(sources={"incode": {"provider": "incode", "poll": {**poll, "executive_login": None}}})
+    with pytest.raises(ConfigError, match="executive_login"):
+        fetcher_sources(without)
