@@ -17,9 +17,12 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from processors import logs
 from processors.errors import BrokerError
 from processors.kafka.serde import Codec, dead_letter_to_record
 from processors.model import DeadLetter
+
+log = logs.get("kycstream.producer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +46,8 @@ class AsyncProducer:
     """
 
     def __init__(self, conf: dict[str, Any], timeout_s: float = 5.0, poll_interval_s: float = 0.001) -> None:
-        self._conf = {**conf, "error_cb": self._on_error}
-        self._producer = Producer(self._conf)
+        self._slot = RenewableProducer(conf)
         self._retired: list[Producer] = []  # replaced producers whose purged records still report
-        self._renew = False
         self._interval = poll_interval_s
         self._timeout = timeout_s
         # (deadline, future) in send order; one timeout for all, so deadlines are in order too and
@@ -67,10 +68,10 @@ class AsyncProducer:
         past `timeout_s`) when it did not."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Delivered] = loop.create_future()
-        if self._renew:
-            self._replace()
+        if (old := self._slot.renew_if_gone()) is not None:  # its records were already answered 503
+            self._retired.append(old)
         try:
-            self._producer.produce(
+            self._slot.current.produce(
                 topic, value=value, key=key, headers=headers, on_delivery=partial(self._settle, future)
             )
         except BufferError as exc:
@@ -88,7 +89,7 @@ class AsyncProducer:
         self._timer = None
         if self._closed or self._loop is None:
             return
-        self._producer.poll(0)
+        self._slot.current.poll(0)
         for old in list(self._retired):
             old.poll(0)
             if len(old) == 0:
@@ -99,25 +100,12 @@ class AsyncProducer:
             if not future.done():
                 future.set_exception(ProduceTimeout(f"Kafka did not acknowledge within {self._timeout:g}s"))
         # len(): records whose delivery report has not been served yet (librdkafka counts them)
-        if len(self._producer) or self._retired or deadlines:
+        if len(self._slot.current) or self._retired or deadlines:
             self._timer = self._loop.call_later(self._interval, self._tick)
 
-    def _on_error(self, err: KafkaError) -> None:
-        if err.fatal():
-            self._renew = True
-
-    def _replace(self) -> None:
-        """A fenced or fatally failed idempotent producer fails every record from then on (seen on
-        the embedded broker after an outage longer than the produce deadline): start a new one.
-        The old one's records were already answered 503; purging settles whatever still waits."""
-        self._renew = False
-        old, self._producer = self._producer, Producer(self._conf)
-        old.purge(in_queue=True, in_flight=True, blocking=False)
-        self._retired.append(old)
-
     def _settle(self, future: asyncio.Future[Delivered], err: KafkaError | None, msg: Message) -> None:
-        if err is not None and producer_gone(err):
-            self._renew = True
+        if err is not None:
+            self._slot.note(err)
         if future.done():  # timed out, or the request went away
             return
         loop = future.get_loop()
@@ -129,14 +117,14 @@ class AsyncProducer:
 
     def list_topics(self, timeout: float) -> dict[str, int]:
         try:
-            metadata = self._producer.list_topics(timeout=timeout)
+            metadata = self._slot.current.list_topics(timeout=timeout)
         except KafkaException as exc:
             raise BrokerError(f"Kafka did not answer within {timeout:g}s") from exc
         return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
 
     def close(self, timeout: float = 10.0) -> int:
         """Deliver what is queued (up to `timeout`) and stop; returns the records left undelivered."""
-        left = int(self._producer.flush(timeout))
+        left = int(self._slot.current.flush(timeout))
         self._closed = True
         return left
 
@@ -151,6 +139,48 @@ _GONE = frozenset(
 def producer_gone(err: KafkaError) -> bool:
     """After this delivery error the producer instance never delivers again: it must be replaced."""
     return bool(err.fatal()) or err.code() in _GONE
+
+
+class RenewableProducer:
+    """One confluent-kafka Producer, replaced once it is gone for good.
+
+    A fenced or fatally failed idempotent producer fails every record from then on (seen on the
+    embedded broker once records timed out in an outage). The error callback, and whoever reads a
+    delivery report (`note`), mark it gone; its owner calls `renew_if_gone` between units of work,
+    which starts a new producer and hands back the old one purged: the old one's records report
+    failures, so the work they carried is done again (or was already answered).
+    """
+
+    def __init__(self, conf: dict[str, Any], *, transactional: bool = False) -> None:
+        self._conf = {**conf, "error_cb": self._on_error}
+        self._transactional = transactional
+        self.gone = False
+        self.current = self._start()
+
+    def _start(self) -> Producer:
+        producer = Producer(self._conf)
+        if self._transactional:
+            producer.init_transactions(30)
+        return producer
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.gone = True
+
+    def note(self, err: KafkaError) -> None:
+        """A delivery report's error: marks the producer gone when it never delivers again."""
+        if producer_gone(err):
+            self.gone = True
+
+    def renew_if_gone(self) -> Producer | None:
+        """The old producer, purged (its reports still to be served by the caller), or None."""
+        if not self.gone:
+            return None
+        self.gone = False
+        old, self.current = self.current, self._start()
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        log.warning("producer_replaced")
+        return old
 
 
 def _resolve(future: asyncio.Future[Delivered], err: KafkaError | None, msg: Message) -> None:

@@ -31,20 +31,20 @@ class _CutWithOutputsQueued:
     def __init__(self, normalizer: Normalizer, proxy: TcpProxy, after: int) -> None:
         self.done = threading.Event()
         self.queued = 0
-        engine = normalizer.engine
-        drain = engine._drain
+        engine, outputs = normalizer.engine, normalizer.engine.outputs
+        drain = outputs.drain
 
         def cut_then_drain(stop: threading.Event | None) -> int:
             if not self.done.is_set() and engine.tally["events"] >= after:
                 proxy.cut()
-                if queued := len(engine.producer):
+                if queued := len(outputs.producer):
                     self.queued = queued
                     self.done.set()
                 else:  # everything was acknowledged before the cut: try the next batch
                     proxy.restore()
             return drain(stop)
 
-        engine._drain = cut_then_drain  # type: ignore[method-assign]
+        outputs.drain = cut_then_drain  # type: ignore[method-assign]
 
 
 def _through_an_outage(

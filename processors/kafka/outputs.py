@@ -1,0 +1,179 @@
+"""The processor's output writer: one batch's records, produced, and waited for until Kafka answered.
+
+Every output of raw partition p goes to partition p of its topic (co-partitioning). A batch's
+records carry delivery reports; a batch is done only when each was acknowledged or failed for
+good, so a batch redone after a failure never has records of its first try still queued.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
+from prometheus_client import Counter
+
+from processors import logs
+from processors.errors import BrokerError
+from processors.kafka.producer import RenewableProducer, produce_dead_letter
+from processors.kafka.serde import Codec, event_to_record, state_to_record
+from processors.model import DeadLetter, VerificationEvent, VerificationState
+from processors.settings import ProcessorSection, TopicSettings
+
+log = logs.get("kycstream.processor")
+
+DedupOutput = tuple[int, bytes, bytes]  # (partition, key, encoded DedupRecord)
+
+
+@dataclass
+class Batch:
+    """What one batch of raw records produced, and where it started (to rewind to)."""
+
+    first: dict[tuple[str, int], int] = field(default_factory=dict)
+    last: dict[tuple[str, int], int] = field(default_factory=dict)
+    errors: list[KafkaError] = field(default_factory=list)
+    keys: dict[int, dict[str, VerificationEvent]] = field(default_factory=dict)  # partition -> new keys
+    states: dict[int, dict[str, VerificationState]] = field(default_factory=dict)
+    event_offsets: dict[int, list[int]] = field(default_factory=dict)
+    tally: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def saw(self, topic: str, partition: int, offset: int) -> None:
+        tp = (topic, partition)
+        if tp not in self.first:
+            self.first[tp] = offset
+        self.last[tp] = offset
+
+    def next_offsets(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p, o + 1) for (t, p), o in self.last.items()]
+
+    def start_offsets(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p, o) for (t, p), o in self.first.items()]
+
+    @property
+    def partitions(self) -> list[int]:
+        return sorted({partition for _, partition in self.first})
+
+    @property
+    def failures(self) -> list[str]:
+        return [err.str() for err in self.errors]
+
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.errors.append(err)
+
+    def on_event_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.errors.append(err)
+        else:
+            self.event_offsets.setdefault(msg.partition() or 0, []).append(msg.offset() or 0)
+
+
+class Outputs:
+    """Produces events, states, dead letters and dedup records; drains; replaces a gone producer."""
+
+    def __init__(
+        self, conf: dict[str, object], codec: Codec, topics: TopicSettings, p: ProcessorSection, retries: Counter
+    ) -> None:
+        self.codec = codec
+        self.topics = topics
+        self.p = p
+        self.retries = retries
+        self._slot = RenewableProducer(conf, transactional=p.processing_guarantee == "exactly_once")
+
+    @property
+    def producer(self) -> Producer:
+        return self._slot.current
+
+    def renew_if_gone(self) -> None:
+        if (old := self._slot.renew_if_gone()) is not None:
+            old.flush(0)  # purged: its reports come at once; the batches they belonged to are redone
+
+    def note(self, err: KafkaError) -> None:
+        self._slot.note(err)
+
+    # --- records -----------------------------------------------------------------------------------
+
+    def event(self, batch: Batch, partition: int, event: VerificationEvent) -> None:
+        self.producer.produce(
+            self.topics.events,
+            key=event.key.encode(),
+            value=self.codec.encode("VerificationEvent", event_to_record(event), self.topics.events),
+            partition=partition,
+            headers=[("kycstream-event-id", event.event_id.encode())],
+            on_delivery=batch.on_event_delivery,
+        )
+
+    def dead_letter(self, batch: Batch, letter: DeadLetter, key: bytes | None) -> None:
+        produce_dead_letter(self.producer, self.codec, self.topics.dlq, letter, key, batch.on_delivery)
+
+    def states(self, batch: Batch) -> None:
+        for partition, states in batch.states.items():
+            for key, current in states.items():
+                self.producer.produce(
+                    self.topics.state,
+                    key=key.encode(),
+                    value=self.codec.encode("VerificationState", state_to_record(current), self.topics.state),
+                    partition=partition,
+                    on_delivery=batch.on_delivery,
+                )
+
+    def tombstones(self, batch: Batch, partition: int, keys: list[str]) -> None:
+        for key in keys:
+            self.producer.produce(
+                self.topics.dedup, key=key.encode(), value=None, partition=partition, on_delivery=batch.on_delivery
+            )
+
+    def dedup(self, records: list[DedupOutput]) -> None:
+        """Within a transaction: its commit says whether they landed."""
+        for partition, key, value in records:
+            self.producer.produce(self.topics.dedup, value, key, partition)
+
+    # --- waiting for Kafka -------------------------------------------------------------------------
+
+    def write_dedup(self, records: list[DedupOutput], stop: threading.Event | None = None) -> bool:
+        """Produce dedup records until each is acknowledged; False when stopping first (not
+        committed then: the next owner repairs from the events topic)."""
+        pending = records
+        failed: list[DedupOutput] = []
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                self.note(err)
+                failed.append((msg.partition() or 0, msg.key() or b"", msg.value() or b""))
+
+        while pending:
+            failed.clear()
+            for partition, key, value in pending:
+                self.producer.produce(self.topics.dedup, value, key, partition, on_delivery)
+            if self.drain(stop):
+                return False
+            if not failed:
+                return True
+            self.retries.inc()
+            log.warning("dedup_records_retry", failed=len(failed))
+            if stop is not None and stop.is_set():
+                return False
+            time.sleep(self.p.retry_backoff_s)
+            self.renew_if_gone()
+            pending = list(failed)
+        return True
+
+    def drain(self, stop: threading.Event | None) -> int:
+        """Flush until every record produced has its delivery report, delivered or failed for good
+        (within delivery_timeout_s): a batch redone while its records are still queued would write
+        them twice. Returns the records still queued, non-zero only when `stop` is set meanwhile."""
+        left = self.producer.flush(self.p.flush_timeout_s)
+        while left and not (stop is not None and stop.is_set()):
+            log.warning("outputs_not_acknowledged_yet", queued=left, within_s=self.p.delivery_timeout_s)
+            left = self.producer.flush(self.p.flush_timeout_s)
+        return int(left)
+
+    def flush_or_raise(self, batch: Batch, what: str) -> None:
+        left = self.producer.flush(self.p.flush_timeout_s)
+        if left or batch.errors:
+            raise BrokerError(f"{what}: outputs not acknowledged ({left} undelivered, {batch.failures[:3]})")
+
+    def close(self) -> None:
+        self.producer.flush(self.p.flush_timeout_s)
