@@ -281,19 +281,25 @@ class Reconciler:
                 f"no final result from {tracked.expectation.provider} after {tracked.polls} polls since "
                 f"{tracked.expectation.expected_at.isoformat()}; giving up",
             )
+        if to_expire:  # closed before this tick's polls, which may take minutes (timeouts, retries)
+            self._write_closings()
         if to_poll:
             if self._runner is None:
                 self._runner = asyncio.Runner()
             outcomes = self._runner.run(self._poll_all(to_poll))
             for tracked, outcome in zip(to_poll, outcomes, strict=True):
                 self._act(tracked, outcome, now)
-        # One flush budget per tick, shared with the tombstones of the dead letters acknowledged in
-        # the first flush: written at once, they leave a restart the narrowest window to repeat one.
+        self._write_closings()
+        self.ticks += 1
+
+    def _write_closings(self) -> None:
+        """Wait for what was produced, then tombstone what that finished and wait for those. One
+        flush budget, shared with the tombstones of the dead letters acknowledged in the first
+        flush: written at once, they leave a crash the narrowest window to repeat a letter."""
         deadline = time.monotonic() + self._FLUSH_TIMEOUT_S
         self._flush(deadline)
         self._tombstone_finished()
         self._flush(deadline)
-        self.ticks += 1
 
     def _flush(self, deadline: float) -> None:
         left = self.producer.flush(max(0.0, deadline - time.monotonic()))
