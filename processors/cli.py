@@ -8,17 +8,21 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 
 from processors import logs
 from processors.errors import KycstreamError
-from processors.settings import ProcessorSettings, S, Settings
+from processors.settings import CONFIG_ENV, ProcessorSettings, S, Settings
+
+if TYPE_CHECKING:
+    from processors.kafka.serde import RecordType
 
 app = typer.Typer(
     add_completion=False,
@@ -33,7 +37,12 @@ EXIT_DATAERR = 65  # sysexits.h: the input data was incorrect
 DEV_CONFIG = Path("deploy/kycstream.dev.yaml")
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config file (default: $KYCSTREAM_CONFIG).")
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help=f"YAML config file (default: $KYCSTREAM_CONFIG, else {DEV_CONFIG} when run from the project).",
+    ),
 ]
 
 
@@ -42,7 +51,19 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _config_file(config: Path | None) -> Path | None:
+    """--config, else $KYCSTREAM_CONFIG, else the dev config when run from the project: every command
+    finds the same file `make run` uses."""
+    if config is not None:
+        return config
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return DEV_CONFIG if DEV_CONFIG.is_file() else None
+
+
 def _load(cls: type[S], config: Path | None, **overrides: Any) -> S:
+    config = _config_file(config)
+    typer.echo(f"config: {config or 'none (defaults and environment)'}", err=True)
     try:
         settings = cls.load(config, **overrides)
     except KycstreamError as exc:
@@ -157,9 +178,7 @@ def run(
     from processors.kafka import embedded
     from processors.settings import ReconcileSettings
 
-    config = config or (Path(os.environ["KYCSTREAM_CONFIG"]) if os.environ.get("KYCSTREAM_CONFIG") else None)
-    if config is None and DEV_CONFIG.is_file():
-        config = DEV_CONFIG
+    config = _config_file(config)
     reconciled = _load(ReconcileSettings, config)
     polled = sorted(name for name, source in reconciled.sources.items() if source.poll is not None)
     standin = _serve_standin(reconciled) if fake_provider_api else None
@@ -175,6 +194,7 @@ def run(
     me = [sys.executable, "-m", "processors.cli"]
     cfg = ["--config", str(config)] if config else []
     children: list[subprocess.Popen[bytes]] = []
+    signalled = None
     try:
         subprocess.run([*me, "topics", "create", *cfg], env=env, check=True)
         children = [
@@ -185,22 +205,65 @@ def run(
             children.append(subprocess.Popen([*me, "reconcile", *cfg], env=env))
         roles = "gateway, processor" + (f" and reconciler ({', '.join(polled)})" if polled else "")
         typer.echo(f"{roles} started; Ctrl-C stops everything", err=True)
-        _wait_for_signal(lambda: any(c.poll() is not None for c in children))
+        signalled = _wait_for_signal(lambda: any(c.poll() is not None for c in children))
     except subprocess.CalledProcessError as exc:
         raise _fail("creating topics failed (see above)") from exc
     finally:
+        # The roles first (Ctrl-C reached them already: the broker runs in its own session), so they
+        # leave a broker that still answers; then what they left behind; the broker last.
+        names = ["gateway", "processor", "reconciler"]
+        if signalled == signal.SIGINT:  # a terminal's Ctrl-C reached them too: let them finish first
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(c.poll() is None for c in children):
+                time.sleep(0.1)
         for child in children:
             if child.poll() is None:
                 child.terminate()
-        for child in children:
+        for name, child in zip(names, children, strict=False):
             try:
-                child.wait(15)
+                code = child.wait(15)
             except subprocess.TimeoutExpired:
                 child.kill()
+                code = child.wait()
+            typer.echo(f"stopped {name} ({_exit_status(code)})", err=True)
+        if children:
+            typer.echo(_undelivered(config, env), err=True)
         if running is not None:
             running.stop()
+            typer.echo("stopped the embedded broker (memory-only: its topics are gone)", err=True)
         if standin is not None:
             standin.should_exit = True
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit {code}" + (", the Ctrl-C convention" if code == 128 + signal.SIGINT else "")
+
+
+def _undelivered(config: Path | None, env: dict[str, str]) -> str:
+    """What the stopped roles left undelivered: the gateway's spool, raw records not processed yet."""
+    from gateway.settings import GatewaySettings
+    from gateway.spool import scan
+    from processors.kafka import reader
+
+    try:
+        gateway = GatewaySettings.load(config)
+        processor = ProcessorSettings.load(config).with_overrides(
+            kafka={"bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"]}
+        )
+        spooled = sum(len(scan(p.read_bytes())[0]) for p in gateway.gateway.spool_dir.glob("segment-*.spool"))
+        behind = reader.unprocessed(processor.kafka, processor.processor.group_id, processor.topics.raw, 10)
+    except (KycstreamError, OSError) as exc:
+        return f"could not check what is undelivered: {exc}"
+    left = []
+    if spooled:
+        left.append(f"{spooled} deliveries in the spool ({gateway.gateway.spool_dir}), forwarded at the next start")
+    if behind:
+        left.append(f"{behind} raw records not processed yet (the next `kycstream process` takes them)")
+    if left:
+        return "undelivered: " + "; ".join(left)
+    return f"nothing undelivered: the spool is empty and every record of {processor.topics.raw} is processed"
 
 
 def _serve_standin(settings: Any) -> Any:
@@ -246,10 +309,20 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _wait_for_signal(done: Any) -> None:
-    stop = _stop_on_signals()
+def _wait_for_signal(done: Any) -> int | None:
+    """Wait until SIGTERM or SIGINT (returned) or until done() (None)."""
+    received: list[int] = []
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     while not stop.is_set() and not done():
         stop.wait(0.2)
+    return received[0] if received else None
 
 
 @app.command()
@@ -260,55 +333,66 @@ def replay(
         datetime | None, typer.Option(help="Replay deliveries received at or after this time (ISO 8601, UTC).")
     ] = None,
     events_topic: Annotated[str | None, typer.Option(help="Write events here instead (a fresh topic).")] = None,
-    state_topic: Annotated[str | None, typer.Option(help="Write states here instead.")] = None,
+    state_topic: Annotated[str | None, typer.Option(help="Write states here instead (a fresh topic).")] = None,
     dedup_topic: Annotated[
-        str | None, typer.Option(help="Dedup changelog to use (fresh with a fresh events topic).")
+        str | None, typer.Option(help="Dedup changelog to use (fresh with a fresh events or state topic).")
     ] = None,
-    dlq_topic: Annotated[str | None, typer.Option(help="Dead letters go here instead.")] = None,
+    dlq_topic: Annotated[
+        str | None, typer.Option(help="Dead letters go here instead (fresh with a fresh events topic).")
+    ] = None,
 ) -> None:
-    """Rebuild events and state from the raw topic through the current normalizers, then exit.
+    """Rebuild events and state from the raw topic, up to its end as of the start, through the current
+    normalizers, then exit.
 
-    Into the existing topics only what is missing is emitted (dedup is restored first); into
-    fresh topics (--events-topic, --state-topic, --dedup-topic) everything is rebuilt.
+    Into the live topics only what is missing is emitted (dedup is restored first), and only dead
+    letters the DLQ does not hold yet; into fresh topics (--events-topic, --state-topic,
+    --dedup-topic, --dlq-topic) everything is rebuilt. Missing targets are created like the topics
+    they stand in for, with the raw topic's partition count.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from processors.kafka import topics
-    from processors.kafka.replay import replay as run_replay
+    from processors.kafka import replay as replay_
 
     if from_beginning == (since is not None):
         raise _fail("give exactly one of --from-beginning or --since TIME")
     settings = _load(ProcessorSettings, config)
+    live = settings.topics
     targets = {
         k: v
         for k, v in (("events", events_topic), ("state", state_topic), ("dedup", dedup_topic), ("dlq", dlq_topic))
-        if v
+        if v and v != getattr(live, k)
     }
-    if targets.get("events", settings.topics.events) != settings.topics.events and "dedup" not in targets:
+    if targets.keys() & {"events", "state"} and "dedup" not in targets:
         raise _fail(
-            "a fresh --events-topic needs a fresh --dedup-topic too: with the live dedup changelog "
-            "every event would be recognised as already emitted"
+            f"a fresh --{next(iter(targets.keys() & {'events', 'state'}))}-topic needs a fresh --dedup-topic too: "
+            "with the live dedup changelog every event would be recognised as already emitted"
+        )
+    if "events" in targets and "dlq" not in targets:
+        raise _fail(
+            "a fresh --events-topic needs a fresh --dlq-topic too: its dead letters would join the ones "
+            f"{live.dlq} already holds"
         )
     settings = _override(settings, topics=targets)
     try:
-        created = topics.create_all(settings.kafka, settings.topics)
-        for name, what in created.items():
-            if what == "created":
-                typer.echo(f"created {name}", err=True)
+        for name in replay_.ensure_targets(settings.kafka, live, settings.topics):
+            typer.echo(f"created {name}", err=True)
         with Progress(
             TextColumn("replaying {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
         ) as bar:
             task = bar.add_task(settings.topics.raw, total=None)
 
-            def progress(done: int, total: int | None) -> None:
-                bar.update(task, completed=done, total=max(done, total) if total is not None else None)
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=max(done, total))
 
-            tally = run_replay(settings, None if from_beginning else _utc(since), progress)
+            tally = replay_.replay(settings, None if from_beginning else _utc(since), progress)
     except KycstreamError as exc:
         raise _fail(str(exc)) from exc
+    held = tally["dead_letters_held"]
     typer.echo(
-        f"replayed: {tally['events']} events emitted, {tally['duplicates']} already emitted, "
-        f"{tally['notices']} notices, {tally['dead_letters']} dead letters",
+        f"replayed {tally['records']} records of {settings.topics.raw}: "
+        f"{tally['events']} events emitted, {tally['duplicates']} already emitted, "
+        f"{tally['notices']} notices, {tally['dead_letters']} dead letters"
+        + (f" ({held} already in {settings.topics.dlq}, not written again)" if held else ""),
         err=True,
     )
 
@@ -341,18 +425,22 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-_ROLE_TYPES = {
+_ROLE_TYPES: dict[str, RecordType] = {
     "raw": "RawDelivery",
     "events": "VerificationEvent",
     "state": "VerificationState",
     "dedup": "DedupRecord",
     "dlq": "DeadLetter",
+    "expected": "Expectation",
 }
 
 
 @app.command()
 def tail(
-    topic: Annotated[str, typer.Option(help="events, state, dlq, raw, dedup, or a topic name.")] = "events",
+    topic: Annotated[
+        str,
+        typer.Option(help="events, state, dlq, raw, dedup, expected, or the name of any topic of kycstream records."),
+    ] = "events",
     config: ConfigOpt = None,
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest record.")] = False,
     count: Annotated[
@@ -363,30 +451,43 @@ def tail(
         ),
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="Exit after S seconds without a new record.")] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Only records with this key, e.g. esign:d208917d (provider:verification_id).")
+    ] = None,
 ) -> None:
-    """Decode a topic's records to JSON lines on stdout."""
-    from processors.kafka import reader
+    """Decode a topic's records to JSON lines on stdout.
+
+    A topic that is none of the configured ones is decoded by what its records are (the schema
+    fingerprint, or the registry's schema id): the topics a replay built, a copy, a backup."""
+    from processors.kafka import identify, reader
     from processors.kafka.serde import Codec
 
     settings = _load(Settings, config)
-    role = (
-        topic if topic in _ROLE_TYPES else next((r for r in _ROLE_TYPES if getattr(settings.topics, r) == topic), None)
-    )
-    if role is None:
-        raise _fail(f"unknown topic {topic!r}: use one of {', '.join(_ROLE_TYPES)} or a configured topic name")
-    name = getattr(settings.topics, role)
+    role = next((r for r in _ROLE_TYPES if topic in (r, getattr(settings.topics, r))), None)
+    name = getattr(settings.topics, role) if role else topic
+    kind: RecordType | None = _ROLE_TYPES[role] if role else None
     from processors.kafka import config as kconfig
 
     codec = Codec(kconfig.schema_registry(settings.kafka))
+    wanted = key.encode() if key is not None else None
 
     def emit(record: reader.Record) -> None:
-        sys.stdout.buffer.write(_render(codec, role, name, record) + b"\n")
+        nonlocal kind
+        if kind is None and record.value:
+            kind = identify.record_type(codec, record.value, name)
+            if kind is None:
+                raise _fail(
+                    f"{name} does not hold kycstream records: its record at partition {record.partition} offset "
+                    f"{record.offset} is {identify.describe(record.value, bool(settings.kafka.schema_registry_url))}"
+                )
+        sys.stdout.buffer.write(_render(codec, kind, name, record) + b"\n")
         sys.stdout.flush()
 
-    start: reader.Start = "beginning" if from_beginning else (count if count else "end")
+    # The last N matching one key are found by reading everything: "the last N of each partition" may hold none.
+    start: reader.Start = "beginning" if from_beginning or (count and key) else (count if count else "end")
     printed = 0
     backlog: deque[reader.Record] = deque(maxlen=count if count and not from_beginning else None)
-    catching_up = isinstance(start, int)
+    catching_up = bool(count) and not from_beginning
     try:
         for item in reader.follow(settings.kafka, name, start, idle_timeout=timeout):
             if isinstance(item, reader.CaughtUp):
@@ -396,6 +497,8 @@ def tail(
                         emit(record)
                         printed += 1
                     backlog.clear()
+            elif wanted is not None and item.key != wanted:
+                continue
             elif catching_up:
                 backlog.append(item)
                 continue
@@ -410,14 +513,14 @@ def tail(
         return
 
 
-def _render(codec: Any, role: str, topic: str, record: Any) -> bytes:
+def _render(codec: Any, kind: RecordType | None, topic: str, record: Any) -> bytes:
     from processors.errors import SerdeError
 
     try:
-        value: Any = codec.decode(_ROLE_TYPES[role], record.value or b"", topic) if record.value else None
+        value: Any = codec.decode(kind, record.value, topic) if record.value and kind else None
     except SerdeError as exc:
         value = {"_undecodable": str(exc)}
-    if role == "dlq" and isinstance(value, dict):
+    if kind == "DeadLetter" and isinstance(value, dict):
         try:
             value["original"] = codec.decode("RawDelivery", value["original_value"])
             del value["original_value"]

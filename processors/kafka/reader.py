@@ -114,6 +114,35 @@ def read_all(kafka: KafkaSettings, topic: str, timeout: float = 30.0) -> list[Re
     raise BrokerError(f"could not read {topic} to its end within {timeout:g}s")
 
 
+def unprocessed(kafka: KafkaSettings, group: str, topic: str, timeout: float = 30.0) -> int:
+    """How many records of `topic` lie past the group's committed offsets (read to partition EOF)."""
+    consumer = Consumer(config.consumer(kafka, group))
+    try:
+        partitions = topic_partitions(consumer, topic)
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        consumer.assign(
+            [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed]
+        )
+        pending, count = set(partitions), 0
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"could not read {topic} to its end within {timeout:g}s")
+            for msg in consumer.consume(1000, 1.0):
+                error = msg.error()
+                if error is None:
+                    count += 1
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition() or 0)
+                else:
+                    raise BrokerError(f"reading {topic} failed: {error.str()}")
+        return count
+    except KafkaException as exc:
+        raise BrokerError(f"Kafka did not answer: {exc.args[0].str()}") from exc
+    finally:
+        consumer.close()
+
+
 def _header_list(headers: object) -> list[tuple[str, str | bytes | None]]:
     if isinstance(headers, dict):
         return list(headers.items())

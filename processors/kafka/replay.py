@@ -8,62 +8,185 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
+from typing_extensions import override
 
 from processors import logs
-from processors.errors import BrokerError, SerdeError
-from processors.kafka import config, reader
+from processors.errors import BrokerError, ConfigError, SerdeError
+from processors.kafka import config, reader, topics
 from processors.kafka.producer import produce_dead_letter
 from processors.kafka.runner import Engine
 from processors.kafka.serde import Codec, dead_letter_from_record, delivery_from_record
-from processors.model import DeadLetter, Rejection
+from processors.model import DeadLetter, RawDelivery, Rejection
 from processors.pipeline import normalize
-from processors.settings import ProcessorSettings
+from processors.settings import KafkaSettings, ProcessorSettings, TopicSettings
 
 log = logs.get("kycstream.replay")
-Progress = Callable[[int, int | None], None]  # (records done, estimated total or None)
+Progress = Callable[[int, int], None]  # (records done, records to replay)
+
+
+TARGET_ROLES = ("events", "state", "dedup", "dlq")
+
+
+def ensure_targets(kafka: KafkaSettings, live: TopicSettings, target: TopicSettings) -> list[str]:
+    """Create the missing target topics, each like the topic it stands in for (its configs, read from
+    the live topic where it exists) with the raw topic's partition count: the co-partitioning rule.
+
+    Refuses before creating anything when an existing target disagrees (partitions, cleanup policy).
+    Returns the names created.
+    """
+    admin = AdminClient(config.admin(kafka))
+    counts = topics.partition_counts(admin, timeout=10)
+    raw = target.raw
+    if raw not in counts:
+        raise ConfigError(f"topic {raw} does not exist: there is nothing to replay (check topics.raw)")
+    partitions = counts[raw]
+    wanted = [s for s in topics.specs(target) if s.role in TARGET_ROLES]
+    described = _configs(admin, [s.name for s in wanted if s.name in counts])
+    disagree = []
+    for spec in wanted:
+        if spec.name not in counts:
+            continue
+        if spec.role != "dlq" and counts[spec.name] != partitions:  # dead letters are not co-partitioned
+            disagree.append(f"{spec.name} has {counts[spec.name]} partitions")
+        policy = described.get(spec.name, {}).get("cleanup.policy")
+        if policy is not None and policy != spec.config["cleanup.policy"]:
+            disagree.append(f"{spec.name} has cleanup.policy={policy}, not {spec.config['cleanup.policy']}")
+    if disagree:
+        raise ConfigError(
+            f"{raw} has {partitions} partitions, but " + "; ".join(disagree) + ": replay into topics that "
+            "match it (events, state and dedup co-partitioned with the raw topic, state and dedup compacted), "
+            "or give new names to have them created"
+        )
+    missing = [s for s in wanted if s.name not in counts]
+    if not missing:
+        return []
+    # The configs of the topics they stand in for: the live topic's values where it exists.
+    originals = _configs(admin, [getattr(live, s.role) for s in missing if getattr(live, s.role) in counts])
+    specs = tuple(
+        dataclasses.replace(
+            s,
+            partitions=partitions,
+            config={k: originals.get(getattr(live, s.role), {}).get(k, v) for k, v in s.config.items()},
+        )
+        for s in missing
+    )
+    return [name for name, what in topics.create(admin, specs).items() if what == "created"]
+
+
+def _configs(admin: AdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    """Each topic's configs as the broker reports them (empty when it does not answer them)."""
+    if not names:
+        return {}
+    found: dict[str, dict[str, str]] = {}
+    futures = admin.describe_configs([ConfigResource("topic", name) for name in names], request_timeout=10)
+    for resource, future in futures.items():
+        try:
+            entries = future.result()
+        except KafkaException:
+            continue
+        found[resource.name] = {k: e.value for k, e in entries.items() if e.value is not None}
+    return found
 
 
 def replay(settings: ProcessorSettings, since: datetime | None, progress: Progress | None = None) -> Counter[str]:
-    """Run the raw topic from `since` (None: the beginning) to its current end through the normalizer.
+    """Run the raw topic from `since` (None: the beginning) to its end as of the start through the
+    normalizer.
 
     Dedup and state are restored from the target topics first, so replaying into the topics that
-    already hold events emits only what is missing; into fresh topics, it rebuilds them whole.
+    already hold events emits only what is missing; into fresh topics, it rebuilds them whole. A
+    dead letter the target DLQ already holds for the same raw record is not written again.
     """
-    engine = Engine(settings)
+    engine = _ReplayEngine(settings)
     raw = settings.topics.raw
     consumer = Consumer(config.consumer(settings.kafka, f"{settings.processor.group_id}-replay-{uuid.uuid4().hex[:8]}"))
     try:
         partitions = list(range(engine.check_partitions()))
+        engine.held = _dead_letters_held(settings, engine.codec)
         engine.restore(partitions)
         starts = _starts(consumer, raw, partitions, since)
-        total = _estimate(consumer, starts)
-        consumer.assign(starts)
-        pending = {tp.partition for tp in starts}
         since_ms = int(since.timestamp() * 1000) if since else 0
+        last, total = _extent(consumer, starts, since_ms)
+        if progress:
+            progress(0, total)
+        consumer.assign([tp for tp in starts if tp.partition in last])
+        pending = set(last)
         done = 0
         stop = threading.Event()
         while pending:
             messages = consumer.consume(settings.processor.batch_size, 1.0)
+            records = []
             for msg in messages:
-                error = msg.error()
+                error, partition, offset = msg.error(), msg.partition() or 0, msg.offset() or 0
                 if error is not None and error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition() or 0)
+                    pending.discard(partition)
                 elif error is not None:
                     raise BrokerError(f"reading {raw} failed: {error.str()}")
-            # offsets_for_times is only a starting hint (not every broker answers it exactly).
-            records = [m for m in messages if m.error() is None and (m.timestamp() or (0, 0))[1] >= since_ms]
-            if records and engine.process(records, consumer, stop) is not None:
-                done += len(records)
-                if progress:
-                    progress(done, total)
-        return engine.tally
+                elif partition in pending and offset <= last[partition]:
+                    if offset == last[partition]:
+                        pending.discard(partition)
+                    # offsets_for_times is only a starting hint (not every broker answers it exactly).
+                    if (msg.timestamp() or (0, 0))[1] >= since_ms:
+                        records.append(msg)
+            if not records:
+                continue
+            if engine.process(records, consumer, stop) is None:
+                pending.update(m.partition() or 0 for m in records)  # rewound: those are read again
+                continue
+            done += len(records)
+            if progress:
+                progress(done, total)
+        tally = engine.tally
+        tally["dead_letters_held"] = len(engine.skipped)
+        tally["records"] = done
+        return tally
     except KafkaException as exc:
         raise BrokerError(f"replay failed: {exc.args[0].str()}") from exc
     finally:
         consumer.close()
         engine.close()
+
+
+class _ReplayEngine(Engine):
+    """The processor's engine, minus the dead letters the target DLQ already holds."""
+
+    held: frozenset[tuple[int, int]] = frozenset()  # (raw partition, raw offset)
+
+    def __init__(self, settings: ProcessorSettings) -> None:
+        super().__init__(settings)
+        self.skipped: set[tuple[int, int]] = set()
+
+    @override
+    def _dead_letter(self, msg: Message, delivery: RawDelivery | None, why: Rejection, batch: Any) -> None:
+        at = (msg.partition() or 0, msg.offset() or 0)
+        if at in self.held:
+            self.skipped.add(at)
+            return
+        super()._dead_letter(msg, delivery, why, batch)
+
+
+def _dead_letters_held(settings: ProcessorSettings, codec: Codec) -> frozenset[tuple[int, int]]:
+    """(partition, offset) of every raw record the DLQ already holds a dead letter for."""
+    held = set()
+    for record in reader.read_all(settings.kafka, settings.topics.dlq, timeout=60):
+        try:
+            letter = codec.decode("DeadLetter", record.value or b"", settings.topics.dlq)
+        except SerdeError:
+            continue
+        if letter.get("source_topic") == settings.topics.raw:
+            held.add((int(letter["partition"]), int(letter["offset"])))
+    return frozenset(held)
 
 
 def _starts(consumer: Consumer, topic: str, partitions: list[int], since: datetime | None) -> list[TopicPartition]:
@@ -75,17 +198,28 @@ def _starts(consumer: Consumer, topic: str, partitions: list[int], since: dateti
     return [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else -1) for tp in found]
 
 
-def _estimate(consumer: Consumer, starts: list[TopicPartition]) -> int | None:
-    """A hint for the progress bar only: high watermarks may under-report on some brokers."""
+def _extent(consumer: Consumer, starts: list[TopicPartition], since_ms: int) -> tuple[dict[int, int], int]:
+    """What the replay will read: the last offset of each partition that has records from its start,
+    and how many of them are at or after `since_ms`. Read to partition EOF: the high watermarks
+    of some brokers (the embedded one) under-report."""
+    consumer.assign(starts)
+    pending = {tp.partition for tp in starts}
+    last: dict[int, int] = {}
     total = 0
     try:
-        for tp in starts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-            first = low if tp.offset < 0 else tp.offset
-            total += max(0, high - first) if tp.offset != -1 else 0
-    except KafkaException:
-        return None
-    return total
+        while pending:
+            for msg in consumer.consume(10_000, 1.0):
+                error = msg.error()
+                if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition() or 0)
+                elif error is not None:
+                    raise BrokerError(f"reading {starts[0].topic} failed: {error.str()}")
+                else:
+                    last[msg.partition() or 0] = msg.offset() or 0
+                    total += (msg.timestamp() or (0, 0))[1] >= since_ms
+    finally:
+        consumer.unassign()
+    return last, total
 
 
 def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[str]:
