@@ -12,8 +12,9 @@ A crash between 1 and 2 leaves events without dedup records; the next owner of t
 finds them by reading the events partition from X on restore (PartitionOwner.repair), so a
 replayed delivery is still recognised: every event is written once (by event_id), none is lost.
 
-exactly_once (real Kafka): the same outputs and the offsets in one transaction per batch; an
-aborted transaction rewinds.
+exactly_once (real Kafka): the same outputs and the offsets in one transaction per batch. An
+aborted transaction rewinds and takes the batch's partitions over again: its keys were learned
+while its dedup records were built, and only a restore forgets what was never committed.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class ExactlyOnce(_Strategy):
         except KafkaException as exc:
             with contextlib.suppress(KafkaException):
                 producer.abort_transaction(30)
-            self._rewind(batch, consumer, f"transaction aborted: {exc.args[0].str()}")
+            self._take_over_again(batch, consumer, f"transaction aborted: {exc.args[0].str()}")
             return None
         self.owner.apply(batch)
         return []

@@ -263,20 +263,49 @@ def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(
     options = {"processing_guarantee": "exactly_once", "transactional_id": unique("tx"), "group_id": group}
     with processing(kafka, topic_settings, **options) as normalizer:
         read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=20)
-        deadline = time.monotonic() + 30
-        while _dedup_hits(normalizer) < 5:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: _dedup_hits(normalizer) >= 5, 30, "5 repeats recognised")
     produce_raw(kafka, topic_settings.raw, [raw_delivery("esign", d.body) for d in first[5:10]], codec)
     with processing(kafka, topic_settings, **options) as normalizer:  # restored, and offsets were committed
-        deadline = time.monotonic() + 30
-        while _dedup_hits(normalizer) < 5:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: _dedup_hits(normalizer) >= 5, 30, "5 repeats recognised after the restore")
         wait_until(lambda: committed_to_end(kafka, group, topic_settings.raw), 30, "the raw topic committed")
         assert normalizer.engine.tally == Counter(duplicates=5), "only the new records were read again"
     assert len(read(kafka, topic_settings.events, codec, "VerificationEvent")) == 20
     assert len(read(kafka, topic_settings.dedup, codec, "DedupRecord")) == 20
+
+
+def test_a_batch_whose_transaction_failed_is_redone_in_full(
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
+) -> None:
+    """exactly_once: a transaction that fails after the batch's keys were learned (while building
+    its dedup records) is aborted, and the redo writes every event of the batch: the partitions are
+    taken over again from what was committed, so the learned keys are not taken for repeats."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    group = unique("eos-abort")
+    options = {"processing_guarantee": "exactly_once", "transactional_id": unique("tx"), "group_id": group}
+    with processing(kafka, topic_settings, **options) as normalizer:
+        outputs = normalizer.engine.outputs
+        write_dedup = outputs.dedup
+        failed = threading.Event()
+
+        def fail_once(records: list[tuple[int, bytes, bytes]]) -> None:
+            if not failed.is_set():
+                failed.set()
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "injected: the transaction did not finish"))
+            write_dedup(records)
+
+        outputs.dedup = fail_once  # type: ignore[method-assign]
+        deliveries = [
+            raw_delivery("esign", _esign(f"abort-{i}", "COMPLETED", "VALID", "2026-05-08T10:30:00Z")) for i in range(10)
+        ]
+        produce_raw(kafka, topic_settings.raw, deliveries, codec)
+        wait_until(lambda: committed_to_end(kafka, group, topic_settings.raw), 60, "the raw topic committed")
+        assert failed.is_set(), "the injected failure happened"
+        assert normalizer.engine.tally == Counter(events=10), "every event written by the redo, none a repeat"
+    events = read(kafka, topic_settings.events, codec, "VerificationEvent")
+    dedup = read(kafka, topic_settings.dedup, codec, "DedupRecord")
+    assert {e["idempotency_key"] for e in events} == {r["idempotency_key"] for r in dedup}
+    assert len({e["idempotency_key"] for e in events}) == 10
 
 
 def test_a_state_that_landed_without_its_event_is_not_counted_again(
