@@ -113,6 +113,8 @@ def make_pipeline(
             pipeline.kill_all()
         assert "processor" not in codes or codes["processor"] == 0, (codes, pipeline.processor.tail())
         assert "gateway" not in codes or gateway_status_ok(codes["gateway"]), (codes, pipeline.gateway.tail())
+        others = {name: code for name, code in codes.items() if name not in ("gateway", "processor")}
+        assert set(others.values()) <= {0}, (others, pipeline.tails())
 
 
 @pytest.fixture

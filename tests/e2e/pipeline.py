@@ -42,12 +42,14 @@ def kycstream_command() -> list[str]:
 
 
 class Role:
-    """One long-running CLI process (gateway or processor); restarts get new log files."""
+    """One long-running CLI process (gateway, processor, reconciler); restarts get new log files.
+    env: settings of this role only, on top of the pipeline's."""
 
-    def __init__(self, pipeline: Pipeline, name: str, args: list[str]) -> None:
+    def __init__(self, pipeline: Pipeline, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         self.pipeline = pipeline
         self.name = name
         self.args = args
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.generation = 0
         self._log: IO[bytes] | None = None
@@ -66,7 +68,7 @@ class Role:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [*kycstream_command(), *self.args, "--config", str(self.pipeline.config_path)],
-            env=self.pipeline.env,
+            env={**self.pipeline.env, **self.env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -130,10 +132,15 @@ class Role:
 
 
 class ContainerRole(Role):
-    """The same role in a container of the product image; its log file is filled from the engine's logs."""
+    """The same role in a container of the product image; its log file is filled from the engine's logs.
+    Each start is a new container (the killed one is removed first) with the same bind mounts, so a
+    restarted gateway finds its spool and a restarted processor its state directory, as a pod's
+    restarted container finds its volumes."""
 
-    def __init__(self, pipeline: Pipeline, name: str, args: list[str], image: str) -> None:
-        super().__init__(pipeline, name, args)
+    def __init__(
+        self, pipeline: Pipeline, name: str, args: list[str], image: str, env: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(pipeline, name, args, env)
         self.image = image
         self.container: Any = None  # testcontainers' DockerContainer of the current generation
         self._waited = False
@@ -147,14 +154,15 @@ class ContainerRole(Role):
         return int(state.get("Pid") or 0) or None if state.get("Running") else None
 
     def _state(self) -> dict[str, Any]:
-        """The current container's state; {} once removed (a sampler thread may ask while it is replaced)."""
+        """The current container's state; {} once removed (a sampler thread may ask while it is replaced:
+        `self.container` is only ever None or a container the engine started)."""
         import docker.errors
 
         container = self.container
         if container is None:
             return {}
+        wrapped = container.get_wrapped_container()
         try:
-            wrapped = container.get_wrapped_container()
             wrapped.reload()
         except docker.errors.NotFound:
             return {}
@@ -170,8 +178,14 @@ class ContainerRole(Role):
         self.generation += 1
         self._log = self.log_path.open("wb")
         self._waited = False
-        self.container = self.pipeline.container([*self.args, "--config", str(self.pipeline.config_path)])
-        self.container.start()
+        made = self.pipeline.container([*self.args, "--config", str(self.pipeline.config_path)], self.env)
+        try:
+            made.start()  # create, then start: only then is it this role's container (see _state)
+        except Exception:
+            made.stop()  # removes what was created, if anything
+            super()._closelog()
+            raise
+        self.container = made
 
     def send(self, sig: int) -> None:
         assert self.alive(), f"{self.name} is not running"
@@ -197,14 +211,15 @@ class ContainerRole(Role):
         return self.container is not None and not self._waited
 
     def remove(self) -> None:
-        if self.container is not None:
-            self._savelog()
-            self.container.stop()  # removes it
-            self.container = None
+        container, self.container = self.container, None  # gone for other threads before it is removed
+        if container is not None:
+            self._savelog(container)
+            container.stop()  # removes it
 
-    def _savelog(self) -> None:
-        if self.container is not None:
-            self.log_path.write_bytes(self._wrapped().logs())
+    def _savelog(self, container: Any = None) -> None:
+        container = container or self.container
+        if container is not None:
+            self.log_path.write_bytes(container.get_wrapped_container().logs())
 
     def _closelog(self) -> None:
         self._savelog()
@@ -272,12 +287,20 @@ class Pipeline:
                 (workdir / writable).chmod(0o777)
             self.gateway = ContainerRole(self, "gateway", ["gateway"], image)
             self.processor = ContainerRole(self, "processor", ["process"], image)
+        self.roles: list[Role] = [self.gateway, self.processor]  # stopped, killed and reaped at the end
 
-    def container(self, args: list[str]) -> Any:
+    def role(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Role:
+        """Another long-running role (e.g. `reconcile`), not started: a container of the image like the
+        gateway and processor, else a CLI process; stopped and reaped with them at the end of the test."""
+        made = Role(self, name, args, env) if self.image is None else ContainerRole(self, name, args, self.image, env)
+        self.roles.append(made)
+        return made
+
+    def container(self, args: list[str], env: dict[str, str] | None = None) -> Any:
         """A container (not started) of the image running `kycstream ARGS` with this pipeline's settings."""
         assert self.image is not None
         mounts = {self.config_path: "ro", self.workdir / "spool": "rw", self.workdir / "state": "rw"}
-        return containers.container(self.image, args, self.settings, mounts)
+        return containers.container(self.image, args, {**self.settings, **(env or {})}, mounts)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -354,7 +377,7 @@ class Pipeline:
     def stop(self) -> dict[str, int]:
         """SIGTERM what still runs; the return codes of those processes (and of any that had exited)."""
         codes = {}
-        for role in (self.gateway, self.processor):
+        for role in self.roles:
             if role.alive():
                 codes[role.name] = role.stop(signal.SIGTERM, timeout=40)
             elif role.unreaped():  # exited by itself: a crash, unless 0
@@ -363,7 +386,7 @@ class Pipeline:
 
     def kill_all(self) -> None:
         """SIGKILL what still runs; reap everything, close the logs and remove containers (after a failure)."""
-        for role in (self.gateway, self.processor):
+        for role in self.roles:
             if role.alive():
                 role.send(signal.SIGKILL)
             if role.unreaped():
@@ -371,7 +394,7 @@ class Pipeline:
             role.remove()
 
     def tails(self) -> str:
-        return f"{self.gateway.tail()}\n{self.processor.tail()}"
+        return "\n".join(role.tail() for role in self.roles)
 
     # --- reading the topics -----------------------------------------------------------------------
 
