@@ -25,7 +25,7 @@ from prometheus_client import Counter
 
 from processors import logs
 from processors.errors import ConfigError, SerdeError
-from processors.kafka.producer import produce_dead_letter
+from processors.kafka.producer import RenewableProducer, produce_dead_letter
 from processors.kafka.serde import Codec, delivery_to_record, event_from_record
 from processors.model import (
     FETCH_ID_HEADER,
@@ -85,7 +85,7 @@ class Fetcher:
         settings: ReconcileSettings,
         codec: Codec,
         consumer: Consumer,
-        producer: Producer,
+        producer: RenewableProducer,
         fetches: Counter,
         clock: Callable[[], datetime],
     ) -> None:
@@ -94,7 +94,7 @@ class Fetcher:
         self.topics = settings.topics
         self.codec = codec
         self.consumer = consumer
-        self.producer = producer
+        self._out = producer  # the reconciler's: replaced when it is gone
         self.fetches = fetches
         self.clock = clock
         self.sources = fetcher_sources(settings)
@@ -104,6 +104,10 @@ class Fetcher:
         self.jobs: dict[tuple[int, int], FetchJob] = {}  # (partition, offset) of the notice -> its job
         self._seen: dict[int, int] = {}  # partition -> next offset after the last event read
         self._committed: dict[int, int] = {}
+
+    @property
+    def producer(self) -> Producer:
+        return self._out.current
 
     @property
     def active(self) -> bool:

@@ -35,7 +35,7 @@ from processors import logs
 from processors.errors import SerdeError
 from processors.kafka import config, reader
 from processors.kafka.fetcher import Fetcher, FetchJob
-from processors.kafka.producer import produce_dead_letter, producer_gone
+from processors.kafka.producer import RenewableProducer, produce_dead_letter
 from processors.kafka.serde import (
     Codec,
     delivery_to_record,
@@ -112,8 +112,7 @@ class Reconciler:
             config.consumer(settings.kafka, r.group_id, **{"session.timeout.ms": r.session_timeout_ms})
         )
         self.states_reader = Consumer(config.consumer(settings.kafka, f"{r.group_id}-state"))
-        self.producer = self._new_producer()
-        self._producer_gone = False
+        self._out = RenewableProducer(config.producer(settings.kafka))  # shared with the fetcher
         self.tracked: dict[str, _Tracked] = {}
         self._assigned: set[int] = set()  # this member's partitions of the expected topic
         self._unread: set[int] = set()  # ... not read to their end since they were assigned
@@ -136,29 +135,18 @@ class Reconciler:
                 **{"session.timeout.ms": r.session_timeout_ms, "enable.partition.eof": False},
             )
         )
-        self.fetcher = Fetcher(settings, self.codec, fetch_consumer, self.producer, self.metrics.fetches, clock)
+        self.fetcher = Fetcher(settings, self.codec, fetch_consumer, self._out, self.metrics.fetches, clock)
 
     # --- the producer ------------------------------------------------------------------------------
 
-    def _new_producer(self) -> Producer:
-        return Producer(config.producer(self.settings.kafka, error_cb=self._on_producer_error))
-
-    def _on_producer_error(self, err: KafkaError) -> None:
-        if err.fatal():
-            self._producer_gone = True
+    @property
+    def producer(self) -> Producer:
+        return self._out.current
 
     def _renew_producer_if_gone(self) -> None:
-        """A fenced or fatally failed idempotent producer fails every record from then on (seen on the
-        embedded broker once records timed out in an outage): replace it, the fetcher's too. Purged,
-        the old one's records report failures, so their work is done again."""
-        if not self._producer_gone:
-            return
-        self._producer_gone = False
-        old = self.producer
-        self.producer = self.fetcher.producer = self._new_producer()
-        old.purge(in_queue=True, in_flight=True)
-        old.flush(self._FLUSH_TIMEOUT_S)
-        log.warning("producer_replaced")
+        """Replaced, the old producer's purged records report failures, so their work is done again."""
+        if (old := self._out.renew_if_gone()) is not None:
+            old.flush(self._FLUSH_TIMEOUT_S)
 
     # --- tables ------------------------------------------------------------------------------------
 
@@ -462,7 +450,7 @@ class Reconciler:
                 done()
             else:
                 log.warning("reconcile_write_failed", key=tracked.expectation.key, record=record, error=err.str())
-                self._producer_gone |= producer_gone(err)
+                self._out.note(err)
 
         return report
 
