@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from gateway.settings import GatewaySettings
 from processors.kafka import embedded, topics
+from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings
 from tests.conftest import post, processing, unique
 
@@ -93,3 +94,69 @@ def test_embedded_broker_start_and_stop() -> None:
     assert running.alive()
     running.stop()
     assert not running.alive()
+
+
+def test_every_command_finds_the_config_as_make_run_does(kafka: KafkaSettings, tmp_path: object) -> None:
+    """--config, else $KYCSTREAM_CONFIG, else deploy/kycstream.dev.yaml from the project; said first."""
+    from pathlib import Path
+
+    repo, elsewhere = Path(__file__).parents[2], Path(str(tmp_path))
+    own = elsewhere / "own.yaml"
+    own.write_text("log_format: json\n")
+    topic = unique("absent")
+    clean = {k: v for k, v in _env(kafka).items() if k != "KYCSTREAM_CONFIG"}
+
+    def first_line(cwd: Path, *args: str, **env: str) -> str:
+        result = subprocess.run(
+            [*KYCSTREAM, "tail", "--topic", topic, *args],
+            env={**clean, **env},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2 and f"topic {topic} does not exist" in result.stderr, result.stderr
+        return result.stderr.splitlines()[0]
+
+    assert first_line(repo) == "config: deploy/kycstream.dev.yaml"
+    assert first_line(repo, KYCSTREAM_CONFIG=str(own)) == f"config: {own}"
+    assert first_line(repo, "--config", str(own), KYCSTREAM_CONFIG="nowhere.yaml") == f"config: {own}"
+    assert first_line(elsewhere) == "config: none (defaults and environment)"
+
+
+def test_tail_decodes_any_topic_of_kycstream_records_and_names_what_else_it_found(
+    kafka: KafkaSettings, codec: Codec
+) -> None:
+    from confluent_kafka import Producer
+
+    from tests.conftest import produce_raw, raw_delivery
+
+    copy, foreign = unique("copy.raw"), unique("foreign")
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    for future in admin.create_topics([NewTopic(copy, 1), NewTopic(foreign, 1)]).values():
+        future.result()
+    bodies = [b'{"submissionId": "k-%d", "status": "COMPLETED", "result": "VALID"}' % i for i in range(3)]
+    produce_raw(kafka, copy, [raw_delivery("esign", body) for body in bodies], codec)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    producer.produce(foreign, value=b'{"hello": "world"}')
+    assert producer.flush(10) == 0
+    env = _env(kafka)
+
+    every = subprocess.run(
+        [*KYCSTREAM, "tail", "--topic", copy, "--from-beginning", "--timeout", "2"], env=env, capture_output=True
+    )
+    assert [json.loads(line)["body"] for line in every.stdout.splitlines()] == [b.decode() for b in bodies]
+    one = subprocess.run(
+        [*KYCSTREAM, "tail", "--topic", copy, "--count", "1", "--key", "esign:k-1", "--timeout", "2"],
+        env=env,
+        capture_output=True,
+    )
+    assert [json.loads(line)["body"] for line in one.stdout.splitlines()] == [bodies[1].decode()]
+
+    refused = subprocess.run(
+        [*KYCSTREAM, "tail", "--topic", foreign, "--from-beginning", "--timeout", "2"], env=env, capture_output=True
+    )
+    assert refused.returncode == 2 and refused.stdout == b""
+    assert f"{foreign} does not hold kycstream records: its record at partition 0 offset 0 is JSON text".encode() in (
+        refused.stderr
+    )

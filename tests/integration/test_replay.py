@@ -174,3 +174,89 @@ def test_redrive_leaves_the_reconcilers_letters_alone(
     assert redrive(settings) == Counter({"skipped:fetch_unauthorized": 1})
     letters = read(kafka, topic_settings.dlq, codec, "DeadLetter")
     assert [(d["reason"], d["source_topic"]) for d in letters] == [("fetch_unauthorized", topic_settings.events)]
+
+
+def test_replay_creates_missing_targets_like_the_live_topics_with_the_raw_partition_count(
+    kafka: KafkaSettings, codec: Codec
+) -> None:
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from processors.kafka import topics
+
+    tag = unique("rt")
+    live = TopicSettings(partitions=2, events_retention_ms=3_600_000, **{r: f"{tag}.{r}" for r in topics.ROLES})
+    topics.create_all(kafka, live)
+    produce_raw(kafka, live.raw, [raw_delivery("esign", _esign(i)) for i in range(6)], codec)
+    fresh = {r: f"{tag}.{r}.v2" for r in ("events", "state", "dedup", "dlq")}
+    args = [a for r, name in fresh.items() for a in (f"--{r}-topic", name)]
+    env = processor_env(kafka, live)
+    result = subprocess.run(
+        [*KYCSTREAM, "replay", "--from-beginning", *args], env=env, capture_output=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"replayed 6 records" in result.stderr
+
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    metadata = admin.list_topics(timeout=10)
+    assert {name: len(metadata.topics[name].partitions) for name in fresh.values()} == dict.fromkeys(fresh.values(), 2)
+    described = {
+        r.name: f.result()
+        for r, f in admin.describe_configs([ConfigResource("topic", n) for n in fresh.values()]).items()
+    }
+    assert described[fresh["events"]]["retention.ms"].value == "3600000", "the live events topic's retention"
+    assert described[fresh["state"]]["cleanup.policy"].value == "compact"
+    assert len(read(kafka, fresh["events"], codec, "VerificationEvent")) == 6
+
+
+def test_replay_refuses_before_creating_anything_when_a_target_disagrees(
+    topic_settings: TopicSettings, kafka: KafkaSettings
+) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    from processors.kafka import topics
+
+    tag = unique("disagree")
+    wrong = TopicSettings(partitions=5, events=f"{tag}.events")
+    topics.create(AdminClient({"bootstrap.servers": kafka.bootstrap_servers}), topics.specs(wrong)[1:2])
+    env = processor_env(kafka, topic_settings)
+    result = subprocess.run(
+        [
+            *(*KYCSTREAM, "replay", "--from-beginning", "--events-topic", f"{tag}.events"),
+            *("--state-topic", f"{tag}.state", "--dedup-topic", f"{tag}.dedup", "--dlq-topic", f"{tag}.dlq"),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"{topic_settings.raw} has 3 partitions, but {tag}.events has 5 partitions".encode() in result.stderr
+    names = AdminClient({"bootstrap.servers": kafka.bootstrap_servers}).list_topics(timeout=10).topics
+    assert not {f"{tag}.state", f"{tag}.dedup", f"{tag}.dlq"} & set(names), "nothing was created"
+
+    no_dlq = subprocess.run(
+        [*KYCSTREAM, "replay", "--from-beginning", "--events-topic", f"{tag}.e2", "--dedup-topic", f"{tag}.d2"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert no_dlq.returncode == 2 and b"needs a fresh --dlq-topic too" in no_dlq.stderr
+
+
+def test_replay_progress_totals_what_it_reads_and_live_dead_letters_are_not_written_twice(
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
+) -> None:
+    from processors.kafka.replay import replay
+    from processors.settings import ProcessorSettings
+
+    deliveries = [raw_delivery("esign", _esign(i)) for i in range(40)] + [raw_delivery("esign", b"{,}")] * 3
+    produce_raw(kafka, topic_settings.raw, deliveries, codec)
+    with processing(kafka, topic_settings):
+        read(kafka, topic_settings.dlq, codec, "DeadLetter", at_least=3)
+        read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=40)
+    settings = ProcessorSettings(kafka=kafka, topics=topic_settings, processor={"group_id": unique("rp")})
+    calls: list[tuple[int, int]] = []
+    tally = replay(settings, None, lambda done, total: calls.append((done, total)))
+    assert calls[0] == (0, 43), "the total is known before the first record, read to partition EOF"
+    assert calls[-1] == (43, 43) and {total for _, total in calls} == {43}
+    assert (tally["records"], tally["duplicates"], tally["dead_letters"], tally["dead_letters_held"]) == (43, 40, 3, 3)
+    assert len(read(kafka, topic_settings.dlq, codec, "DeadLetter")) == 3
