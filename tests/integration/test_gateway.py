@@ -197,12 +197,41 @@ def test_503_not_200_when_kafka_is_down(tmp_path: object) -> None:
         own.stop()
 
 
+class _KubeletVolume:
+    """A Secret volume as the kubelet writes it (its AtomicWriter): each key a symlink through
+    `..data` to a timestamped directory; an update writes a new directory and swaps `..data`."""
+
+    def __init__(self, root: Path, key: str, text: str) -> None:
+        self.root, self.key, self.version = root, key, 0
+        self._write(text)
+        (root / key).symlink_to(Path("..data") / key)
+
+    def _write(self, text: str) -> None:
+        self.version += 1
+        data = self.root / f"..2026_{self.version}"
+        data.mkdir()
+        (data / self.key).write_text(text)
+        (self.root / "..data_tmp").symlink_to(data.name)
+        os.replace(self.root / "..data_tmp", self.root / "..data")
+        if self.version > 1:
+            old = self.root / f"..2026_{self.version - 1}"
+            (old / self.key).unlink()
+            old.rmdir()
+
+    def update(self, text: str) -> None:
+        self._write(text)
+
+
+@pytest.mark.parametrize("mount", ["file", "kubelet"])
 def test_a_rotated_credentials_file_takes_effect_without_a_restart(
-    gateway_settings: Callable[..., GatewaySettings], tmp_path: Path
+    gateway_settings: Callable[..., GatewaySettings], tmp_path: Path, mount: str
 ) -> None:
-    """Rotation as README says: add the new secret to the file, switch the provider, remove the old one."""
+    """Rotation as README says: add the new secret to the file, switch the provider, remove the old one;
+    the file replaced in place, or a mounted Secret updated by the kubelet."""
     secrets = tmp_path / "xendit-tokens"
-    secrets.write_text("old-token\n")
+    volume = _KubeletVolume(tmp_path, secrets.name, "old-token\n") if mount == "kubelet" else None
+    if volume is None:
+        secrets.write_text("old-token\n")
     source = SourceSettings.model_validate({"provider": "xendit", "auth": {"credentials_file": str(secrets)}})
     settings = gateway_settings(sources={"xendit": source})
     body = b'{"event": "account.verification", "data": {"id": "rot-1", "kyc": {"status": "PASSED"}}}'
@@ -210,7 +239,10 @@ def test_a_rotated_credentials_file_takes_effect_without_a_restart(
     def status(token: str) -> int:
         return post(f"{url}/webhooks/xendit", body, {"x-callback-token": token}).status_code
 
-    def replace(text: str) -> None:  # as Kubernetes updates a mounted Secret: swapped in atomically
+    def replace(text: str) -> None:  # swapped in atomically
+        if volume is not None:
+            volume.update(text)
+            return
         (tmp_path / "new").write_text(text)
         os.replace(tmp_path / "new", secrets)
 
