@@ -28,6 +28,13 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "kycstream_gateway_in_flight", "Requests awaiting Kafka acknowledgement.", registry=self.registry
         )
+        self.unroutable = Counter(
+            "kycstream_gateway_unroutable",
+            "Deliveries keyed by request id because the provider module raised reading their verification "
+            "id (their order per verification is not kept; see webhook_unroutable in the log), by source.",
+            ["source"],
+            registry=self.registry,
+        )
         self.spooled = Counter(
             "kycstream_gateway_spooled",
             "Deliveries answered 200 from the local spool because Kafka was away, by source.",

@@ -34,7 +34,7 @@ from processors import logs
 from processors.errors import BrokerError
 from processors.kafka.producer import Delivered
 from processors.model import Expectation, RawDelivery
-from processors.pipeline import routing_id, uuid_text
+from processors.pipeline import raised_at, routing_id, uuid_text
 from processors.providers import REGISTRY
 from processors.ratelimit import TokenBucket
 from processors.secretfile import SecretFile
@@ -168,6 +168,13 @@ class WebhookEndpoint:
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
+    def _unroutable(self, name: str, request_id: str, exc: Exception) -> None:
+        """Keyed by request id instead of its verification: accepted, but out of order with its siblings."""
+        self.metrics.unroutable.labels(name).inc()
+        log.warning(
+            "webhook_unroutable", source=name, request_id=request_id, error=type(exc).__name__, at=raised_at(exc)
+        )
+
     async def _receive(
         self, scope: Scope, receive: Receive, name: str, request_id: str
     ) -> tuple[int, bytes, dict[str, str]]:
@@ -203,7 +210,7 @@ class WebhookEndpoint:
             remote_addr=address,
             content_type=hdrs.get("content-type"),
         )
-        key = routing_id(source.provider, body) or request_id
+        key = routing_id(source.provider, body, lambda exc: self._unroutable(name, request_id, exc)) or request_id
         if source.spools and self.spool is not None and self.spool.records:
             # Kafka was away: until the spool is drained this source's deliveries queue behind it, in order.
             return await self._spool(source, delivery, key, "the spool is being forwarded")

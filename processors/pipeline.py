@@ -6,8 +6,10 @@ The runner acts on the answer (produce, dead-letter, commit); nothing here does 
 from __future__ import annotations
 
 import hashlib
+import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import PurePath
 from typing import Any
 
 import orjson
@@ -57,15 +59,26 @@ def parse_body(body: bytes) -> Mapping[str, Any] | Rejection:
     return doc
 
 
-def routing_id(provider: str, body: bytes) -> str | None:
-    """`provider:verification_id` when the body yields it, else None (the gateway's record key)."""
+def raised_at(exc: BaseException) -> str:
+    """Where `exc` was raised (file:line): what a log or a dead letter says of a provider module's
+    failure. Not its message: a message may quote the body (int("Jane") raises ValueError("invalid
+    literal for int() with base 10: 'Jane'")), and bodies hold personal data."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{PurePath(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+
+
+def routing_id(provider: str, body: bytes, on_error: Callable[[Exception], None] | None = None) -> str | None:
+    """`provider:verification_id` when the body yields it, else None (the gateway's record key).
+    A provider module that raises must not refuse a delivery: None, and `on_error` is told."""
     module = REGISTRY.get(provider)
     doc = parse_body(body) if module is not None else None
     if module is None or isinstance(doc, Rejection) or doc is None:
         return None
     try:
         vid = module.verification_id(doc)
-    except Exception:  # a provider bug must not refuse a delivery: key by request id instead
+    except Exception as exc:
+        if on_error is not None:
+            on_error(exc)
         return None
     return f"{provider}:{vid}" if vid else None
 
@@ -90,7 +103,9 @@ def normalize(delivery: RawDelivery, raw_ref: RawRef | None = None) -> Verificat
         else:
             result = module.normalize(doc, headers)
     except Exception as exc:  # the contract is "event or reason", never a crashed processor
-        return Rejection("normalizer_error", f"{delivery.provider} normalizer raised {type(exc).__name__}")
+        return Rejection(
+            "normalizer_error", f"{delivery.provider} normalizer raised {type(exc).__name__} at {raised_at(exc)}"
+        )
     if isinstance(result, Rejection | Notice):
         return result
     return _event(delivery, raw_ref, result, result.idempotency_key or body_hash_key(delivery.provider, doc))

@@ -43,7 +43,7 @@ from processors.kafka.serde import (
     state_from_record,
 )
 from processors.model import DeadLetter, Expectation, RawDelivery, VerificationStatus
-from processors.pipeline import routing_id
+from processors.pipeline import raised_at, routing_id
 from processors.polling import Poller, PollOutcome, Verdict
 from processors.providers import REGISTRY
 from processors.settings import ReconcileSettings
@@ -68,6 +68,13 @@ class ReconcileMetrics:
             "kycstream_token_requests",
             "OAuth2 token requests for provider APIs, by provider and outcome (ok, failed).",
             ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.undecodable = Counter(
+            "kycstream_reconcile_undecodable_records",
+            "Expectation or state records the reconciler could not decode and skipped, by table "
+            "(a skipped state leaves its verification looking unsettled: it is polled).",
+            ["table"],
             registry=self.registry,
         )
         self.fetches = Counter(
@@ -209,7 +216,9 @@ class Reconciler:
             return
         try:
             state = state_from_record(self.codec.decode("VerificationState", msg.value() or b"", self.topics.state))
-        except SerdeError:
+        except SerdeError as exc:  # our own message: schema and field, never a value
+            self.metrics.undecodable.labels("state").inc()
+            log.warning("state_undecodable", partition=msg.partition(), offset=msg.offset(), error=str(exc))
             return
         self.states[key] = (state.status, state.updated_at)
 
@@ -223,6 +232,7 @@ class Reconciler:
                 self.codec.decode("Expectation", msg.value() or b"", self.topics.expected)
             )
         except SerdeError as exc:
+            self.metrics.undecodable.labels("expected").inc()
             log.warning("expectation_undecodable", partition=msg.partition(), offset=msg.offset(), error=str(exc))
             return
         if key not in self.tracked or self.tracked[key].expectation != expectation:
@@ -375,7 +385,16 @@ class Reconciler:
             headers={"content-type": "application/json"},
             origin="poll",
         )
-        key = routing_id(e.provider, body) or e.key
+        key = (
+            routing_id(
+                e.provider,
+                body,
+                lambda exc: log.warning(
+                    "poll_answer_unroutable", key=e.key, error=type(exc).__name__, at=raised_at(exc)
+                ),
+            )
+            or e.key
+        )
         self.producer.produce(
             self.topics.raw,
             key=key.encode(),

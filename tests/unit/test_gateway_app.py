@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from gateway.app import create_app
+from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from processors.kafka.producer import Delivered
 from processors.model import Expectation, RawDelivery
@@ -27,12 +29,14 @@ class Sink:
 
     def __init__(self) -> None:
         self.written: list[RawDelivery] = []
+        self.keys: list[str] = []
         self.fail: Exception | None = None
 
     async def write(self, delivery: RawDelivery, key: str) -> Delivered:
         if self.fail is not None:
             raise self.fail
         self.written.append(delivery)
+        self.keys.append(key)
         return Delivered(self.topic, 0, len(self.written) - 1)
 
     async def write_expectation(self, expectation: Expectation) -> Delivered:
@@ -135,3 +139,35 @@ def test_expectations_api_keys_from_a_file_rotate_and_a_missing_file_turns_the_r
         os.replace(tmp_path / "new", keys)  # as the kubelet swaps a Secret's files
         wait_until(lambda: status(url, "k2") == 200, 10, "the new key accepted")
         assert status(url, "k1") == 401, "the removed key refused"
+
+
+def test_a_provider_module_that_raises_reading_the_id_is_logged_counted_and_keyed_by_request_id(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Accepted (a provider bug must not refuse a delivery) but visible: out of order with its
+    verification's other deliveries, so counted, and logged with where it raised, not the message
+    (which may quote the body)."""
+    from processors import logs
+    from processors.providers import REGISTRY
+
+    def raises(doc: object) -> str:
+        return str(int("Jane Doe"))  # ValueError quoting a value from the body
+
+    monkeypatch.setattr(REGISTRY["xendit"], "verification_id", raises)
+    logs.configure("INFO", "json")
+    sink, metrics = Sink(), GatewayMetrics()
+    with serving_app(create_app(settings(), sink, metrics=metrics)) as url:
+        answer = post(f"{url}/webhooks/xendit", XENDIT, TOKEN)
+    assert answer.status_code == 200
+    assert sink.keys == [answer.headers["x-request-id"]]
+    assert metrics.registry.get_sample_value("kycstream_gateway_unroutable_total", {"source": "xendit"}) == 1
+    lines = [json.loads(line) for line in _log_lines(capsys) if "webhook_unroutable" in line]
+    assert len(lines) == 1 and lines[0]["error"] == "ValueError" and lines[0]["at"].startswith("test_gateway_app.py:")
+    assert "Jane" not in json.dumps(lines)
+
+
+
+def _log_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The JSON log lines written meanwhile (structlog prints to stdout until `logs.configure`)."""
+    captured = capsys.readouterr()
+    return [line for line in (captured.out + captured.err).splitlines() if line.startswith("{")]

@@ -249,3 +249,21 @@ def test_event_id_is_the_uuid5_of_the_idempotency_key(key: str) -> None:
     from processors.pipeline import EVENT_ID_NAMESPACE
 
     assert event_id_for(key) == str(uuid.uuid5(EVENT_ID_NAMESPACE, key))
+
+
+def test_a_normalizer_that_raises_is_a_dead_letter_saying_where_not_what(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detail names the exception's type and line, never its message: a message may quote the body."""
+    from processors.providers import REGISTRY
+
+    def raises(doc: object, headers: object) -> object:
+        return int("Jane Doe")
+
+    monkeypatch.setattr(REGISTRY["esign"], "normalize", raises)
+    body = json.dumps({"submissionId": "s-1", "status": "COMPLETED"}).encode()
+    outcome = _deliver("esign", body)
+    assert isinstance(outcome, Rejection) and outcome.code == "normalizer_error"
+    assert "ValueError at test_providers.py:" in outcome.detail and "Jane" not in outcome.detail
+    seen: list[Exception] = []
+    monkeypatch.setattr(REGISTRY["esign"], "verification_id", lambda doc: int("Jane Doe"))
+    assert routing_id("esign", body, seen.append) is None
+    assert [type(e) for e in seen] == [ValueError]
