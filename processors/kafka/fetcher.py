@@ -69,7 +69,10 @@ def fetcher_sources(settings: ReconcileSettings) -> dict[str, Fetching]:
         if fetcher is None or source.poll is None:
             continue
         missing = fetcher.fetch_missing(source.poll.credentials())
-        if missing and source.poll.executive_login is None:  # a login obtains the executive token
+        login = source.poll.executive_login
+        if login is not None and login.credentials()[1]:  # a login obtains the token; its password read now
+            missing = None
+        if missing:
             field = missing.split(" ", 1)[0]
             raise ConfigError(
                 f"sources.{name}.poll.{field}: required to fetch {source.provider} results: {missing} "

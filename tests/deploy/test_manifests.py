@@ -313,7 +313,8 @@ def test_every_source_has_its_credentials_file(overlay: list[Doc]) -> None:
 POLL_CREDENTIALS = {
     "esign": [("token_file", "esign")],
     "xendit": [("token_file", "xendit")],
-    "incode": [("token_file", "incode"), ("admin_token_file", "incode-admin")],  # admin: Fetch Scores
+    # The executive login's password: Incode's executive token, for Fetch Scores, is logged in for.
+    "incode": [("token_file", "incode"), ("executive_login.password_file", "incode-password")],
     # Their APIs take short-lived OAuth2 tokens: client credentials (README, "Provider API credentials").
     "signicat": [("oauth2.client_secret_file", "signicat")],
     "metamap": [("oauth2.client_secret_file", "metamap")],
@@ -334,8 +335,10 @@ def test_every_polled_source_has_its_credential_file_in_the_reconciler_only(over
         poll = source["poll"]
         assert not {"token", "admin_token"} & set(poll), f"{name}: credentials belong in the Secret, not the ConfigMap"
         assert "client_secret" not in poll.get("oauth2", {}), f"{name}: the client secret belongs in the Secret"
+        assert "password" not in poll.get("executive_login", {}), f"{name}: the password belongs in the Secret"
         for setting, key in POLL_CREDENTIALS[name]:
-            path = poll["oauth2"]["client_secret_file"] if setting.startswith("oauth2.") else poll[setting]
+            section, _, field = setting.rpartition(".")
+            path = (poll[section] if section else poll)[field]
             assert _secret_file(reconciler, path) == ("kycstream-provider-poll-tokens", key), f"{name}.{setting}"
         if name in TOKEN_URLS:
             assert poll["oauth2"]["token_url"] == TOKEN_URLS[name] and "token_file" not in poll
@@ -390,9 +393,10 @@ def test_reconciler_config_and_env_validate(reconcile_settings: ReconcileSetting
             assert poll.credentials().token == PLACEHOLDER_SECRET, f"{name}: the token must come from the Secret"
         assert poll.base_url.startswith("https://"), f"{name}: the NetworkPolicy opens 443 only"
         assert reconcile_settings.sources[name].provider in REGISTRY
-    # What the reconciler checks at start: Fetch Scores needs Incode's executive token (a file here).
+    # What the reconciler checks at start: Fetch Scores needs Incode's executive token (its login: a file).
     assert set(fetcher_sources(reconcile_settings)) == {"incode"}
-    assert polled["incode"].credentials().admin_token == PLACEHOLDER_SECRET
+    login = polled["incode"].executive_login
+    assert login is not None and login.credentials()[1] == PLACEHOLDER_SECRET
 
 
 def _reconcile(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
