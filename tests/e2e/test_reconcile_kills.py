@@ -1,11 +1,12 @@
 """`kycstream reconcile` SIGKILLed mid-poll and restarted, three times (issue 13).
 
-The reconciler runs as a real process against a fake provider API served over real HTTP by the
-test: Xendit's account API answers PASSED, Signicat's process API never knows the process (404),
-so that expectation is given up on. "Mid-poll" is a fact, not a timing: while the test holds the
-API, every Xendit poll it receives stays unanswered, and the reconciler is killed only once one
-such poll has reached the API; the tick that made it is then blocked, with whatever it produced
-before its polls (a dead letter of a given-up expectation) already in Kafka.
+The reconciler runs as the gateway and processor do (a container of the image in container mode,
+on the host's network, else a CLI process) against a fake provider API served over real HTTP on
+127.0.0.1 by the test: Xendit's account API answers PASSED, Signicat's process API never knows the
+process (404), so that expectation is given up on. "Mid-poll" is a fact, not a timing: while the
+test holds the API, every Xendit poll it receives stays unanswered, and the reconciler is killed
+only once one such poll has reached the API; the tick that made it is then blocked, with whatever it
+produced before its polls (a dead letter of a given-up expectation) already in Kafka.
 """
 
 from __future__ import annotations
@@ -93,16 +94,18 @@ def api() -> Iterator[tuple[ProviderApi, str]]:
 
 def _reconciled(pipeline: Pipeline, api_url: str) -> Role:
     """Gateway with the expectations API on; Xendit and Signicat polled at `api_url`; the
-    reconciler as a CLI process of its own group (not started)."""
+    reconciler as a role of the pipeline (container or CLI process), of its own group, not started."""
     config = yaml.safe_load(pipeline.config_path.read_text())
     config["gateway"]["expectations_api_keys"] = [API_KEY]
     poll = {"base_url": api_url, "token": "api-token", "window_s": 1, "rate_per_s": 50, "concurrency": 8}
     config["sources"]["xendit"]["poll"] = poll
     config["sources"]["signicat"]["poll"] = poll | {"give_up_after_s": GIVE_UP_AFTER_S}
     pipeline.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    pipeline.env["KYCSTREAM_RECONCILE__GROUP_ID"] = f"{pipeline.group}-reconciler"
-    pipeline.env["KYCSTREAM_RECONCILE__METRICS_PORT"] = str(embedded.free_port())
-    return Role(pipeline, "reconciler", ["reconcile"])
+    env = {
+        "KYCSTREAM_RECONCILE__GROUP_ID": f"{pipeline.group}-reconciler",
+        "KYCSTREAM_RECONCILE__METRICS_PORT": str(embedded.free_port()),
+    }
+    return pipeline.role("reconciler", ["reconcile"], env)
 
 
 def _expect(pipeline: Pipeline, source: str, vid: str, lookup: dict[str, str] | None = None) -> None:
@@ -131,7 +134,7 @@ def test_a_reconciler_sigkilled_mid_poll_three_times_polls_each_expectation_to_o
     make_pipeline: Callable[..., Pipeline], api: tuple[ProviderApi, str], note: Callable[[str], None]
 ) -> None:
     fake, api_url = api
-    pipeline = make_pipeline(image=None)  # the fake API listens on the host's loopback
+    pipeline = make_pipeline()
     reconciler = _reconciled(pipeline, api_url)
     pipeline.start()
     batches = [[f"acct-{n}-{uuid.uuid4().hex[:8]}" for _ in range(3)] for n in range(3)]
