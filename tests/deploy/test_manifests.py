@@ -710,8 +710,10 @@ def _acls(strimzi: list[Doc], user: str) -> dict[tuple[str, str], set[str]]:
 def _reconciler_groups(settings: ReconcileSettings, monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """The consumer groups the reconciler's code really joins (its Kafka clients, recorded)."""
     confs: list[dict[str, Any]] = []
-    for client in ("Consumer", "Producer"):
-        monkeypatch.setattr(reconciler_module, client, lambda conf, confs=confs: confs.append(conf))
+    import processors.kafka.producer as producer_module
+
+    for module, client in ((reconciler_module, "Consumer"), (producer_module, "Producer")):
+        monkeypatch.setattr(module, client, lambda conf, confs=confs: confs.append(conf))
     reconciler_module.Reconciler(settings)
     return {conf["group.id"] for conf in confs if "group.id" in conf}
 
