@@ -1,19 +1,26 @@
 """Settings: one YAML file plus environment overrides, validated at start.
 
-Every role reads the same file and keeps the sections it needs. Precedence, highest first:
-the plain Kafka variables users expect (`KAFKA_BOOTSTRAP_SERVERS`, `SCHEMA_REGISTRY_URL`, ...),
-then `KYCSTREAM_<SECTION>__<FIELD>` variables, then the file, then the defaults here.
+Every role reads the same file and keeps the sections it needs. Precedence, highest first, each
+a pydantic-settings source (`Settings.settings_customise_sources`), merged field by field:
+  1. arguments: the command line's flags (and keyword arguments in code),
+  2. `KYCSTREAM_<SECTION>__<FIELD>` variables (the specific, kycstream-only names),
+  3. the plain Kafka variables users expect (`KAFKA_BOOTSTRAP_SERVERS`, `SCHEMA_REGISTRY_URL`, ...,
+     or `<VAR>_FILE` naming a file that holds the value),
+  4. the config file (`--config`, else $KYCSTREAM_CONFIG),
+  5. the defaults here.
 """
 
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from processors.errors import ConfigError
 from processors.model import ApiCredentials
@@ -96,8 +103,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file arrives as init kwargs; environment variables must win over it.
-        return env_settings, init_settings
+        file = InitSettingsSource(settings_cls, init_kwargs=_config_data.get() or {})
+        return init_settings, env_settings, _PlainKafkaEnv(settings_cls), file
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Self:
@@ -121,6 +128,19 @@ class Settings(BaseSettings):
 
 S = TypeVar("S", bound=Settings)
 
+_config_data: ContextVar[dict[str, Any] | None] = ContextVar("kycstream_config_data", default=None)
+
+
+class _PlainKafkaEnv(PydanticBaseSettingsSource):
+    """KAFKA_ENV's variables (or their `_FILE` forms) as the kafka section's fields."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads all of them at once
+
+    def __call__(self) -> dict[str, Any]:
+        kafka = {field: value for var, field in KAFKA_ENV.items() if (value := _plain_env(var))}
+        return {"kafka": kafka} if kafka else {}
+
 
 def read_config_file(path: str | Path | None) -> dict[str, Any]:
     chosen = path or os.environ.get(CONFIG_ENV)
@@ -139,15 +159,15 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
 
 
 def load_settings(cls: type[S], path: str | Path | None = None, **overrides: Any) -> S:
-    data = read_config_file(path)
-    kafka = dict(data.get("kafka") or {})
-    kafka.update({field: value for var, field in KAFKA_ENV.items() if (value := _plain_env(var))})
-    data["kafka"] = kafka
-    data.update(overrides)
+    """The settings from the file at `path` (else $KYCSTREAM_CONFIG), the environment and `overrides`
+    (highest), in the precedence above."""
+    token = _config_data.set(read_config_file(path))
     try:
-        return cls(**data)
+        return cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, path or os.environ.get(CONFIG_ENV))) from exc
+    finally:
+        _config_data.reset(token)
 
 
 def _plain_env(var: str) -> str | None:

@@ -32,6 +32,43 @@ def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None
     assert "a" not in repr(settings.sources["esign"].auth.credentials)
 
 
+@pytest.mark.parametrize(
+    ("environment", "flags", "expected"),
+    [
+        ({}, {}, "file:1"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "plain:1"}, {}, "plain:1"),
+        (
+            {"KAFKA_BOOTSTRAP_SERVERS": "plain:1", "KYCSTREAM_KAFKA__BOOTSTRAP_SERVERS": "kycstream:1"},
+            {},
+            "kycstream:1",
+        ),
+        ({"KYCSTREAM_KAFKA__BOOTSTRAP_SERVERS": "kycstream:1"}, {"bootstrap_servers": "flag:1"}, "flag:1"),
+    ],
+)
+def test_one_precedence_flags_then_kycstream_variables_then_plain_kafka_variables_then_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], flags: dict[str, str], expected: str
+) -> None:
+    """Merged field by field: a variable for one field keeps the file's other fields of that section."""
+    for var in ("KAFKA_BOOTSTRAP_SERVERS", "KYCSTREAM_KAFKA__BOOTSTRAP_SERVERS", "KYCSTREAM_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in environment.items():
+        monkeypatch.setenv(var, value)
+    config = _config(tmp_path, "kafka:\n  bootstrap_servers: file:1\n  client_id: from-the-file\n")
+    settings = ProcessorSettings.load(config, **({"kafka": flags} if flags else {}))
+    assert settings.kafka.bootstrap_servers == expected
+    assert settings.kafka.client_id == "from-the-file"
+
+
+def test_a_plain_kafka_variable_may_name_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    monkeypatch.delenv("KAFKA_SASL_PASSWORD", raising=False)
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD_FILE", str(secret))
+    settings = ProcessorSettings.load(_config(tmp_path, "kafka:\n  sasl_username: u\n"))
+    assert settings.kafka.sasl_password is not None and settings.kafka.sasl_password.get_secret_value() == "s3cret"
+    assert settings.kafka.sasl_username == "u"
+
+
 def _config(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "kycstream.yaml"
     path.write_text(text)
