@@ -232,3 +232,33 @@ def test_a_refused_credential_dead_letters_the_notice_with_what_to_fix(
     assert [(d["reason"], d["source_topic"]) for d in letters] == [("fetch_unauthorized", settings.topics.events)]
     assert "credential" in letters[0]["detail"]
     assert standin.calls[vid] == 1
+
+
+def test_scores_are_fetched_with_an_executive_token_logged_in_for(
+    gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec
+) -> None:
+    """The dev config's way: `poll.executive_login` against the stand-in's executive login."""
+    url, settings = gateway
+    login = ("ops@example.com", "dashboard-pass")
+    standin = IncodeStandIn(admin_token=None, login=login)
+    ids = {unique("ok"): "APPROVED", unique("fail"): "REJECTED"}
+    for vid in ids:
+        _notify(url, vid)
+    executive_login = {"email": login[0], "password": login[1]}
+    with (
+        serving_app(standin.app()) as api_url,
+        processing(kafka, settings.topics),
+        fetching(kafka, settings.topics, api_url, admin_token=None, executive_login=executive_login) as rec,
+    ):
+        wait_until(lambda: _fetches(rec, "result") == len(ids), 60, "both scores fetched")
+        wait_until(
+            lambda: all(
+                latest_states(kafka, settings.topics.state, codec).get(f"incode:{vid}", {}).get("status") == status
+                for vid, status in ids.items()
+            ),
+            60,
+            "both verifications decided by their score",
+        )
+    assert standin.logins == 1, "one login for both fetches"
+    assert {vid: standin.calls[vid] for vid in ids} == dict.fromkeys(ids, 1)
+    assert read(kafka, settings.topics.dlq, codec, "DeadLetter") == []
