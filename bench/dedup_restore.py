@@ -45,9 +45,10 @@ import fastavro
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition, libversion
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from processors.avro.records import dedup_from_record, dedup_to_record
 from processors.dedup import MemoryDedupStore
 from processors.kafka import config, embedded, recovery
-from processors.kafka.serde import Codec, dedup_from_record, dedup_to_record
+from processors.kafka.serde import Codec
 from processors.model import DedupRecord
 from processors.pipeline import event_id_for
 from processors.settings import KafkaSettings

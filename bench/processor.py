@@ -50,8 +50,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from bench import common
 from processors import logs
+from processors.avro.records import delivery_to_record
 from processors.kafka import config
-from processors.kafka.serde import Codec, delivery_to_record
+from processors.kafka.serde import Codec
 from processors.model import RawDelivery, VerificationEvent
 from processors.pipeline import normalize, routing_id
 from processors.providers import REGISTRY

@@ -25,7 +25,8 @@ from typing import Any
 
 from quixstreams import Application, State
 
-from processors.kafka.serde import Codec, delivery_from_record, event_to_record
+from processors.avro.records import delivery_from_record, event_to_record
+from processors.kafka.serde import Codec
 from processors.model import RawRef, Rejection
 from processors.pipeline import normalize
 

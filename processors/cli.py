@@ -22,7 +22,7 @@ from processors.errors import KycstreamError
 from processors.settings import CONFIG_ENV, ProcessorSettings, S, Settings
 
 if TYPE_CHECKING:
-    from processors.kafka.serde import RecordType
+    from processors.avro.codec import RecordType
 
 app = typer.Typer(
     add_completion=False,
@@ -551,7 +551,7 @@ def normalize(
     header: Annotated[list[str] | None, typer.Option(help="A request header, 'Name: value' (repeatable).")] = None,
 ) -> None:
     """Normalize one body offline: print the event as JSON (exit 0) or the dead-letter reason (exit 65)."""
-    from processors.kafka.serde import event_to_record
+    from processors.avro.records import event_to_record
     from processors.model import Notice, RawDelivery, Rejection
     from processors.pipeline import normalize as run_pipeline
     from processors.providers import REGISTRY

@@ -1,6 +1,6 @@
 """The domain model: plain frozen data shared by the gateway, the providers and the pipeline.
 
-Nothing here knows about Kafka, HTTP or Avro; `to_record`/`from_record` in processors.kafka.serde
+Nothing here knows about Kafka, HTTP or Avro; `*_to_record`/`*_from_record` in processors.avro.records
 turn these into the dicts the Avro schemas describe.
 """
 

@@ -262,8 +262,8 @@ def produce_raw(kafka: KafkaSettings, topic: str, deliveries: list[Any], codec: 
     """Write envelopes to the raw topic exactly as the gateway does (same key, same encoding)."""
     from confluent_kafka import Producer
 
+    from processors.avro.records import delivery_to_record
     from processors.kafka import config
-    from processors.kafka.serde import delivery_to_record
     from processors.pipeline import routing_id
 
     producer = Producer(config.producer(kafka, **{"linger.ms": 20}))

@@ -24,9 +24,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import Counter
 
 from processors import logs
+from processors.avro.records import delivery_to_record, event_from_record
 from processors.errors import ConfigError, SerdeError
 from processors.kafka.producer import RenewableProducer, produce_dead_letter
-from processors.kafka.serde import Codec, delivery_to_record, event_from_record
+from processors.kafka.serde import Codec
 from processors.model import (
     FETCH_ID_HEADER,
     FETCH_KIND_HEADER,

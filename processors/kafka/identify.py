@@ -3,8 +3,9 @@ or the schema id of the Confluent wire format (the registry knows the schema).""
 
 from __future__ import annotations
 
+from processors.avro.codec import RECORD_TYPES, SINGLE_OBJECT_MAGIC, RecordType
 from processors.errors import SerdeError
-from processors.kafka.serde import RECORD_TYPES, SINGLE_OBJECT_MAGIC, Codec, RecordType
+from processors.kafka.serde import Codec
 
 
 def record_type(codec: Codec, value: bytes, topic: str) -> RecordType | None:

@@ -16,9 +16,10 @@ from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 from prometheus_client import Counter
 
 from processors import logs
+from processors.avro.records import event_to_record, state_to_record
 from processors.errors import BrokerError
 from processors.kafka.producer import RenewableProducer, produce_dead_letter
-from processors.kafka.serde import Codec, event_to_record, state_to_record
+from processors.kafka.serde import Codec
 from processors.model import DeadLetter, VerificationEvent, VerificationState
 from processors.settings import ProcessorSection, TopicSettings
 

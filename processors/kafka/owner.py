@@ -17,11 +17,11 @@ from datetime import datetime, timedelta
 from confluent_kafka import Consumer, KafkaException
 
 from processors import logs, state
+from processors.avro.records import dedup_record
 from processors.errors import BrokerError, ConfigError
 from processors.kafka import config, recovery
 from processors.kafka.metrics import ProcessorMetrics
 from processors.kafka.outputs import Batch, DedupOutput, Outputs
-from processors.kafka.serde import dedup_record
 from processors.model import VerificationEvent
 from processors.settings import ProcessorSettings
 

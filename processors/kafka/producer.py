@@ -18,8 +18,9 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from processors import logs
+from processors.avro.records import dead_letter_to_record
 from processors.errors import BrokerError
-from processors.kafka.serde import Codec, dead_letter_to_record
+from processors.kafka.serde import Codec
 from processors.model import DeadLetter
 
 log = logs.get("kycstream.producer")

@@ -32,16 +32,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Pro
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processors import logs
+from processors.avro.records import delivery_to_record, expectation_from_record, state_from_record
 from processors.errors import SerdeError
 from processors.kafka import config, reader
 from processors.kafka.fetcher import Fetcher, FetchJob
 from processors.kafka.producer import RenewableProducer, produce_dead_letter
-from processors.kafka.serde import (
-    Codec,
-    delivery_to_record,
-    expectation_from_record,
-    state_from_record,
-)
+from processors.kafka.serde import Codec
 from processors.model import DeadLetter, Expectation, RawDelivery, VerificationStatus
 from processors.pipeline import raised_at, routing_id
 from processors.polling import Poller, PollOutcome, Verdict

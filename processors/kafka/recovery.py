@@ -16,9 +16,10 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from processors.avro.records import dedup_from_record, event_from_record, state_from_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
 from processors.errors import BrokerError
-from processors.kafka.serde import Codec, dedup_from_record, event_from_record, state_from_record
+from processors.kafka.serde import Codec
 from processors.model import VerificationEvent, VerificationState
 
 

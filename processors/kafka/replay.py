@@ -23,11 +23,12 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 from typing_extensions import override
 
 from processors import logs
+from processors.avro.records import dead_letter_from_record, delivery_from_record
 from processors.errors import BrokerError, ConfigError, SerdeError
 from processors.kafka import config, reader, topics
 from processors.kafka.producer import produce_dead_letter
 from processors.kafka.runner import Engine
-from processors.kafka.serde import Codec, dead_letter_from_record, delivery_from_record
+from processors.kafka.serde import Codec
 from processors.model import DeadLetter, RawDelivery, Rejection
 from processors.pipeline import normalize
 from processors.settings import KafkaSettings, ProcessorSettings, TopicSettings

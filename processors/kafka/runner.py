@@ -22,13 +22,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from prometheus_client import Counter
 
 from processors import logs
+from processors.avro.records import delivery_from_record
 from processors.errors import SerdeError
 from processors.kafka import config
 from processors.kafka.commit import AtLeastOnce, CommitStrategy, ExactlyOnce
 from processors.kafka.metrics import ProcessorMetrics
 from processors.kafka.outputs import Batch, Outputs
 from processors.kafka.owner import PartitionOwner
-from processors.kafka.serde import Codec, delivery_from_record
+from processors.kafka.serde import Codec
 from processors.model import DeadLetter, Notice, RawDelivery, RawRef, Rejection, VerificationEvent
 from processors.pipeline import normalize
 from processors.settings import ProcessorSettings

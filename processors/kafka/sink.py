@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from processors import logs
+from processors.avro.records import delivery_to_record, expectation_to_record
 from processors.errors import BrokerError
 from processors.kafka import config
 from processors.kafka.producer import AsyncProducer, Delivered
-from processors.kafka.serde import Codec, delivery_to_record, expectation_to_record
+from processors.kafka.serde import Codec
 from processors.kafka.topics import specs
 from processors.model import Expectation, RawDelivery
 from processors.settings import KafkaSettings, TopicSettings

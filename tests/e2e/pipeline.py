@@ -22,8 +22,9 @@ import httpx
 import orjson
 import yaml
 
+from processors.avro.codec import RecordType
 from processors.kafka import embedded, reader, topics
-from processors.kafka.serde import Codec, RecordType
+from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import state_table
 from tests.e2e import containers

@@ -315,8 +315,8 @@ def test_a_state_that_landed_without_its_event_is_not_counted_again(
     to different partitions): the redo writes the missing event and the state still counts it once."""
     from confluent_kafka import Producer
 
+    from processors.avro.records import state_to_record
     from processors.kafka import config
-    from processors.kafka.serde import state_to_record
     from processors.model import VerificationState, VerificationStatus
 
     delivery = raw_delivery("esign", _esign("landed-state", "COMPLETED", "VALID", "2026-05-08T10:30:00Z"))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from processors.kafka.serde import event_to_record
+from processors.avro.records import event_to_record
 from processors.model import (
     FETCH_ID_HEADER,
     FETCH_KIND_HEADER,

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from processors.kafka.serde import Codec, event_to_record, state_to_record
+from processors.avro.records import event_to_record, state_to_record
+from processors.kafka.serde import Codec
 from processors.model import RawDelivery, VerificationEvent
 from processors.pipeline import normalize
 from processors.state import apply

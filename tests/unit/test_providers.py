@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.kafka.serde import event_to_record
+from processors.avro.records import event_to_record
 from processors.model import Notice, RawDelivery, Rejection, VerificationEvent
 from processors.pipeline import event_id_for, normalize, routing_id
 from processors.providers import REGISTRY

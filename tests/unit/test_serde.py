@@ -11,8 +11,10 @@ from pathlib import Path
 import fastavro
 import pytest
 
+from processors.avro import records as serde
+from processors.avro.codec import expand_schema
+from processors.avro.compiler import UnsupportedSchemaError, compile_writer
 from processors.errors import SerdeError
-from processors.kafka import serde
 from processors.kafka.serde import Codec
 from processors.model import (
     Check,
@@ -143,7 +145,7 @@ def test_old_writer_schema_reads_with_the_new_reader(tmp_path: Path) -> None:
 
     definitions = {p.name.removesuffix(".avsc"): json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.avsc")}
     definitions["kycstream.VerificationEvent"] = old
-    old_parsed = fastavro.parse_schema(serde.expand_schema("VerificationEvent", definitions))
+    old_parsed = fastavro.parse_schema(expand_schema("VerificationEvent", definitions))
     fingerprint = fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(old_parsed), "CRC-64-AVRO")
     record = serde.event_to_record(EVENT)
     body = io.BytesIO()
@@ -157,3 +159,38 @@ def test_old_writer_schema_reads_with_the_new_reader(tmp_path: Path) -> None:
     decoded = Codec(schema_dir=tmp_path / "schemas").decode("VerificationEvent", data)
     assert decoded["attributes"] == {} and decoded["event_type"] is None
     assert decoded["checks"] == record["checks"]
+
+
+def test_a_schema_the_compiler_does_not_support_is_encoded_by_fastavro(tmp_path: Path) -> None:
+    """A float, a boolean and a general union (no schema of ours has one): fastavro's reader and writer."""
+    shutil.copytree(SCHEMA_DIR, tmp_path / "schemas", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    path = tmp_path / "schemas" / "kycstream.VerificationEvent.avsc"
+    schema = json.loads(path.read_text())
+    schema["fields"] += [
+        {"name": "confidence", "type": "float", "default": 0.0},
+        {"name": "flag", "type": ["null", "boolean", "string"], "default": None},
+    ]
+    path.write_text(json.dumps(schema))
+    codec = Codec(schema_dir=tmp_path / "schemas")
+    assert codec.fastavro_types == {"VerificationEvent"}
+    with pytest.raises(UnsupportedSchemaError):
+        compile_writer(codec.schema_json("VerificationEvent"))
+
+    record = {**serde.event_to_record(EVENT), "confidence": 0.5, "flag": True}
+    data = codec.encode("VerificationEvent", record)
+    parsed = fastavro.parse_schema(codec.schema_json("VerificationEvent"))
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, parsed, record)
+    assert data[:2] == b"\xc3\x01" and data[10:] == body.getvalue()
+    assert codec.decode("VerificationEvent", data) == record
+    assert serde.event_from_record(codec.decode("VerificationEvent", data)) == EVENT
+    # The same refusals as the compiled codec: a value of the wrong type, bytes left over.
+    with pytest.raises(SerdeError, match="cannot encode"):
+        codec.encode("VerificationEvent", {**record, "flag": 3})
+    with pytest.raises(SerdeError, match="continues past the value"):
+        codec.decode("VerificationEvent", data + b"\x00")
+    with pytest.raises(SerdeError, match="corrupt"):
+        codec.decode("VerificationEvent", data[:20])
+    # The other record types keep their compiled codecs.
+    dedup = serde.dedup_to_record(DedupRecord("k", "e", T0, T1))
+    assert codec.decode("DedupRecord", codec.encode("DedupRecord", dedup)) == dedup

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors import state
-from processors.kafka.serde import Codec, state_from_record, state_to_record
+from processors.avro.records import state_from_record, state_to_record
+from processors.kafka.serde import Codec
 from processors.model import VerificationEvent, VerificationState, VerificationStatus
 
 S = VerificationStatus
