@@ -29,10 +29,13 @@ Strategies = dict[str, st.SearchStrategy[Any]]
 
 
 def values(
-    schema: Any, primitives: Strategies = PRIMITIVES, millis: st.SearchStrategy[Any] = TIMESTAMP_MILLIS
+    schema: Any,
+    primitives: Strategies = PRIMITIVES,
+    millis: st.SearchStrategy[Any] = TIMESTAMP_MILLIS,
+    leave_out_defaults: bool = True,
 ) -> st.SearchStrategy[Any]:
     """Valid values of an Avro schema; named types resolved by full name, as Avro does. Fields with
-    a default are sometimes left out (a writer writes the default)."""
+    a default are sometimes left out (a writer writes the default) unless `leave_out_defaults` is false."""
     named: dict[str, st.SearchStrategy[Any]] = {}
 
     def build(node: Any, namespace: str) -> st.SearchStrategy[Any]:
@@ -53,8 +56,8 @@ def values(
             inner = full.rpartition(".")[0]
             fields = {f["name"]: (build(f["type"], inner), "default" in f) for f in node["fields"]}
             named[full] = st.fixed_dictionaries(
-                {name: s for name, (s, has_default) in fields.items() if not has_default},
-                optional={name: s for name, (s, has_default) in fields.items() if has_default},
+                {name: s for name, (s, has_default) in fields.items() if not (has_default and leave_out_defaults)},
+                optional={name: s for name, (s, has_default) in fields.items() if has_default and leave_out_defaults},
             )
             return named[full]
         if kind == "array":

@@ -21,6 +21,7 @@ from processors.model import (
     CheckOutcome,
     DeadLetter,
     DedupRecord,
+    Expectation,
     RawDelivery,
     RawRef,
     Reason,
@@ -75,6 +76,12 @@ OBJECTS = [
         serde.dead_letter_from_record,
     ),
     ("DedupRecord", DedupRecord("k", "e-1", T0, T1), serde.dedup_to_record, serde.dedup_from_record),
+    (
+        "Expectation",
+        Expectation("esign", "esign", "s-1", T0, {"userId": "u-1", "userIdType": "nik"}, 600),
+        serde.expectation_to_record,
+        serde.expectation_from_record,
+    ),
 ]
 
 
