@@ -7,11 +7,12 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,7 @@ from processors.settings import KafkaSettings, TopicSettings
 from tests import cases
 from tests.conftest import (
     committed_to_end,
+    ends,
     latest_states,
     post,
     processing,
@@ -85,10 +87,7 @@ def test_every_delivery_sent_three_times_yields_one_event(
     with processing(kafka, settings.topics) as normalizer:
         raw = read(kafka, settings.topics.raw, codec, "RawDelivery", at_least=3 * len(good))
         assert len({r["request_id"] for r in raw}) == 3 * len(good)
-        deadline = time.monotonic() + 60
-        while _dedup_hits(normalizer) < 2 * len(good):
-            assert time.monotonic() < deadline, "the repeats were not all processed"
-            time.sleep(0.2)
+        wait_until(lambda: _dedup_hits(normalizer) >= 2 * len(good), 60, "every repeat recognised")
         events = read(kafka, settings.topics.events, codec, "VerificationEvent")
     ids = Counter(e["event_id"] for e in events)
     assert ids and max(ids.values()) == 1, [i for i, n in ids.items() if n > 1]
@@ -153,10 +152,7 @@ def test_restart_restores_dedup_and_state_from_the_changelogs(
     produce_raw(kafka, topic_settings.raw, again + late, codec)
     with processing(kafka, topic_settings) as normalizer:  # a new instance: it knows only what it restores
         events = read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=55)
-        deadline = time.monotonic() + 30
-        while _dedup_hits(normalizer) < 50:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: _dedup_hits(normalizer) >= 50, 30, "50 repeats recognised by the restored instance")
     assert len(read(kafka, topic_settings.events, codec, "VerificationEvent")) == 55 == len(events)
     states = latest_states(kafka, topic_settings.state, codec)
     assert {s["status"] for s in states.values()} == {"APPROVED"}
@@ -207,17 +203,26 @@ def _kill_and_recover(
     command = [sys.executable, "-m", "processors.cli", "process", "--group", group]
     victim = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while len(read(kafka, topic_settings.events, codec, "VerificationEvent")) < expected // 4:
-            assert time.monotonic() < deadline and victim.poll() is None
-            time.sleep(0.3)
+        wait_until(
+            lambda: victim.poll() is not None or sum(ends(kafka, topic_settings.events).values()) >= expected // 4,
+            120,
+            "a quarter of the events written",
+            every=0.3,
+        )
+        assert victim.poll() is None, "the processor died before it was killed"
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
-        survivors = [subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)]
-        if second_joins:
-            time.sleep(2)
-            survivors.append(subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL))
+        first_log = Path(tempfile.mkdtemp()) / "survivor.log"
+        with first_log.open("wb") as log_file:  # the survivor's own descriptor: read here by path
+            survivors = [subprocess.Popen(command, env={**env, "KYCSTREAM_LOG_LEVEL": "INFO"}, stderr=log_file)]
         try:
+            if second_joins:  # while the first is taking over: once it was given the partitions
+                wait_until(
+                    lambda: b"partitions_assigned" in first_log.read_bytes(),
+                    120,
+                    "the first survivor was assigned the victim's partitions",
+                )
+                survivors.append(subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL))
             wait_until(
                 lambda: committed_to_end(kafka, group, topic_settings.raw), 240, "the survivors committed the raw topic"
             )

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -128,8 +129,15 @@ def test_sigterm_stops_the_processor_cleanly(gateway: tuple[str, GatewaySettings
         stderr=subprocess.PIPE,
     ) as proc:
         assert proc.stderr is not None
-        time.sleep(4)
-        assert proc.poll() is None, proc.stderr.read().decode()
+        watchdog = threading.Timer(60, proc.kill)  # a processor that never starts fails the test, not hangs it
+        watchdog.start()
+        seen = b""
+        for line in proc.stderr:  # started: subscribed, its partitions about to be assigned
+            seen += line
+            if b"processor_started" in line:
+                break
+        watchdog.cancel()
+        assert proc.poll() is None, seen.decode()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         assert b"processor_stopped" in proc.stderr.read()
