@@ -62,7 +62,8 @@ class ReconcileMetrics:
         )
         self.token_requests = Counter(
             "kycstream_token_requests",
-            "OAuth2 token requests for provider APIs, by provider and outcome (ok, failed).",
+            "Token requests for provider APIs (OAuth2 client credentials, Incode's executive login), "
+            "by provider and outcome (ok, failed).",
             ["provider", "outcome"],
             registry=self.registry,
         )
