@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -80,9 +81,21 @@ def _leeway(lifetime_s: float) -> float:
     return min(_LEEWAY_S, lifetime_s / 10)
 
 
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 60.0
+
+
+def backoff_s(failures: int) -> float:
+    """The wait before asking the token endpoint again after `failures` failures in a row: doubling
+    from 1 s up to 60 s, each with up to 20 % jitter (many reconcilers must not ask in step)."""
+    return float(min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** (failures - 1))) * (1 - 0.2 * random.random())
+
+
 class _CachedToken:
     """A token shared by concurrent callers: fetched by one of them (the others wait for it) when
-    there is none or it is due for renewal; dropped when the API refuses it, once."""
+    there is none or it is due for renewal; dropped when the API refuses it, once. After a failed
+    fetch the endpoint is not asked again before the backoff has passed: meanwhile callers get the
+    same CredentialError at once (their polls end `credential_failed` and are tried again later)."""
 
     def __init__(self, fetch: Callable[[], Awaitable[tuple[str, float]]], clock: Callable[[], float]) -> None:
         """`fetch`: a new token and its lifetime in seconds."""
@@ -91,6 +104,9 @@ class _CachedToken:
         self._lock = asyncio.Lock()
         self.token: str | None = None
         self._renew_at = 0.0
+        self.failures = 0  # failed fetches in a row
+        self._failed: CredentialError | None = None
+        self._retry_at = 0.0
 
     def _due(self) -> bool:
         return self.token is None or self._clock() >= self._renew_at
@@ -99,11 +115,22 @@ class _CachedToken:
         if self._due():
             async with self._lock:
                 if self._due():  # nobody fetched one while this caller waited
-                    asked_at = self._clock()  # the lifetime runs from the request: its latency is spent
-                    token, lifetime = await self._fetch()
-                    self.token, self._renew_at = token, asked_at + lifetime - _leeway(lifetime)
+                    await self._renew()
         assert self.token is not None
         return self.token
+
+    async def _renew(self) -> None:
+        asked_at = self._clock()  # the lifetime runs from the request: its latency is spent
+        if self._failed is not None and asked_at < self._retry_at:
+            raise CredentialError(f"{self._failed} (asked again in {self._retry_at - asked_at:.0f}s)")
+        try:
+            token, lifetime = await self._fetch()
+        except CredentialError as exc:
+            self.failures += 1
+            self._failed, self._retry_at = exc, asked_at + backoff_s(self.failures)
+            raise
+        self.failures, self._failed = 0, None
+        self.token, self._renew_at = token, asked_at + lifetime - _leeway(lifetime)
 
     def refused(self, token: str | None) -> bool:
         if token is not None and token == self.token:

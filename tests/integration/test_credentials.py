@@ -118,7 +118,14 @@ def test_a_token_endpoint_that_fails_is_no_unauthorized_but_a_credential_failure
         labels = {"provider": "metamap", "outcome": "failed"}
         assert registry.get_sample_value("kycstream_token_requests_total", labels) == 1
         fake.client_revoked = False
-        assert (await poller.poll(_expectation("e" * 24))).verdict == "result", "the next try recovers"
+        within_backoff = await poller.poll(_expectation("e" * 24))
+        assert within_backoff.verdict == "credential_failed" and "asked again in" in within_backoff.detail
+        assert registry.get_sample_value("kycstream_token_requests_total", labels) == 1, "not asked within the backoff"
+        deadline = time.monotonic() + 5  # the first backoff is at most 1 s
+        while (outcome := await poller.poll(_expectation("e" * 24))).verdict != "result":
+            assert outcome.verdict == "credential_failed" and time.monotonic() < deadline, outcome
+            await asyncio.sleep(0.05)
+        assert fake.token_requests == 2, "asked again once the backoff passed, and it recovered"
         await _closed(poller)
 
     asyncio.run(run())
