@@ -31,8 +31,8 @@ from gateway.settings import GatewaySettings
 from processors.errors import ConfigError
 from processors.kafka import reconciler as reconciler_module
 from processors.kafka.fetcher import fetcher_sources
-from processors.kafka.reconciler import ReconcileMetrics
 from processors.kafka.metrics import ProcessorMetrics
+from processors.kafka.reconciler import ReconcileMetrics
 from processors.kafka.sink import SpoolForwarder
 from processors.kafka.topics import specs
 from processors.polling import Verdict

@@ -166,7 +166,6 @@ def test_a_provider_module_that_raises_reading_the_id_is_logged_counted_and_keye
     assert "Jane" not in json.dumps(lines)
 
 
-
 def _log_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
     """The JSON log lines written meanwhile (structlog prints to stdout until `logs.configure`)."""
     captured = capsys.readouterr()
