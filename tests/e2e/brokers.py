@@ -10,7 +10,7 @@
    listener, so a test can cut the link (the embedded broker is memory-only: stopping it would lose
    the data).
 
-``KYCSTREAM_E2E_BROKER=embedded|testcontainers`` forces 2 or 3 (CI pins ``embedded``); with
+``KYCSTREAM_E2E_BROKER=embedded|testcontainers`` forces 2 or 3 (CI forces ``testcontainers``); with
 ``testcontainers`` and no engine the run fails instead of falling back.
 ``KYCSTREAM_E2E_KAFKA_IMAGE`` picks the Kafka image (default ``apache/kafka:3.8.0``).
 """
