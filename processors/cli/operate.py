@@ -1,0 +1,289 @@
+"""The operator's commands: replay, redrive, tail, normalize."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import orjson
+import typer
+
+from processors.cli.common import (
+    EXIT_DATAERR,
+    ConfigOpt,
+    _fail,
+    _load,
+    _override,
+    app,
+)
+from processors.errors import KycstreamError
+from processors.settings import ProcessorSettings, Settings
+
+if TYPE_CHECKING:
+    from processors.avro.codec import RecordType
+
+
+@app.command()
+def replay(
+    config: ConfigOpt = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Replay the whole raw topic.")] = False,
+    since: Annotated[
+        datetime | None, typer.Option(help="Replay deliveries received at or after this time (ISO 8601, UTC).")
+    ] = None,
+    events_topic: Annotated[str | None, typer.Option(help="Write events here instead (a fresh topic).")] = None,
+    state_topic: Annotated[str | None, typer.Option(help="Write states here instead (a fresh topic).")] = None,
+    dedup_topic: Annotated[
+        str | None, typer.Option(help="Dedup changelog to use (fresh with a fresh events or state topic).")
+    ] = None,
+    dlq_topic: Annotated[
+        str | None, typer.Option(help="Dead letters go here instead (fresh with a fresh events topic).")
+    ] = None,
+) -> None:
+    """Rebuild events and state from the raw topic, up to its end as of the start, through the current
+    normalizers, then exit.
+
+    Into the live topics only what is missing is emitted (dedup is restored first), and only dead
+    letters the DLQ does not hold yet; into fresh topics (--events-topic, --state-topic,
+    --dedup-topic, --dlq-topic) everything is rebuilt. Missing targets are created like the topics
+    they stand in for, with the raw topic's partition count.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from processors.kafka import replay as replay_
+
+    if from_beginning == (since is not None):
+        raise _fail("give exactly one of --from-beginning or --since TIME")
+    settings = _load(ProcessorSettings, config)
+    live = settings.topics
+    targets = {
+        k: v
+        for k, v in (("events", events_topic), ("state", state_topic), ("dedup", dedup_topic), ("dlq", dlq_topic))
+        if v and v != getattr(live, k)
+    }
+    if targets.keys() & {"events", "state"} and "dedup" not in targets:
+        raise _fail(
+            f"a fresh --{next(iter(targets.keys() & {'events', 'state'}))}-topic needs a fresh --dedup-topic too: "
+            "with the live dedup changelog every event would be recognised as already emitted"
+        )
+    if "events" in targets and "dlq" not in targets:
+        raise _fail(
+            "a fresh --events-topic needs a fresh --dlq-topic too: its dead letters would join the ones "
+            f"{live.dlq} already holds"
+        )
+    settings = _override(settings, topics=targets)
+    try:
+        for name in replay_.ensure_targets(settings.kafka, live, settings.topics):
+            typer.echo(f"created {name}", err=True)
+        with Progress(
+            TextColumn("replaying {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        ) as bar:
+            task = bar.add_task(settings.topics.raw, total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=max(done, total))
+
+            tally = replay_.replay(settings, None if from_beginning else _utc(since), progress)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    held = tally["dead_letters_held"]
+    typer.echo(
+        f"replayed {tally['records']} records of {settings.topics.raw}: "
+        f"{tally['events']} events emitted, {tally['duplicates']} already emitted, "
+        f"{tally['notices']} notices, {tally['dead_letters']} dead letters"
+        + (f" ({held} already in {settings.topics.dlq}, not written again)" if held else ""),
+        err=True,
+    )
+
+
+@app.command()
+def redrive(
+    config: ConfigOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would happen.")] = False,
+) -> None:
+    """Send the DLQ's records (since the last redrive) back through the current normalizers.
+
+    Those that normalize now return to the raw topic; those that still fail stay, with their new reason.
+    """
+    from processors.kafka.replay import redrive as run_redrive
+
+    settings = _load(ProcessorSettings, config)
+    try:
+        tally = run_redrive(settings, dry_run=dry_run)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    verb = "would be" if dry_run else "were"
+    typer.echo(f"{tally.pop('redriven', 0)} dead letters {verb} redriven to the raw topic", err=True)
+    for reason, count in sorted(tally.items()):
+        typer.echo(f"{count} {verb} still failing: {reason.removeprefix('still_failing:')}", err=True)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+_ROLE_TYPES: dict[str, RecordType] = {
+    "raw": "RawDelivery",
+    "events": "VerificationEvent",
+    "state": "VerificationState",
+    "dedup": "DedupRecord",
+    "dlq": "DeadLetter",
+    "expected": "Expectation",
+}
+
+
+@app.command()
+def tail(
+    topic: Annotated[
+        str,
+        typer.Option(help="events, state, dlq, raw, dedup, expected, or the name of any topic of kycstream records."),
+    ] = "events",
+    config: ConfigOpt = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest record.")] = False,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            help="Print N records and exit: the last N (or the first N with --from-beginning), "
+            "waiting for more if fewer exist."
+        ),
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Exit after S seconds without a new record.")] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Only records with this key, e.g. esign:d208917d (provider:verification_id).")
+    ] = None,
+) -> None:
+    """Decode a topic's records to JSON lines on stdout.
+
+    A topic that is none of the configured ones is decoded by what its records are (the schema
+    fingerprint, or the registry's schema id): the topics a replay built, a copy, a backup."""
+    from processors.kafka import identify, reader
+    from processors.kafka.serde import Codec
+
+    settings = _load(Settings, config)
+    role = next((r for r in _ROLE_TYPES if topic in (r, getattr(settings.topics, r))), None)
+    name = getattr(settings.topics, role) if role else topic
+    kind: RecordType | None = _ROLE_TYPES[role] if role else None
+    from processors.kafka import config as kconfig
+
+    codec = Codec(kconfig.schema_registry(settings.kafka))
+    wanted = key.encode() if key is not None else None
+
+    def emit(record: reader.Record) -> None:
+        nonlocal kind
+        if kind is None and record.value:
+            kind = identify.record_type(codec, record.value, name)
+            if kind is None:
+                raise _fail(
+                    f"{name} does not hold kycstream records: its record at partition {record.partition} offset "
+                    f"{record.offset} is {identify.describe(record.value, bool(settings.kafka.schema_registry_url))}"
+                )
+        sys.stdout.buffer.write(_render(codec, kind, name, record) + b"\n")
+        sys.stdout.flush()
+
+    # The last N matching one key are found by reading everything: "the last N of each partition" may hold none.
+    start: reader.Start = "beginning" if from_beginning or (count and key) else (count if count else "end")
+    printed = 0
+    backlog: deque[reader.Record] = deque(maxlen=count if count and not from_beginning else None)
+    catching_up = bool(count) and not from_beginning
+    try:
+        for item in reader.follow(settings.kafka, name, start, idle_timeout=timeout):
+            if isinstance(item, reader.CaughtUp):
+                if catching_up:
+                    catching_up = False
+                    for record in sorted(backlog, key=lambda r: r.timestamp_ms):
+                        emit(record)
+                        printed += 1
+                    backlog.clear()
+            elif wanted is not None and item.key != wanted:
+                continue
+            elif catching_up:
+                backlog.append(item)
+                continue
+            else:
+                emit(item)
+                printed += 1
+            if count is not None and printed >= count:
+                return
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        return
+
+
+def _render(codec: Any, kind: RecordType | None, topic: str, record: Any) -> bytes:
+    from processors.errors import SerdeError
+
+    try:
+        value: Any = codec.decode(kind, record.value, topic) if record.value and kind else None
+    except SerdeError as exc:
+        value = {"_undecodable": str(exc)}
+    if kind == "DeadLetter" and isinstance(value, dict):
+        try:
+            value["original"] = codec.decode("RawDelivery", value["original_value"])
+            del value["original_value"]
+        except SerdeError:
+            pass
+    return orjson.dumps(_jsonable(value), option=orjson.OPT_SORT_KEYS)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value
+
+
+@app.command()
+def normalize(
+    file: Annotated[str, typer.Argument(help="The webhook body, or - for standard input.")],
+    provider: Annotated[str, typer.Option(help="Provider whose normalizer to use.")],
+    header: Annotated[list[str] | None, typer.Option(help="A request header, 'Name: value' (repeatable).")] = None,
+) -> None:
+    """Normalize one body offline: print the event as JSON (exit 0) or the dead-letter reason (exit 65)."""
+    from processors.avro.records import event_to_record
+    from processors.model import Notice, RawDelivery, Rejection
+    from processors.pipeline import normalize as run_pipeline
+    from processors.providers import REGISTRY
+
+    if provider not in REGISTRY:
+        raise _fail(f"unknown provider {provider!r}; known: {', '.join(sorted(REGISTRY))}")
+    headers: dict[str, str] = {}
+    for item in header or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise _fail(f"--header {item!r} must be 'Name: value'")
+        headers[name.strip().lower()] = value.strip()
+    try:
+        body = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}") from exc
+    delivery = RawDelivery(
+        request_id="offline",
+        source=provider,
+        provider=provider,
+        method="POST",
+        received_at=datetime.now(UTC),
+        body=body,
+        headers=headers,
+    )
+    outcome = run_pipeline(delivery)
+    if isinstance(outcome, Rejection):
+        typer.echo(f"{outcome.code}: {outcome.detail}", err=True)
+        raise typer.Exit(EXIT_DATAERR)
+    if isinstance(outcome, Notice):
+        typer.echo(f"notice: {outcome.kind} (no event, no dead letter)", err=True)
+        return
+    sys.stdout.buffer.write(orjson.dumps(_jsonable(event_to_record(outcome)), option=orjson.OPT_SORT_KEYS) + b"\n")
