@@ -274,6 +274,26 @@ def produce_raw(kafka: KafkaSettings, topic: str, deliveries: list[Any], codec: 
     assert producer.flush(60) == 0
 
 
+def produce_noise(kafka: KafkaSettings, topic: str, count: int, codec: Codec) -> None:
+    """`count` raw records of other esign verifications, one per key, as fast as the broker takes them."""
+    from confluent_kafka import Producer
+
+    from processors.avro.records import delivery_to_record
+    from processors.kafka import config
+
+    value = codec.encode("RawDelivery", delivery_to_record(raw_delivery("esign", b'{"submissionId":"other"}')))
+    producer = Producer(config.producer(kafka, **{"linger.ms": 50, "batch.num.messages": 10_000}))
+    tag = uuid.uuid4().hex[:8]
+    for i in range(count):
+        while True:
+            try:
+                producer.produce(topic, key=f"esign:other-{tag}-{i}".encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0
+
+
 def latest_states(kafka: KafkaSettings, topic: str, codec: Codec) -> dict[str, dict[str, Any]]:
     """The state table as a downstream consumer sees it: the last record per key."""
     return state_table(reader.read_all(kafka, topic), codec)

@@ -1,4 +1,4 @@
-"""The operator's commands: replay, redrive, tail, normalize."""
+"""The operator's commands: replay, redrive, inspect, tail, normalize."""
 
 from __future__ import annotations
 
@@ -119,6 +119,50 @@ def redrive(
     typer.echo(f"{tally.pop('redriven', 0)} dead letters {verb} redriven to the raw topic", err=True)
     for reason, count in sorted(tally.items()):
         typer.echo(f"{count} {verb} still failing: {reason.removeprefix('still_failing:')}", err=True)
+
+
+@app.command("inspect")
+def inspect_(
+    key: Annotated[str, typer.Argument(metavar="PROVIDER:ID", help="The verification, e.g. esign:d208917d.")],
+    config: ConfigOpt = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(help="Only records written at or after this time (ISO 8601, UTC); default: the dedup window ago."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, for scripts.")] = False,
+    show_bodies: Annotated[
+        bool, typer.Option("--show-bodies", help="Also print delivery bodies and headers: they hold personal data.")
+    ] = False,
+) -> None:
+    """Everything kycstream knows about one verification, in time order: deliveries (callbacks, polls,
+    fetches), events, states, dead letters and expectations.
+
+    Reads only the partitions that can hold the key, from --since on."""
+    from datetime import timedelta
+
+    from processors import timeline
+    from processors.kafka import config as kconfig
+    from processors.kafka import lookup
+    from processors.kafka.serde import Codec
+    from processors.providers import REGISTRY
+
+    provider, sep, vid = key.partition(":")
+    if not sep or not vid or provider not in REGISTRY:
+        raise _fail(
+            f"give the verification as PROVIDER:ID, e.g. esign:d208917d (providers: {', '.join(sorted(REGISTRY))})"
+        )
+    settings = _load(ProcessorSettings, config)
+    start = _utc(since) or datetime.now(UTC) - timedelta(seconds=settings.processor.dedup_window_s)
+    codec = Codec(kconfig.schema_registry(settings.kafka))
+    try:
+        found, scanned = lookup.find(settings.kafka, settings.topics, key, start, codec)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    story = timeline.assemble(key, start, found, scanned, show_bodies=show_bodies)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(timeline.to_json(story)) + b"\n")
+    else:
+        typer.echo(timeline.to_table(story))
 
 
 def _utc(value: datetime | None) -> datetime | None:

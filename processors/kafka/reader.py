@@ -101,6 +101,19 @@ def _start(consumer: Consumer, topic: str, partition: int, start: Start) -> Topi
     return TopicPartition(topic, partition, max(low, high - int(start)))
 
 
+def offsets_since(consumer: Consumer, wanted: list[tuple[str, int]], since_ms: int) -> list[tuple[str, int, int]]:
+    """(topic, partition, first offset at or after `since_ms`) of each wanted partition; partitions with
+    nothing since are left out. Only a starting hint: not every broker answers it exactly (the embedded
+    one answers 0), so readers still compare record timestamps with `since_ms`."""
+    if not wanted:
+        return []
+    try:
+        found = consumer.offsets_for_times([TopicPartition(t, p, since_ms) for t, p in wanted], timeout=30)
+    except KafkaException as exc:
+        raise BrokerError(f"Kafka did not answer: {exc.args[0].str()}") from exc
+    return [(tp.topic, tp.partition, tp.offset) for tp in found if tp.offset >= 0]
+
+
 def read_all(kafka: KafkaSettings, topic: str, timeout: float = 30.0) -> list[Record]:
     """Every record currently in the topic (read to partition EOF)."""
     records: list[Record] = []
