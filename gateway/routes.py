@@ -30,7 +30,7 @@ from gateway.errors import (
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings, SourceSettings
 from gateway.spool import Spool, Spooled
-from processors import logs
+from processors import logs, tracing
 from processors.errors import BrokerError
 from processors.kafka.producer import Delivered
 from processors.model import Expectation, RawDelivery
@@ -124,6 +124,14 @@ class WebhookEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         request_id = _request_id()
+        if not tracing.ENABLED:
+            await self._answer(scope, receive, send, name, request_id)
+            return
+        with tracing.webhook(scope["method"], scope["headers"], request_id) as span:
+            label, status = await self._answer(scope, receive, send, name, request_id)
+            tracing.answered(span, label, status)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, name: str, request_id: str) -> tuple[str, int]:
         started = time.perf_counter()
         try:
             status, body, headers = await self._receive(scope, receive, name, request_id)
@@ -167,6 +175,7 @@ class WebhookEndpoint:
             request_id=request_id,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
+        return label, status
 
     def _unroutable(self, name: str, request_id: str, exc: Exception) -> None:
         """Keyed by request id instead of its verification: accepted, but out of order with its siblings."""

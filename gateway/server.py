@@ -10,7 +10,7 @@ from gateway.app import create_app
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.spool import Spool
-from processors import logs
+from processors import logs, tracing
 from processors.errors import ConfigError
 from processors.kafka.sink import KafkaRawSink, SpoolForwarder
 
@@ -65,6 +65,7 @@ def _spool(settings: GatewaySettings, metrics: GatewayMetrics) -> tuple[Spool | 
 
 
 def serve(settings: GatewaySettings) -> None:
+    tracing.setup("kycstream-gateway")
     config, _ = build(settings)
     log.info(
         "gateway_starting", host=settings.gateway.host, port=settings.gateway.port, sources=sorted(settings.sources)

@@ -86,11 +86,16 @@ def process(
     group: Annotated[str | None, typer.Option(help="Override processor.group_id.")] = None,
 ) -> None:
     """Run the normalizer: raw deliveries in, events and dead letters out. SIGTERM stops it cleanly."""
+    from processors import tracing
     from processors.kafka.runner import Normalizer
 
     settings = _load(ProcessorSettings, config)
     if group:
         settings = _override(settings, processor={"group_id": group})
+    try:
+        tracing.setup("kycstream-processor")
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
     normalizer = Normalizer(settings)
     _run_until_signalled(normalizer.run, normalizer.metrics.registry, settings.processor.metrics_port)
 

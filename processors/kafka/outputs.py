@@ -8,14 +8,17 @@ good, so a batch redone after a failure never has records of its first try still
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
+from opentelemetry.trace import Span
 from prometheus_client import Counter
 
-from processors import logs
+from processors import logs, tracing
 from processors.avro.records import event_to_record, state_to_record
 from processors.errors import BrokerError
 from processors.kafka.producer import RenewableProducer, produce_dead_letter
@@ -97,13 +100,19 @@ class Outputs:
     # --- records -----------------------------------------------------------------------------------
 
     def event(self, batch: Batch, partition: int, event: VerificationEvent) -> None:
+        headers: list[tuple[str, str | bytes | None]] = [("kycstream-event-id", event.event_id.encode())]
+        on_delivery = batch.on_event_delivery
+        if tracing.ENABLED:  # a span from produce to delivery report, child of the record's processing
+            span = tracing.send(self.topics.events, partition, event.event_id)
+            headers += tracing.context_headers(span)
+            on_delivery = functools.partial(_traced, span, on_delivery)
         self.producer.produce(
             self.topics.events,
             key=event.key.encode(),
             value=self.codec.encode("VerificationEvent", event_to_record(event), self.topics.events),
             partition=partition,
-            headers=[("kycstream-event-id", event.event_id.encode())],
-            on_delivery=batch.on_event_delivery,
+            headers=headers,
+            on_delivery=on_delivery,
         )
 
     def dead_letter(self, batch: Batch, letter: DeadLetter, key: bytes | None) -> None:
@@ -178,3 +187,11 @@ class Outputs:
 
     def close(self) -> None:
         self.producer.flush(self.p.flush_timeout_s)
+
+
+def _traced(
+    span: Span, on_delivery: Callable[[KafkaError | None, Message], None], err: KafkaError | None, msg: Message
+) -> None:
+    tracing.acked(span, msg.partition(), msg.offset() if err is None else None, err.str() if err is not None else None)
+    span.end()
+    on_delivery(err, msg)

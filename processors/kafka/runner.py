@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
-from processors import logs
+from processors import logs, tracing
 from processors.avro.records import delivery_from_record
 from processors.errors import SerdeError
 from processors.kafka import config
@@ -113,13 +113,18 @@ class Engine:
             batch.saw(topic, partition, offset)
             if partition not in self.owner.owned:
                 self.owner.restore([partition])
-            self._handle(msg, topic, partition, offset, batch)
+            if not tracing.ENABLED:
+                self._handle(msg, topic, partition, offset, batch)
+                continue
+            with tracing.processing(msg.headers(), topic, partition, offset, self.p.group_id) as span:
+                span.set_attribute("kycstream.outcome", self._handle(msg, topic, partition, offset, batch))
         offsets = self.commit.finish(batch, consumer, stop)
         if offsets is not None:
             self.tally.update(batch.tally)
         return offsets
 
-    def _handle(self, msg: Message, topic: str, partition: int, offset: int, batch: Batch) -> None:
+    def _handle(self, msg: Message, topic: str, partition: int, offset: int, batch: Batch) -> str:
+        """What became of the record: event, duplicate, notice or dead_letter."""
         value = msg.value() or b""
         delivery: RawDelivery | None = None
         try:
@@ -132,24 +137,25 @@ class Engine:
         if isinstance(outcome, Rejection):
             self._dead_letter(msg, delivery, outcome, batch)
             batch.tally["dead_letters"] += 1
-            return
+            return "dead_letter"
         if isinstance(outcome, Notice):
             assert delivery is not None
             self._count(self.metrics.notices, delivery.provider, outcome.kind)
             batch.tally["notices"] += 1
-            return
+            return "notice"
         stores = self.owner.owned[partition]
         key = outcome.idempotency_key
         if key in stores.dedup or key in batch.keys.get(partition, {}):
             self._count(self.metrics.dedup_hits, outcome.provider)
             batch.tally["duplicates"] += 1
-            return
+            return "duplicate"
         batch.tally["events"] += 1
         self.outputs.event(batch, partition, outcome)
         # After a crash a state may have landed without its events (different partitions, acknowledged
         # independently): the state already counts this delivery, so the event is written, not counted.
         self.owner.remember(stores, batch, outcome, count=not self.owner.counted(stores, outcome))
         self._count(self.metrics.events, outcome.provider, outcome.status.value)
+        return "event"
 
     def _count(self, metric: Counter, *labels: str) -> None:
         """metric.labels(*labels).inc(), the labelled child looked up once (labels() takes a lock)."""

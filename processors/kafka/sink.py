@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from processors import logs
+from processors import logs, tracing
 from processors.avro.records import delivery_to_record, expectation_to_record
 from processors.errors import BrokerError
 from processors.kafka import config
@@ -63,11 +63,19 @@ class KafkaRawSink:
             ("kycstream-source", delivery.source.encode()),
             ("kycstream-provider", delivery.provider.encode()),
         ]
+        if tracing.ENABLED:  # the produce's span, or the request's when it is spooled instead
+            headers += tracing.context_headers()
         return value, headers
 
     async def write(self, delivery: RawDelivery, key: str) -> Delivered:
-        value, headers = self.envelope(delivery)
-        return await self._producer.send(self.topic, value, key.encode(), list(headers))
+        if not tracing.ENABLED:
+            value, headers = self.envelope(delivery)
+            return await self._producer.send(self.topic, value, key.encode(), list(headers))
+        with tracing.sending(self.topic) as span:
+            value, headers = self.envelope(delivery)
+            delivered = await self._producer.send(self.topic, value, key.encode(), list(headers))
+            tracing.acked(span, delivered.partition, delivered.offset)
+            return delivered
 
     async def write_expectation(self, expectation: Expectation) -> Delivered:
         value = self._codec.encode("Expectation", expectation_to_record(expectation), self._expected)
