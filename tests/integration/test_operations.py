@@ -211,8 +211,15 @@ def test_the_runbook_runs_as_written(tmp_path: Path) -> None:
             assert result.returncode == 0, f"{section}:\n{script}\n{result.stderr}"
             out[section] = out.get(section, "") + result.stdout
         _stop(running)
-    one = [json.loads(line) for line in out["Reading one verification"].splitlines()]
-    assert {(r.get("status"), r.get("verification_id")) for r in one} >= {("REJECTED", "d208917d")}
+    table, doc = out["Reading one verification"].rsplit("\n{", 1)
+    assert table.startswith("esign:d208917d: REJECTED after 1 event(s)")
+    one = json.loads("{" + doc)
+    assert one["state"]["status"] == "REJECTED"
+    assert [(e["kind"], e.get("status")) for e in one["timeline"] if e["kind"] != "delivery"] == [
+        ("event", "REJECTED"),
+        ("state", "REJECTED"),
+    ]
+    assert [e["origin"] for e in one["timeline"] if e["kind"] == "delivery"] == ["callback"]
     rebuilt = [json.loads(line) for line in out["Rebuilding the state table"].splitlines() if line.startswith("{")]
     assert {r["verification_id"]: r["status"] for r in rebuilt} == {
         "57fb4e076fa3fa296b7f5a97": "APPROVED",
