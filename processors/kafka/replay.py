@@ -193,10 +193,10 @@ def _dead_letters_held(settings: ProcessorSettings, codec: Codec) -> frozenset[t
 def _starts(consumer: Consumer, topic: str, partitions: list[int], since: datetime | None) -> list[TopicPartition]:
     if since is None:
         return [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
-    wanted = [TopicPartition(topic, p, int(since.timestamp() * 1000)) for p in partitions]
-    found = consumer.offsets_for_times(wanted, timeout=30)
+    since_ms = int(since.timestamp() * 1000)
+    found = {p: o for _, p, o in reader.offsets_since(consumer, [(topic, p) for p in partitions], since_ms)}
     # -1: nothing at or after `since` in that partition; reading from its end yields only EOF.
-    return [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else -1) for tp in found]
+    return [TopicPartition(topic, p, found.get(p, -1)) for p in partitions]
 
 
 def _extent(consumer: Consumer, starts: list[TopicPartition], since_ms: int) -> tuple[dict[int, int], int]:
