@@ -1,4 +1,4 @@
-"""The operator's commands: replay, redrive, inspect, tail, normalize."""
+"""The operator's commands: replay, redrive, inspect, tail, normalize; asyncapi and openapi (the contract)."""
 
 from __future__ import annotations
 
@@ -331,3 +331,61 @@ def normalize(
         typer.echo(f"notice: {outcome.kind} (no event, no dead letter)", err=True)
         return
     sys.stdout.buffer.write(orjson.dumps(_jsonable(event_to_record(outcome)), option=orjson.OPT_SORT_KEYS) + b"\n")
+
+
+ContractConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Describe this config's topic names and groups (default: the defaults)."),
+]
+
+
+@app.command()
+def asyncapi(
+    config: ContractConfigOpt = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="File to write; - for standard output.")] = (
+        "docs/asyncapi.yaml"
+    ),
+) -> None:
+    """Write the AsyncAPI 3.0 document of every topic kycstream reads or writes: keys, headers, Avro values."""
+    from processors import contract
+    from processors.kafka.topics import specs
+    from processors.settings import ReconcileSettings
+
+    try:
+        processor, reconciler = ProcessorSettings.load(config), ReconcileSettings.load(config)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    document = contract.asyncapi(
+        specs(processor.topics),
+        processor_group=processor.processor.group_id,
+        reconciler_group=reconciler.reconcile.group_id,
+        version=_version(),
+    )
+    _write(contract.dump(document), output)
+
+
+@app.command()
+def openapi(
+    output: Annotated[str, typer.Option("--output", "-o", help="File to write; - for standard output.")] = (
+        "docs/openapi.json"
+    ),
+) -> None:
+    """Write the OpenAPI document of the gateway's HTTP side (also served at /openapi.json)."""
+    from gateway.openapi import document, dump
+
+    _write(dump(document(_version())), output)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("kycstream")
+
+
+def _write(text: str, output: str) -> None:
+    if output == "-":
+        sys.stdout.write(text)
+        return
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(text)
+    typer.echo(f"wrote {output}", err=True)
