@@ -25,12 +25,14 @@ BENCHES = {
     "processor": ["bench/processor.py"],
     "e2e": ["bench/e2e_latency.py"],
     "dedup": ["bench/dedup_restore.py"],
+    "inspect": ["bench/inspect_key.py"],
 }
 QUICK = {
     "gateway": ["--duration", "4"],
     "processor": ["--records", "30000"],
     "e2e": ["--duration", "4"],
     "dedup": ["--keys", "100000", "--no-breakdown"],
+    "inspect": ["--records", "30000"],
 }
 
 
