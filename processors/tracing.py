@@ -13,8 +13,8 @@ the API, so with tracing off a request or a record pays one attribute lookup.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
@@ -108,18 +108,15 @@ def disable() -> None:
 # --- the gateway ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def webhook(method: str, raw_headers: Sequence[tuple[bytes, bytes]], request_id: str) -> Iterator[Span]:
+def webhook(method: str, raw_headers: Sequence[tuple[bytes, bytes]], request_id: str) -> AbstractContextManager[Span]:
     """The request's span, current while it runs; continues the sender's `traceparent` if any."""
     carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers if k in (b"traceparent", b"tracestate")}
-    parent = _PROPAGATOR.extract(carrier) if carrier else None
-    with _tracer.start_as_current_span(
+    return _tracer.start_as_current_span(
         f"{method} {_ROUTE}",
-        context=parent,
+        context=_PROPAGATOR.extract(carrier) if carrier else None,
         kind=SpanKind.SERVER,
         attributes={"http.request.method": method, "http.route": _ROUTE, "kycstream.request_id": request_id},
-    ) as span:
-        yield span
+    )
 
 
 def answered(span: Span, source: str, status: int) -> None:
@@ -158,13 +155,11 @@ def _messaging(operation: str, topic: str, partition: int | None) -> dict[str, s
     return attributes
 
 
-@contextmanager
-def sending(topic: str) -> Iterator[Span]:
-    """A produce the caller awaits: the span is current (inject() picks it) and ends at the ack."""
-    with _tracer.start_as_current_span(
+def sending(topic: str) -> AbstractContextManager[Span]:
+    """A produce the caller awaits: the span is current (context_headers() picks it) and ends at the ack."""
+    return _tracer.start_as_current_span(
         f"send {topic}", kind=SpanKind.PRODUCER, attributes=_messaging("send", topic, None)
-    ) as span:
-        yield span
+    )
 
 
 def send(topic: str, partition: int, message_id: str) -> Span:
@@ -184,13 +179,13 @@ def acked(span: Span, partition: int | None, offset: int | None, error: str | No
         span.set_status(Status(StatusCode.ERROR, error))
 
 
-@contextmanager
-def processing(headers: RecordHeaders, topic: str, partition: int, offset: int, group: str) -> Iterator[Span]:
+def processing(
+    headers: RecordHeaders, topic: str, partition: int, offset: int, group: str
+) -> AbstractContextManager[Span]:
     """The handling of one consumed record, current while it runs, child of the context it carries."""
     attributes = _messaging("process", topic, partition)
     attributes["messaging.kafka.offset"] = offset
     attributes["messaging.consumer.group.name"] = group
-    with _tracer.start_as_current_span(
+    return _tracer.start_as_current_span(
         f"process {topic}", context=extract(headers), kind=SpanKind.CONSUMER, attributes=attributes
-    ) as span:
-        yield span
+    )
