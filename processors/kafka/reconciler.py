@@ -32,7 +32,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Pro
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processors import logs
-from processors.avro.records import delivery_to_record, expectation_from_record, state_from_record
+from processors.avro.records import (
+    dead_letter_from_record,
+    delivery_to_record,
+    expectation_from_record,
+    state_from_record,
+)
 from processors.errors import SerdeError
 from processors.kafka import config, reader
 from processors.kafka.fetcher import Fetcher, FetchJob
@@ -46,6 +51,10 @@ from processors.settings import ReconcileSettings
 from processors.state import SETTLED
 
 log = logs.get("kycstream.reconcile")
+
+
+# The reasons of the letters the reconciler writes for an expectation (read back after a restart).
+_LETTER_REASONS = frozenset({b"poll_expired", b"poll_unauthorized"})
 
 
 class ReconcileMetrics:
@@ -69,8 +78,8 @@ class ReconcileMetrics:
         )
         self.undecodable = Counter(
             "kycstream_reconcile_undecodable_records",
-            "Expectation or state records the reconciler could not decode and skipped, by table "
-            "(a skipped state leaves its verification looking unsettled: it is polled).",
+            "Expectation, state or its own dead-letter records the reconciler could not decode and skipped, "
+            "by table (expected, state, dlq; a skipped state leaves its verification looking unsettled).",
             ["table"],
             registry=self.registry,
         )
@@ -115,12 +124,15 @@ class Reconciler:
         self.expected = Consumer(
             config.consumer(settings.kafka, r.group_id, **{"session.timeout.ms": r.session_timeout_ms})
         )
+        # The state topic and the DLQ, both read whole (assigned, never committed): the DLQ for the
+        # letters this reconciler wrote before a crash whose expectation it had not tombstoned yet.
         self.states_reader = Consumer(config.consumer(settings.kafka, f"{r.group_id}-state"))
         self._out = RenewableProducer(config.producer(settings.kafka))  # shared with the fetcher
         self.tracked: dict[str, _Tracked] = {}
         self._assigned: set[int] = set()  # this member's partitions of the expected topic
         self._unread: set[int] = set()  # ... not read to their end since they were assigned
-        self._states_unread: set[int] = set()  # state-topic partitions not read to their end yet
+        self._tables_unread: set[tuple[str, int]] = set()  # state and DLQ partitions not read to their end yet
+        self.lettered: set[tuple[int, int]] = set()  # (partition, offset) of expectations with a letter
         self.ticks = 0  # ticks that acted on whole tables
         for source in settings.sources.values():  # every series exists from the start, for alerts
             if source.poll is not None:
@@ -175,10 +187,13 @@ class Reconciler:
             [self.topics.expected], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
         self.fetcher.start()
-        state = self.topics.state
-        partitions = reader.topic_partitions(self.states_reader, state)
-        self._states_unread = set(partitions)
-        self.states_reader.assign([TopicPartition(state, p, OFFSET_BEGINNING) for p in partitions])
+        tables = [
+            (topic, p)
+            for topic in (self.topics.state, self.topics.dlq)
+            for p in reader.topic_partitions(self.states_reader, topic)
+        ]
+        self._tables_unread = set(tables)
+        self.states_reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for topic, p in tables])
 
     def _drain(self) -> None:
         self.fetcher.read()
@@ -186,8 +201,16 @@ class Reconciler:
             if self._is_record(msg, self._unread):
                 self._track(msg)
         for msg in self.states_reader.consume(10_000, 0.2):
-            if self._is_record(msg, self._states_unread):
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self._tables_unread.discard((msg.topic() or "", msg.partition() or 0))
+                else:
+                    log.warning("consume_error", error=error.str())
+            elif msg.topic() == self.topics.state:
                 self._remember_state(msg)
+            else:
+                self._remember_letter(msg)
 
     @staticmethod
     def _is_record(msg: Message, unread: set[int]) -> bool:
@@ -204,7 +227,7 @@ class Reconciler:
     def _tables_whole(self) -> bool:
         """Act only on whole tables: a partition read halfway may still hold the tombstone of an
         expectation already dead-lettered, and a state table read halfway may miss a decision."""
-        return bool(self._assigned) and not self._unread and not self._states_unread
+        return bool(self._assigned) and not self._unread and not self._tables_unread
 
     def _remember_state(self, msg: Message) -> None:
         key = (msg.key() or b"").decode()
@@ -218,6 +241,21 @@ class Reconciler:
             log.warning("state_undecodable", partition=msg.partition(), offset=msg.offset(), error=str(exc))
             return
         self.states[key] = (state.status, state.updated_at)
+
+    def _remember_letter(self, msg: Message) -> None:
+        """A letter this reconciler role wrote for an expectation (by its reason header, then its
+        source): that expectation is closed, whoever wrote it, even if its tombstone never landed."""
+        reason = dict(msg.headers() or []).get("kycstream-reason")
+        if reason not in _LETTER_REASONS:
+            return
+        try:
+            letter = dead_letter_from_record(self.codec.decode("DeadLetter", msg.value() or b"", self.topics.dlq))
+        except SerdeError as exc:  # our own message: schema and field, never a value
+            self.metrics.undecodable.labels("dlq").inc()
+            log.warning("letter_undecodable", partition=msg.partition(), offset=msg.offset(), error=str(exc))
+            return
+        if letter.source_topic == self.topics.expected:
+            self.lettered.add((letter.partition, letter.offset))
 
     def _track(self, msg: Message) -> None:
         key = (msg.key() or b"").decode()
@@ -244,6 +282,8 @@ class Reconciler:
         for key, tracked in self.tracked.items():
             source = self.settings.sources.get(tracked.expectation.source)
             state = self.states.get(key)
+            if not tracked.closed and (tracked.partition, tracked.offset) in self.lettered:
+                tracked.closed = True  # dead-lettered before a crash: tombstoned now, never lettered again
             if tracked.closed or self._settled(key):
                 continue
             still_open += 1

@@ -1,14 +1,11 @@
-"""The window the reconciler still leaves (issue 13): killed after a dead letter was acknowledged and
-before its expectation's tombstone was, a restarted reconciler gives up on that expectation again.
+"""A reconciler killed after a dead letter was acknowledged and before its expectation's tombstone
+was: the restarted reconciler finds the letter in the DLQ (it reads back its own letters, as a
+table) and tombstones the expectation without writing a second letter (issue 13).
 
 The TCP proxy (embedded broker only) holds that window open: with 1 s of latency each way, the
 tombstone is on its way for a second after the reconciler logged the acknowledged letter, and what a
 killed process sent that has not landed is lost with its connection. The reconciler's session is
 longer than usual, so that heartbeats slowed by the proxy do not make its group rebalance meanwhile.
-
-A strict xfail: it passes, and so fails, once closing an expectation writes its letter and its
-tombstone atomically (one Kafka transaction) or a restart looks for the letter before writing
-another.
 """
 
 from __future__ import annotations
@@ -27,10 +24,6 @@ from tests.e2e.pipeline import Pipeline
 from tests.e2e.test_reconcile_kills import API_KEY, ProviderApi, _approved, _expect, _given_up, _tombstoned
 
 
-class RepeatedLetter(AssertionError):
-    """The known bug itself, apart from any other failure of the test."""
-
-
 @pytest.fixture
 def api() -> Iterator[tuple[ProviderApi, str]]:
     fake = ProviderApi()
@@ -43,11 +36,6 @@ def _logged(pipeline: Pipeline, role_name: str, event: str) -> Callable[[], bool
     return lambda: any(e.get("event") == event for e in role.log_events())
 
 
-@pytest.mark.xfail(
-    raises=RepeatedLetter,
-    strict=True,
-    reason="a crash between a dead letter's acknowledgement and its tombstone's repeats the letter",
-)
 def test_a_reconciler_killed_between_a_dead_letter_and_its_tombstone_writes_the_letter_once(
     make_pipeline: Callable[..., Pipeline], e2e_broker: Broker, api: tuple[ProviderApi, str]
 ) -> None:
@@ -89,5 +77,4 @@ def test_a_reconciler_killed_between_a_dead_letter_and_its_tombstone_writes_the_
     reconciler.start()
     wait_until(lambda: _tombstoned(pipeline, [key]), 60, "the given-up expectation tombstoned after the restart")
     letters = _given_up(pipeline)
-    if len(letters) != 1:
-        raise RepeatedLetter(f"{len(letters)} poll_expired letters for {key}")
+    assert len(letters) == 1, f"{len(letters)} poll_expired letters for {key}"
