@@ -89,3 +89,31 @@ def test_every_status_the_webhook_route_answers_is_documented() -> None:
     for method, status in answered:
         operation = documented.get(method.lower()) or documented["post"]
         assert str(status) in operation["responses"], (method, status)
+
+
+def test_the_consumer_guides_example_knows_each_writer_schema_the_codec_knows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its set-up (before it connects), for a type with a retired version in schemas/history/."""
+    from processors.kafka.serde import Codec
+    from schemas import SCHEMA_DIR
+    from tests.integration.test_consumer_guide import guide_example
+
+    example = guide_example()
+    monkeypatch.setenv("TYPE", "kycstream.VerificationState")
+    monkeypatch.setenv("KYCSTREAM_SCHEMAS", str(SCHEMA_DIR))
+    namespace: dict[str, object] = {}
+    exec(example[: example.index("consumer = Consumer(")], namespace)
+    known = set(namespace["writer_schemas"])  # type: ignore[call-overload]
+    assert len(known) == 2, "the current VerificationState and its retired version"
+    codec = Codec()
+    current = codec.encode("VerificationState", _a_state())[:10]
+    assert current in known and all(prefix[2:] in codec._writers for prefix in known)
+
+
+def _a_state() -> dict[str, object]:
+    from datetime import UTC, datetime
+
+    from processors.avro.records import state_to_record
+    from processors.model import VerificationState, VerificationStatus
+
+    now = datetime.now(UTC)
+    return dict(state_to_record(VerificationState("xendit:a", "xendit", "a", VerificationStatus.APPROVED, "e", now)))
