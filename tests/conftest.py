@@ -119,10 +119,7 @@ def serving_app(app: Any, port: int | None = None) -> Iterator[str]:
     server = _ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, proxy_headers=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
+    wait_until(lambda: server.started, 10, f"uvicorn started on port {port}", every=0.02)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -191,13 +188,16 @@ def reconciling(
         thread.join(20)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.1) -> None:
-    """Wait for a fact; fail saying which fact never became true."""
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str | Callable[[], str], every: float = 0.1
+) -> None:
+    """Wait for a fact; fail saying which fact never became true. `what` may be a function, called
+    only on timeout, to say what was seen instead."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"within {timeout:g}s, never: {what}")
-        time.sleep(every)
+            raise AssertionError(f"within {timeout:g}s, never: {what() if callable(what) else what}")
+        time.sleep(every)  # sleep: poll interval of wait_until itself (deadline and message above)
 
 
 def ends(kafka: KafkaSettings, topic: str) -> dict[int, int]:
@@ -233,13 +233,17 @@ def committed_to_end(kafka: KafkaSettings, group: str, topic: str) -> bool:
 def read(
     kafka: KafkaSettings, topic: str, codec: Codec, kind: Any, *, at_least: int = 0, timeout: float = 30
 ) -> list[dict[str, Any]]:
-    """Decoded records of `topic`, waiting up to `timeout` until there are `at_least`."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Decoded records of `topic`, read to partition EOF; with `at_least`, waiting up to `timeout` until
+    there are that many (and failing, saying how many there were, if they never come)."""
+    records: list[dict[str, Any]] = []
+
+    def enough() -> bool:
+        nonlocal records
         records = [codec.decode(kind, r.value or b"") | {"_key": r.key} for r in reader.read_all(kafka, topic)]
-        if len(records) >= at_least or time.monotonic() > deadline:
-            return records
-        time.sleep(0.2)
+        return len(records) >= at_least
+
+    wait_until(enough, timeout, lambda: f"{at_least} {kind} records in {topic} (there are {len(records)})", every=0.2)
+    return records
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None, method: str = "POST") -> httpx.Response:
@@ -258,8 +262,11 @@ def raw_delivery(provider: str, body: bytes, headers: dict[str, str] | None = No
     return RawDelivery(str(uuid.uuid4()), provider, provider, "POST", datetime.now(UTC), body, headers or {})
 
 
-def produce_raw(kafka: KafkaSettings, topic: str, deliveries: list[Any], codec: Codec) -> None:
-    """Write envelopes to the raw topic exactly as the gateway does (same key, same encoding)."""
+def produce_raw(
+    kafka: KafkaSettings, topic: str, deliveries: list[Any], codec: Codec, *, timestamp_ms: int = 0
+) -> None:
+    """Write envelopes to the raw topic exactly as the gateway does (same key, same encoding); with
+    `timestamp_ms`, every record carries that timestamp (for tests where record time matters)."""
     from confluent_kafka import Producer
 
     from processors.avro.records import delivery_to_record
@@ -269,7 +276,8 @@ def produce_raw(kafka: KafkaSettings, topic: str, deliveries: list[Any], codec: 
     producer = Producer(config.producer(kafka, **{"linger.ms": 20}))
     for d in deliveries:
         key = routing_id(d.provider, d.body) or d.request_id
-        producer.produce(topic, key=key.encode(), value=codec.encode("RawDelivery", delivery_to_record(d)))
+        value = codec.encode("RawDelivery", delivery_to_record(d))
+        producer.produce(topic, key=key.encode(), value=value, timestamp=timestamp_ms)
         producer.poll(0)
     assert producer.flush(60) == 0
 

@@ -98,7 +98,7 @@ class TcpProxy:
             except OSError:  # the port is still held by a closing socket: retry briefly
                 if time.monotonic() > deadline:
                     raise
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # sleep: poll interval of a bounded retry (raises at its deadline)
 
     async def _cut(self) -> None:
         server, self._server = self._server, None
@@ -172,7 +172,7 @@ class _Link:
             while True:
                 due, data = await queue.get()
                 if (wait := due - time.monotonic()) > 0:
-                    await asyncio.sleep(wait)
+                    await asyncio.sleep(wait)  # sleep: the proxy's deliberate latency (the delay line)
                 if not data:
                     return
                 dst.write(data)

@@ -32,6 +32,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from processors.kafka import embedded
+from tests.conftest import wait_until
 from tests.e2e import containers
 from tests.tcpproxy import TcpProxy
 
@@ -292,14 +293,11 @@ def start_kafka_container(image: str) -> Broker:
 def wait_ready(bootstrap: str, timeout: float) -> None:
     """Until the broker answers a metadata request."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answers() -> bool:
         try:
-            metadata = admin.list_topics(timeout=2.0)
-            if metadata.brokers:
-                return
+            return bool(admin.list_topics(timeout=2.0).brokers)
         except KafkaException:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout:g}s")
-        time.sleep(0.3)
+            return False
+
+    wait_until(answers, timeout, f"Kafka at {bootstrap} answered a metadata request", every=0.3)

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import IO, Any
@@ -26,7 +25,7 @@ from processors.avro.codec import RecordType
 from processors.kafka import embedded, reader, topics
 from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings, TopicSettings
-from tests.conftest import state_table
+from tests.conftest import state_table, wait_until
 from tests.e2e import containers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -341,25 +340,26 @@ class Pipeline:
             return 0
 
     def wait_gateway_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def ready() -> bool:
             assert self.gateway.alive(), f"the gateway exited at start\n{self.gateway.tail()}"
-            if self.readyz(timeout=3) == 200:
-                return
-            assert time.monotonic() < deadline, f"the gateway was not ready within {timeout:g}s\n{self.gateway.tail()}"
-            time.sleep(0.1)
+            return self.readyz(timeout=3) == 200
+
+        wait_until(ready, timeout, lambda: f"the gateway answered /readyz with 200\n{self.gateway.tail()}")
 
     def start_processor(self, *, wait_owned: int | None = None, timeout: float = 60) -> None:
         """Start `kycstream process`; with wait_owned, until it owns that many raw partitions."""
         self.processor.start()
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def started() -> bool:
             assert self.processor.alive(), f"the processor exited at start\n{self.processor.tail()}"
             owned = self.processor_metric("kycstream_partitions_owned")
-            if owned is not None and (wait_owned is None or owned >= wait_owned):
-                return
-            assert time.monotonic() < deadline, f"the processor did not start within {timeout:g}s"
-            time.sleep(0.1)
+            return owned is not None and (wait_owned is None or owned >= wait_owned)
+
+        wait_until(
+            started,
+            timeout,
+            lambda: f"the processor started owning {wait_owned or 'any'} partitions\n{self.processor.tail()}",
+        )
 
     def processor_metric(self, name: str) -> float | None:
         """Sum of a metric's samples from the processor's /metrics (None while it does not answer)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +13,7 @@ import orjson
 from processors.model import RawDelivery, VerificationEvent
 from processors.pipeline import normalize
 from tests import cases
+from tests.conftest import committed_to_end, wait_until
 from tests.e2e.pipeline import Pipeline, kycstream_command
 from tests.e2e.workload import sign
 
@@ -83,12 +83,20 @@ def test_every_provider_fixture_over_http(pipeline: Pipeline) -> None:
 
     keys = {rid: _idempotency_key(c) for rid, c in sent.items() if c.event}
     dead = {rid: c for rid, c in sent.items() if c.dead_letter}
-    for _ in range(120):
-        events = pipeline.decoded("events")
-        letters = pipeline.decoded("dlq")
-        if {e["idempotency_key"] for e in events} >= set(keys.values()) and len(letters) >= len(dead):
-            break
-        time.sleep(0.5)
+    wait_until(
+        lambda: {e["idempotency_key"] for e in pipeline.decoded("events")} >= set(keys.values()),
+        60,
+        f"an event for each of the {len(set(keys.values()))} results",
+        every=0.5,
+    )
+    wait_until(lambda: len(pipeline.decoded("dlq")) >= len(dead), 60, f"{len(dead)} dead letters", every=0.5)
+    wait_until(  # then whatever the processor writes for the raw records is in: nothing more arrives
+        lambda: committed_to_end(pipeline.kafka, pipeline.group, pipeline.topics.raw),
+        60,
+        "the processor committed the raw topic",
+        every=0.5,
+    )
+    letters = pipeline.decoded("dlq")
 
     raw = pipeline.decoded("raw")
     assert sorted(r["request_id"] for r in raw) == sorted(sent), "exactly the accepted deliveries, nothing refused"
@@ -117,11 +125,7 @@ def test_every_provider_fixture_over_http(pipeline: Pipeline) -> None:
     by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
         by_key[f"{event['provider']}:{event['verification_id']}"].append(event)
-    for _ in range(60):
-        states = pipeline.latest_states()
-        if all(states.get(k, {}).get("event_count") == len(v) for k, v in by_key.items()):
-            break
-        time.sleep(0.5)
+    states = pipeline.latest_states()  # final: the raw topic is committed, so its states are in
     assert set(states) == set(by_key)
     for key, group in by_key.items():
         assert states[key]["status"] == expected_status(group), (key, [(e["status"], e["occurred_at"]) for e in group])

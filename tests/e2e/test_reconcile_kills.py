@@ -64,7 +64,7 @@ class ProviderApi:
             held, releases = self.holding, self._releases
             self.held += held
         while held and self._releases == releases:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # sleep: a fake server's deliberate latency (holds until released)
         kyc = {"status": "PASSED", "verified_at": "2026-05-08T10:30:00Z"}
         return JSONResponse({"id": vid, "updated": "2026-05-08T10:31:00Z", "kyc": kyc})
 

@@ -88,14 +88,15 @@ def soak(
     fault: Callable[[LoadGenerator], dict[str, Any]] | None = None,
     fault_at: float = 1 / 3,
 ) -> tuple[Workload, LoadGenerator, dict[str, Any], MemorySampler]:
-    """Send the workload at a fixed rate; run `fault` a third of the way in; wait for the outputs; verify."""
+    """Send the workload at a fixed rate; run `fault` once a third of it is sent; wait for the outputs; verify."""
     workload = build_workload(size.total, seed)
     sampler = MemorySampler(pipeline).start()
     gen = LoadGenerator(pipeline.url, workload.deliveries, size.rate, give_up_s=size.seconds + 120).start()
     facts: dict[str, Any] = {}
     try:
         if fault is not None:
-            time.sleep(size.seconds * fault_at)
+            at = int(size.total * fault_at)
+            wait_until(lambda: gen.sent >= at, size.seconds + 30, f"{at} of {size.total} deliveries sent", every=0.05)
             facts = fault(gen)
         gen.join()
         finished = time.monotonic()
@@ -172,7 +173,7 @@ def test_processor_sigkill_mid_soak_loses_and_doubles_nothing(
         killed_at = pipeline.processor_metric("kycstream_events_total")
         code = pipeline.processor.stop(signal.SIGKILL, timeout=10)
         assert code == -signal.SIGKILL
-        time.sleep(1)
+        time.sleep(1)  # sleep: a fault's duration (the processor stays dead a second under load)
         pipeline.start_processor()  # the same group: it waits for the dead member's session to expire
         return {"events_before_kill": killed_at}
 
@@ -197,7 +198,7 @@ def test_broker_unreachable_mid_soak_gives_503_never_200(
             down = time.monotonic()
             while time.monotonic() < down + outage_s:
                 ready.append(pipeline.readyz())
-                time.sleep(0.5)
+                time.sleep(0.5)  # sleep: a fault's duration (the outage, /readyz sampled every 0.5 s)
             up = time.monotonic()
         # While it was down: 503 (kafka_unavailable) in time, never 200.
         during = [a for a in gen.attempts if a.started >= down and a.ended <= up]
@@ -211,14 +212,16 @@ def test_broker_unreachable_mid_soak_gives_503_never_200(
         assert 503 in ready, f"/readyz stayed ready during the outage: {ready}"
         # Once it is back, the gateway accepts again.
         back = time.monotonic()
-        while not any(a.status == 200 and a.started >= back for a in list(gen.attempts)):
-            if time.monotonic() > back + 30:
-                gen.stop()
-                after = Counter(a.status for a in gen.attempts if a.started >= back)
-                raise AssertionError(
-                    f"Kafka is back but for 30 s the gateway answered {dict(after)}; /readyz says {pipeline.readyz()}"
-                )
-            time.sleep(0.2)
+        wait_until(  # on failure soak() stops the load generator
+            lambda: any(a.status == 200 and a.started >= back for a in list(gen.attempts)),
+            30,
+            lambda: (
+                f"a 200 once Kafka is back: the gateway answered "
+                f"{dict(Counter(a.status for a in list(gen.attempts) if a.started >= back))}; "
+                f"/readyz says {pipeline.readyz()}"
+            ),
+            every=0.2,
+        )
         return {
             "outage_s": round(up - down, 1),
             "readyz_during": sorted(set(ready)),
@@ -242,7 +245,7 @@ def test_gateway_sigterm_mid_soak_acknowledges_nothing_without_its_raw_record(
     def sigterm(gen: LoadGenerator) -> dict[str, Any]:
         if proxy is not None:  # slow Kafka down so that many requests are in flight at the signal
             proxy.latency = 0.3
-            time.sleep(1.5)
+            wait_until(lambda: gen.in_flight >= 10, 30, "10 requests in flight behind the slowed link", every=0.05)
         moments["sigterm"] = time.monotonic()
         pipeline.gateway.send(signal.SIGTERM)
         try:
@@ -300,12 +303,12 @@ def test_spooling_sources_answer_200_through_an_outage_and_two_gateway_sigkills(
         with e2e_broker.outage():
             down = time.monotonic()
             for share in (1 / 3, 2 / 3):  # two SIGKILLs, each once more deliveries were spooled
-                time.sleep(max(0.0, down + outage_s * share - time.monotonic()))  # the outage's schedule
+                time.sleep(max(0.0, down + outage_s * share - time.monotonic()))  # sleep: a fault's duration
                 spooled = pipeline.gateway_metric("kycstream_gateway_spool_records")
                 assert pipeline.gateway.stop(signal.SIGKILL, timeout=10) == -signal.SIGKILL
                 pipeline.start_gateway()  # the same spool directory: it forwards what the last one spooled
                 kills.append(spooled)
-            time.sleep(max(0.0, down + outage_s - time.monotonic()))
+            time.sleep(max(0.0, down + outage_s - time.monotonic()))  # sleep: a fault's duration (the rest)
             up = time.monotonic()
         during = [a for a in gen.attempts if a.started >= down and a.ended <= up]
         assert during and {a.status for a in during} <= {200, None}, Counter(a.status for a in during)

@@ -96,11 +96,15 @@ def test_delay_open_links_slows_the_connections_open_now_only(echo: int) -> None
 
 def test_a_client_gone_behind_a_delayed_link_loses_what_had_not_arrived() -> None:
     received: list[bytes] = []
+    closed = threading.Event()
 
     class _Record(socketserver.BaseRequestHandler):
         def handle(self) -> None:
-            while data := self.request.recv(65536):
-                received.append(data)
+            try:
+                while data := self.request.recv(65536):
+                    received.append(data)
+            finally:
+                closed.set()  # the proxy closed (or reset) its side: nothing more can arrive on it
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Record)
     server.daemon_threads = True
@@ -113,7 +117,7 @@ def test_a_client_gone_behind_a_delayed_link_loses_what_had_not_arrived() -> Non
                 proxy.delay_open_links(0.3)
                 doomed.sendall(b"never arrives")
             wait_until(lambda: proxy.connections == 0, 5, "the link torn down once the client is gone", every=0.01)
-            time.sleep(0.5)  # past the 0.3 s the lost bytes would have taken
+            wait_until(closed.is_set, 5, "the server saw the proxy close the upstream connection", every=0.01)
             assert received == [b"arrives"]
     finally:
         server.shutdown()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import signal
-import time
 from datetime import UTC, datetime
 
 import fastavro
@@ -14,6 +13,7 @@ import orjson
 from confluent_kafka import Producer
 
 from processors.kafka import config
+from tests.conftest import wait_until
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.workload import sign
 
@@ -84,24 +84,23 @@ def test_an_upgraded_processor_restores_a_state_table_written_with_the_previous_
     assert producer.flush(30) == 0
 
     pipeline.processor.start()
-    deadline = time.monotonic() + 60
-    while (pipeline.processor_metric("kycstream_partitions_owned") or 0) < pipeline.topics.partitions:
+
+    def owns_its_partitions() -> bool:
         if not pipeline.processor.alive():
             code = pipeline.processor.wait(5)
             raise AssertionError(
                 f"the processor exited with {code} restoring the state topic:\n{pipeline.processor.tail(5)}"
             )
-        assert time.monotonic() < deadline, "the processor did not take its partitions"
-        time.sleep(0.2)
+        return (pipeline.processor_metric("kycstream_partitions_owned") or 0) >= pipeline.topics.partitions
+
+    wait_until(owns_its_partitions, 60, "the processor took its partitions", every=0.2)
 
     # The restored state goes on counting: 3 events before the upgrade, this one makes 4.
     body = orjson.dumps({"event": "account.verification", "data": {"id": "upgraded-1", "kyc": {"status": "PASSED"}}})
     headers = {"webhook-id": "wh-upgraded-1", **sign("xendit", body)}
     assert httpx.post(f"{pipeline.url}/webhooks/xendit", content=body, headers=headers, timeout=15).status_code == 200
-    deadline = time.monotonic() + 30
-    while not (new := _new_states(pipeline, key)):
-        assert time.monotonic() < deadline, f"no new state for {key}"
-        time.sleep(0.3)
+    wait_until(lambda: _new_states(pipeline, key), 30, f"a new state for {key}", every=0.3)
+    new = _new_states(pipeline, key)
     assert [(s["status"], s["event_count"]) for s in new] == [("APPROVED", 4)]
     assert pipeline.processor.stop(signal.SIGTERM) == 0
 

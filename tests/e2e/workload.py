@@ -24,7 +24,7 @@ import orjson
 
 from processors.model import RawDelivery, Rejection, VerificationEvent
 from processors.pipeline import normalize
-from tests.conftest import dev_sources
+from tests.conftest import dev_sources, wait_until
 from tests.credentials import auth_headers
 
 RETRIED = {429, 500, 502, 503, 504}  # what a provider retries; anything else is final
@@ -268,6 +268,8 @@ class LoadGenerator:
     accepted: dict[int, str] = field(default_factory=dict)  # slot -> request_id of its 200
     started_at: float = 0.0
     lag: list[tuple[float, float]] = field(default_factory=list)  # (when, how late) the client's own loop ran
+    sent: int = 0  # deliveries started
+    in_flight: int = 0  # requests on the wire now (sent, not yet answered)
     _thread: threading.Thread | None = None
     _error: BaseException | None = None
     _stopped: bool = False
@@ -303,10 +305,11 @@ class LoadGenerator:
             tasks = []
             for i, delivery in enumerate(self.deliveries):
                 if (wait := self.started_at + i / self.rate - time.monotonic()) > 0:
-                    await asyncio.sleep(wait)
+                    await asyncio.sleep(wait)  # sleep: pacing (the fixed rate)
                 if self._stopped:
                     break
                 tasks.append(asyncio.create_task(self._deliver(client, delivery)))
+                self.sent += 1
             await asyncio.gather(*tasks)
             monitor.cancel()
 
@@ -314,7 +317,7 @@ class LoadGenerator:
         """How late this loop runs a 50 ms timer: time the client itself adds to measured answers."""
         while True:
             due = time.monotonic() + 0.05
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # sleep: pacing (the 50 ms timer whose lateness is measured)
             if (late := time.monotonic() - due) > 0.1:
                 self.lag.append((due, late))
 
@@ -329,6 +332,7 @@ class LoadGenerator:
                     wire.append(time.monotonic())
 
             queued = time.monotonic()
+            self.in_flight += 1  # one event loop: no lock needed
             try:
                 response = await client.request(
                     d.method, url, content=d.body, headers=d.headers, extensions={"trace": trace}
@@ -356,9 +360,11 @@ class LoadGenerator:
                 retry_after = response.headers.get("retry-after", "")
                 if retry_after.isdigit():  # the gateway says when (503 kafka_unavailable, 429)
                     backoff = max(backoff, float(retry_after))
+            finally:
+                self.in_flight -= 1
             if self._stopped or time.monotonic() - self.started_at + backoff > self.give_up_s:
                 return
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(backoff)  # sleep: pacing (a provider's retry backoff)
             backoff = min(backoff * 2, self.max_backoff_s)
 
     def statuses(self) -> Counter[str]:
@@ -369,18 +375,27 @@ class LoadGenerator:
 
 
 def wait_for_outputs(pipeline: Any, workload: Workload, gen: LoadGenerator, timeout: float = 120) -> None:
-    """Until every expected event and dead letter is in its topic (or the timeout)."""
+    """Until every expected event and dead letter is in its topic; fails naming what is missing."""
     want_keys = {workload.deliveries[s].idempotency_key for s in gen.accepted} - {None}
     want_dead = {rid for s, rid in gen.accepted.items() if workload.deliveries[s].dead_letter}
-    deadline = time.monotonic() + timeout
-    while True:
+    missing: tuple[set[Any], set[str]] = (want_keys, want_dead)
+
+    def complete() -> bool:
+        nonlocal missing
         keys = {e["idempotency_key"] for e in pipeline.decoded("events")}
         dead = {d["request_id"] for d in pipeline.decoded("dlq")}
-        if want_keys <= keys and want_dead <= dead:
-            return
-        if time.monotonic() > deadline:
-            return  # verify() says what is missing
-        time.sleep(1.0)
+        missing = (want_keys - keys, want_dead - dead)
+        return not any(missing)
+
+    wait_until(
+        complete,
+        timeout,
+        lambda: (
+            f"every accepted delivery's output: {len(missing[0])} events missing (e.g. {sorted(missing[0])[:3]}), "
+            f"{len(missing[1])} dead letters missing (e.g. {sorted(missing[1])[:3]})"
+        ),
+        every=1.0,
+    )
 
 
 def verify(pipeline: Any, workload: Workload, gen: LoadGenerator) -> dict[str, Any]:

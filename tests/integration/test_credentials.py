@@ -68,7 +68,7 @@ def test_tokens_that_expire_every_2s_are_renewed_before_they_fail(oauth: tuple[F
         ends = time.monotonic() + seconds
         while time.monotonic() < ends:
             verdicts.append((await poller.poll(_expectation(uuid.uuid4().hex[:24]))).verdict)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # sleep: pacing (polls at ~10/s for `seconds`)
         await _closed(poller)
         return verdicts
 
@@ -124,7 +124,7 @@ def test_a_token_endpoint_that_fails_is_no_unauthorized_but_a_credential_failure
         deadline = time.monotonic() + 5  # the first backoff is at most 1 s
         while (outcome := await poller.poll(_expectation("e" * 24))).verdict != "result":
             assert outcome.verdict == "credential_failed" and time.monotonic() < deadline, outcome
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # sleep: poll interval of a deadline loop that fails naming the outcome
         assert fake.token_requests == 2, "asked again once the backoff passed, and it recovered"
         await _closed(poller)
 
@@ -175,7 +175,7 @@ def test_the_incode_executive_token_is_logged_in_for_and_renewed_before_it_expir
         while time.monotonic() < ends:
             # Four at once: they share one login.
             answers += await asyncio.gather(*(_score(poller, f"ok-{i}") for i in range(4)))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # sleep: pacing (rounds of four for `seconds`)
         await _closed(poller)
         return answers
 

@@ -62,7 +62,7 @@ def _through_an_outage(
     with processing(kafka, names, group_id=group, batch_size=50, retry_backoff_s=0.2, **section) as normalizer:
         cut = _CutWithOutputsQueued(normalizer, proxy, after=500)
         wait_until(cut.done.is_set, 60, "a batch waited for its outputs after the cut")
-        time.sleep(cut_s)  # the outage itself
+        time.sleep(cut_s)  # sleep: a fault's duration (the outage itself)
         proxy.restore()
         wait_until(lambda: committed_to_end(kafka, group, names.raw), 120, "the processor committed the raw topic")
         events = read(kafka, names.events, codec, "VerificationEvent")

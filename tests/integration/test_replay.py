@@ -90,14 +90,16 @@ def test_replay_into_fresh_topics_rebuilds_events_and_state(
 def test_replay_since_a_time_skips_older_deliveries(
     topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
 ) -> None:
-    import time
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
-    produce_raw(kafka, topic_settings.raw, [raw_delivery("esign", _esign(i)) for i in range(10)], codec)
-    time.sleep(1.5)
-    cut = datetime.now(UTC)
-    time.sleep(0.5)
-    produce_raw(kafka, topic_settings.raw, [raw_delivery("esign", _esign(i)) for i in range(10, 14)], codec)
+    cut = datetime.now(UTC) - timedelta(minutes=1)
+    before, after = (int((cut + timedelta(seconds=s)).timestamp() * 1000) for s in (-60, 1))
+    produce_raw(
+        kafka, topic_settings.raw, [raw_delivery("esign", _esign(i)) for i in range(10)], codec, timestamp_ms=before
+    )
+    produce_raw(
+        kafka, topic_settings.raw, [raw_delivery("esign", _esign(i)) for i in range(10, 14)], codec, timestamp_ms=after
+    )
     result = subprocess.run(
         [*KYCSTREAM, "replay", "--since", cut.strftime("%Y-%m-%dT%H:%M:%S.%f")],
         env=processor_env(kafka, topic_settings),
