@@ -14,7 +14,7 @@ from gateway.settings import GatewaySettings
 from processors.kafka import embedded, topics
 from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings
-from tests.conftest import post, processing, unique
+from tests.conftest import post, processing, read, unique
 
 pytestmark = pytest.mark.broker
 KYCSTREAM = [sys.executable, "-m", "processors.cli"]
@@ -57,31 +57,55 @@ def test_topics_create_is_idempotent_and_sets_configs(kafka: KafkaSettings) -> N
     assert policy == {"state": "compact", "dedup": "compact", "expected": "compact", "raw": "delete"}
 
 
-def test_tail_prints_the_last_events_as_json(gateway: tuple[str, GatewaySettings], kafka: KafkaSettings) -> None:
-    url, settings = gateway
+def _three_events(url: str, settings: GatewaySettings, kafka: KafkaSettings, codec: Codec) -> None:
+    """tail-0, tail-1, tail-2 through the gateway and a processor, one at a time: each event is in the
+    events topic before the next is posted, so their timestamps are in that order."""
     body = b'{"submissionId": "tail-%d", "status": "COMPLETED", "result": "VALID"}'
-    for i in range(3):
-        assert post(f"{url}/webhooks/esign", body % i, {"authorization": "Bearer dev-secret"}).status_code == 200
-    env = _env(kafka, KYCSTREAM_TOPICS__EVENTS=settings.topics.events)
     with processing(kafka, settings.topics):
-        result = subprocess.run(
-            [*KYCSTREAM, "tail", "--topic", "events", "--count", "2", "--timeout", "30"],
-            env=env,
-            capture_output=True,
-            timeout=60,
-        )
-    assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(lines) == 2
-    assert {line["status"] for line in lines} == {"APPROVED"}
-    assert all(line["verification_id"].startswith("tail-") for line in lines)
+        for i in range(3):
+            assert post(f"{url}/webhooks/esign", body % i, {"authorization": "Bearer dev-secret"}).status_code == 200
+            read(kafka, settings.topics.events, codec, "VerificationEvent", at_least=i + 1)
 
-    everything = subprocess.run(
-        [*KYCSTREAM, "tail", "--topic", settings.topics.events, "--from-beginning", "--timeout", "3"],
-        env=env,
+
+@pytest.mark.xfail(
+    reason="tail --count N keeps the last N records *read* (one deque across partitions read one after "
+    "another), not the N latest: tail-1, tail-0 and tail-2 land alone in partitions 2, 1 and 0 and it prints "
+    "tail-0 and tail-1. Fix: the last N of every partition, then the N latest by timestamp "
+    "(processors/cli/operate.py); then drop this mark. Not strict: which partition is read first may vary.",
+)
+def test_tail_count_prints_the_last_events_as_json(
+    gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec
+) -> None:
+    url, settings = gateway
+    _three_events(url, settings, kafka, codec)
+    result = subprocess.run(
+        [*KYCSTREAM, "tail", "--topic", "events", "--count", "2", "--timeout", "30"],
+        env=_env(kafka, KYCSTREAM_TOPICS__EVENTS=settings.topics.events),
         capture_output=True,
         timeout=60,
     )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["verification_id"], line["status"]) for line in lines] == [
+        ("tail-1", "APPROVED"),
+        ("tail-2", "APPROVED"),
+    ], "the last two, oldest first"
+
+
+def test_tail_from_beginning_prints_every_event_as_json(
+    gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec
+) -> None:
+    url, settings = gateway
+    _three_events(url, settings, kafka, codec)
+    everything = subprocess.run(
+        [*KYCSTREAM, "tail", "--topic", settings.topics.events, "--from-beginning", "--timeout", "3"],
+        env=_env(kafka),
+        capture_output=True,
+        timeout=60,
+    )
+    assert everything.returncode == 0, everything.stderr
+    lines = [json.loads(line) for line in everything.stdout.splitlines()]
+    assert {line["status"] for line in lines} == {"APPROVED"}
     assert sorted(json.loads(line)["verification_id"] for line in everything.stdout.splitlines()) == [
         "tail-0",
         "tail-1",
