@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -248,10 +247,6 @@ def read(
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None, method: str = "POST") -> httpx.Response:
     return httpx.request(method, url, content=body, headers=headers or {}, timeout=30)
-
-
-def run_async(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
 def raw_delivery(provider: str, body: bytes, headers: dict[str, str] | None = None) -> Any:

@@ -11,7 +11,7 @@ At minute boundaries (expiry and now multiples of 60) both return exactly the sa
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ from processors.model import DedupRecord
 
 KEY = "esign:4f6d9a1e-2b7c-4c1d-9a55-0e6f1b2c3d4e:COMPLETED:VALID:2026-05-08T10:30:00Z"
 BASE = 1_778_236_200  # 2026-05-08T10:30:00Z, a minute boundary
-StoreFactory = Callable[[], DedupStore]
 
 
 def _memory(_: Path) -> DedupStore:
