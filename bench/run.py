@@ -26,6 +26,7 @@ BENCHES = {
     "e2e": ["bench/e2e_latency.py"],
     "dedup": ["bench/dedup_restore.py"],
     "inspect": ["bench/inspect_key.py"],
+    "tracing": ["bench/tracing.py"],
 }
 QUICK = {
     "gateway": ["--duration", "4"],
@@ -33,6 +34,7 @@ QUICK = {
     "e2e": ["--duration", "4"],
     "dedup": ["--keys", "100000", "--no-breakdown"],
     "inspect": ["--records", "30000"],
+    "tracing": ["--duration", "4", "--records", "20000"],
 }
 
 
