@@ -123,7 +123,8 @@ def test_a_token_endpoint_that_fails_is_no_unauthorized_but_a_credential_failure
         assert registry.get_sample_value("kycstream_token_requests_total", labels) == 1, "not asked within the backoff"
         deadline = time.monotonic() + 5  # the first backoff is at most 1 s
         while (outcome := await poller.poll(_expectation("e" * 24))).verdict != "result":
-            assert outcome.verdict == "credential_failed" and time.monotonic() < deadline, outcome
+            assert outcome.verdict == "credential_failed", outcome
+            assert time.monotonic() < deadline, f"within 5s of the backoff the poll never got a result: {outcome}"
             await asyncio.sleep(0.05)  # sleep: poll interval of a deadline loop that fails naming the outcome
         assert fake.token_requests == 2, "asked again once the backoff passed, and it recovered"
         await _closed(poller)
