@@ -711,8 +711,10 @@ def _reconciler_groups(settings: ReconcileSettings, monkeypatch: pytest.MonkeyPa
     """The consumer groups the reconciler's code really joins (its Kafka clients, recorded)."""
     confs: list[dict[str, Any]] = []
     import processors.kafka.producer as producer_module
+    import processors.kafka.tables as tables_module
 
-    for module, client in ((reconciler_module, "Consumer"), (producer_module, "Producer")):
+    clients = ((reconciler_module, "Consumer"), (tables_module, "Consumer"), (producer_module, "Producer"))
+    for module, client in clients:
         monkeypatch.setattr(module, client, lambda conf, confs=confs: confs.append(conf))
     reconciler_module.Reconciler(settings)
     return {conf["group.id"] for conf in confs if "group.id" in conf}

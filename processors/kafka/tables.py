@@ -1,0 +1,176 @@
+"""What the reconciler knows, read from Kafka as tables: its expectations, the verifications'
+states, and the dead letters it wrote.
+
+Expectations (kyc.verification.expected.v1) are split across reconcilers by the consumer group and
+each assigned partition is read whole from the beginning, never committed. The state table and the
+DLQ are read whole by every reconciler (assigned, never committed): the states say which
+verifications are settled, the DLQ which expectations were already dead-lettered (a crash between
+a letter and its tombstone must not write the letter again). Every partition is read to its end
+(partition EOF) before the reconciler acts on what it holds: `whole()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from prometheus_client import Counter, Gauge
+
+from processors import logs
+from processors.avro.records import dead_letter_from_record, expectation_from_record, state_from_record
+from processors.errors import SerdeError
+from processors.kafka import config, reader
+from processors.kafka.serde import Codec
+from processors.model import Expectation, VerificationStatus
+from processors.settings import ReconcileSettings
+from processors.state import SETTLED
+
+log = logs.get("kycstream.reconcile")
+
+# The reasons of the letters the reconciler writes for an expectation (read back after a restart).
+LETTER_REASONS = frozenset({b"poll_expired", b"poll_unauthorized"})
+
+
+@dataclass
+class Tracked:
+    expectation: Expectation
+    partition: int
+    offset: int
+    raw: bytes
+    polls: int = 0  # polls done: their answer, if any, acknowledged by Kafka
+    last_poll: datetime | None = None
+    writing: bool = False  # a record for it was produced and its delivery report is not in yet
+    closed: bool = False  # its dead letter is acknowledged: never polled again; a tombstone follows
+
+
+class Tables:
+    def __init__(self, settings: ReconcileSettings, codec: Codec, undecodable: Counter, open_gauge: Gauge) -> None:
+        self.topics = settings.topics
+        self.codec = codec
+        self.undecodable = undecodable
+        self.open_gauge = open_gauge
+        r = settings.reconcile
+        self.expected = Consumer(
+            config.consumer(settings.kafka, r.group_id, **{"session.timeout.ms": r.session_timeout_ms})
+        )
+        self.others = Consumer(config.consumer(settings.kafka, f"{r.group_id}-state"))  # state and DLQ
+        self.tracked: dict[str, Tracked] = {}
+        self.states: dict[str, tuple[VerificationStatus, datetime]] = {}
+        self.lettered: set[tuple[int, int]] = set()  # (partition, offset) of expectations with a letter
+        self._assigned: set[int] = set()  # this member's partitions of the expected topic
+        self._unread: set[int] = set()  # ... not read to their end since they were assigned
+        self._others_unread: set[tuple[str, int]] = set()  # state and DLQ partitions not read to their end
+
+    def start(self) -> None:
+        self.expected.subscribe(
+            [self.topics.expected], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        tables = [
+            (topic, p)
+            for topic in (self.topics.state, self.topics.dlq)
+            for p in reader.topic_partitions(self.others, topic)
+        ]
+        self._others_unread = set(tables)
+        self.others.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for topic, p in tables])
+
+    def whole(self) -> bool:
+        """Act only on whole tables: a partition read halfway may still hold the tombstone of an
+        expectation already dead-lettered, and a state table read halfway may miss a decision."""
+        return bool(self._assigned) and not self._unread and not self._others_unread
+
+    def settled(self, key: str) -> bool:
+        state = self.states.get(key)
+        return state is not None and state[0] in SETTLED
+
+    def read(self) -> None:
+        """What has arrived since the last read."""
+        for msg in self.expected.consume(1000, 0.2):
+            error = msg.error()
+            if error is None:
+                self._track(msg)
+            elif error.code() == KafkaError._PARTITION_EOF:
+                self._unread.discard(msg.partition() or 0)
+            else:
+                log.warning("consume_error", error=error.str())
+        for msg in self.others.consume(10_000, 0.2):
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self._others_unread.discard((msg.topic() or "", msg.partition() or 0))
+                else:
+                    log.warning("consume_error", error=error.str())
+            elif msg.topic() == self.topics.state:
+                self._remember_state(msg)
+            else:
+                self._remember_letter(msg)
+
+    def close(self) -> None:
+        self.expected.close()
+        self.others.close()
+
+    # --- rebalances -----------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The expected topic is a table: read each assigned partition whole, never commit.
+        consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in partitions])
+        assigned = {tp.partition for tp in partitions}
+        self._assigned |= assigned
+        self._unread |= assigned
+        log.info("expectations_assigned", partitions=sorted(assigned))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {tp.partition for tp in partitions}
+        self._assigned -= gone
+        self._unread -= gone
+        self.tracked = {k: t for k, t in self.tracked.items() if t.partition not in gone}
+        if not self._assigned:  # no tick sets it until partitions come back
+            self.open_gauge.set(0)
+
+    # --- records ---------------------------------------------------------------------------------------
+
+    def _undecodable(self, table: str, msg: Message, exc: SerdeError) -> None:
+        """Our own message (schema and field, never a value): logged and counted, the record skipped."""
+        self.undecodable.labels(table).inc()
+        log.warning("record_undecodable", table=table, partition=msg.partition(), offset=msg.offset(), error=str(exc))
+
+    def _track(self, msg: Message) -> None:
+        key = (msg.key() or b"").decode()
+        if msg.value() is None:
+            self.tracked.pop(key, None)
+            return
+        try:
+            expectation = expectation_from_record(
+                self.codec.decode("Expectation", msg.value() or b"", self.topics.expected)
+            )
+        except SerdeError as exc:
+            self._undecodable("expected", msg, exc)
+            return
+        if key not in self.tracked or self.tracked[key].expectation != expectation:
+            self.tracked[key] = Tracked(expectation, msg.partition() or 0, msg.offset() or 0, msg.value() or b"")
+
+    def _remember_state(self, msg: Message) -> None:
+        key = (msg.key() or b"").decode()
+        if msg.value() is None:
+            self.states.pop(key, None)
+            return
+        try:
+            state = state_from_record(self.codec.decode("VerificationState", msg.value() or b"", self.topics.state))
+        except SerdeError as exc:
+            self._undecodable("state", msg, exc)
+            return
+        self.states[key] = (state.status, state.updated_at)
+
+    def _remember_letter(self, msg: Message) -> None:
+        """A letter a reconciler wrote for an expectation (by its reason header, then its source):
+        that expectation record is closed, whoever wrote it, even if its tombstone never landed."""
+        reason = dict(msg.headers() or []).get("kycstream-reason")
+        if reason not in LETTER_REASONS:
+            return
+        try:
+            letter = dead_letter_from_record(self.codec.decode("DeadLetter", msg.value() or b"", self.topics.dlq))
+        except SerdeError as exc:
+            self._undecodable("dlq", msg, exc)
+            return
+        if letter.source_topic == self.topics.expected:
+            self.lettered.add((letter.partition, letter.offset))
