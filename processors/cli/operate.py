@@ -232,21 +232,24 @@ def tail(
     # The last N matching one key are found by reading everything: "the last N of each partition" may hold none.
     start: reader.Start = "beginning" if from_beginning or (count and key) else (count if count else "end")
     printed = 0
-    backlog: deque[reader.Record] = deque(maxlen=count if count and not from_beginning else None)
+    # The last N of each partition, then the N latest of those by timestamp: partitions are read one
+    # after another, so the last N read are not the last N written.
+    backlog: dict[int, deque[reader.Record]] = {}
     catching_up = bool(count) and not from_beginning
     try:
         for item in reader.follow(settings.kafka, name, start, idle_timeout=timeout):
             if isinstance(item, reader.CaughtUp):
                 if catching_up:
                     catching_up = False
-                    for record in sorted(backlog, key=lambda r: r.timestamp_ms):
+                    latest = sorted((r for records in backlog.values() for r in records), key=lambda r: r.timestamp_ms)
+                    for record in latest[-(count or 0) :]:
                         emit(record)
                         printed += 1
                     backlog.clear()
             elif wanted is not None and item.key != wanted:
                 continue
             elif catching_up:
-                backlog.append(item)
+                backlog.setdefault(item.partition, deque(maxlen=count)).append(item)
                 continue
             else:
                 emit(item)

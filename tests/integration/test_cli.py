@@ -67,12 +67,6 @@ def _three_events(url: str, settings: GatewaySettings, kafka: KafkaSettings, cod
             read(kafka, settings.topics.events, codec, "VerificationEvent", at_least=i + 1)
 
 
-@pytest.mark.xfail(
-    reason="tail --count N keeps the last N records *read* (one deque across partitions read one after "
-    "another), not the N latest: tail-1, tail-0 and tail-2 land alone in partitions 2, 1 and 0 and it prints "
-    "tail-0 and tail-1. Fix: the last N of every partition, then the N latest by timestamp "
-    "(processors/cli/operate.py); then drop this mark. Not strict: which partition is read first may vary.",
-)
 def test_tail_count_prints_the_last_events_as_json(
     gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec
 ) -> None:
