@@ -57,6 +57,7 @@ class Message:
     value: RecordType | None
     key: Mapping[str, Any]
     headers: Mapping[str, str] = field(default_factory=dict)  # name -> what it holds (always present)
+    optional: Mapping[str, str] = field(default_factory=dict)  # name -> what it holds (when present)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class Operation:
 
 
 _REDRIVEN = "kycstream-redrive-of"
+# Written only when tracing is on (OTEL_TRACES_EXPORTER; docs/observability.md).
+_TRACE_CONTEXT = {
+    "traceparent": "W3C trace context of the span that wrote the record (only with tracing on).",
+    "tracestate": "W3C trace state, when the trace has one (only with tracing on).",
+}
 MESSAGES: tuple[Message, ...] = (
     Message(
         "rawCallback",
@@ -83,6 +89,7 @@ MESSAGES: tuple[Message, ...] = (
             "kycstream-source": "The webhook source (route) name.",
             "kycstream-provider": "The provider of that source.",
         },
+        _TRACE_CONTEXT,
     ),
     Message(
         "rawPoll",
@@ -117,6 +124,7 @@ MESSAGES: tuple[Message, ...] = (
         "VerificationEvent",
         VERIFICATION_KEY,
         {"kycstream-event-id": "The event's `event_id` (also in the value), for filters."},
+        _TRACE_CONTEXT,
     ),
     Message(
         "verificationState",
@@ -308,11 +316,12 @@ def _operation_id(op: Operation, taken: Mapping[str, Any]) -> str:
 
 def _message(m: Message, definitions: Mapping[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = {"name": m.name, "title": m.title, "summary": m.summary}
-    if m.headers:
+    if m.headers or m.optional:
+        described = {**m.headers, **m.optional}
         doc["headers"] = {
             "type": "object",
             "required": list(m.headers),
-            "properties": {name: {"type": "string", "description": text} for name, text in m.headers.items()},
+            "properties": {name: {"type": "string", "description": text} for name, text in described.items()},
         }
     if m.value is None:
         doc["description"] = "A tombstone: the record's value is null (compaction removes the key)."
