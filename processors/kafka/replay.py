@@ -8,7 +8,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -235,47 +235,20 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
     consumer = Consumer(config.consumer(settings.kafka, f"{settings.processor.group_id}-redrive"))
     producer = Producer(config.producer(settings.kafka))
     tally: Counter[str] = Counter()
+    failures: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            failures.append(err.str())
+
     try:
-        partitions = reader.topic_partitions(consumer, topics.dlq)
-        committed = consumer.committed([TopicPartition(topics.dlq, p) for p in partitions], timeout=10)
-        starts = [
-            TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
-            for tp in committed
-        ]
-        consumer.assign(starts)
-        pending = {tp.partition for tp in starts}
-        last: dict[int, int] = {}
-        failures: list[str] = []
-
-        def on_delivery(err: KafkaError | None, _msg: object) -> None:
-            if err is not None:
-                failures.append(err.str())
-
-        letters: list[tuple[int, int, bytes | None, DeadLetter]] = []
         # Read up to the end before writing anything: re-appended letters must wait for the next run.
-        while pending:
-            for msg in consumer.consume(1000, 1.0):
-                error = msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        raise BrokerError(f"reading {topics.dlq} failed: {error.str()}")
-                    pending.discard(msg.partition() or 0)
-                    continue
-                partition, offset = msg.partition() or 0, msg.offset() or 0
-                last[partition] = offset
-                letter = dead_letter_from_record(codec.decode("DeadLetter", msg.value() or b"", topics.dlq))
-                letters.append((partition, offset, msg.key(), letter))
-
+        letters, last = _letters_since_last_redrive(consumer, codec, topics.dlq)
         for partition, offset, key, letter in letters:
-            if letter.source_topic != topics.raw:  # the reconciler's (an expectation, a notice's event):
-                tally[f"skipped:{letter.reason}"] += 1  # not a delivery, left as it is
-                continue
-            try:
-                delivery = delivery_from_record(codec.decode("RawDelivery", letter.original_value, topics.raw))
-                outcome = normalize(delivery)
-            except (SerdeError, KeyError, TypeError) as exc:
-                outcome = Rejection("undecodable_envelope", str(exc))
-            if not isinstance(outcome, Rejection):
+            verdict = _verdict(letter, codec, topics.raw)
+            if verdict == "skip":
+                tally[f"skipped:{letter.reason}"] += 1
+            elif verdict == "redrive":
                 tally["redriven"] += 1
                 if not dry_run:
                     producer.produce(
@@ -285,11 +258,11 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
                         headers=[("kycstream-redrive-of", f"{topics.dlq}/{partition}/{offset}")],
                         on_delivery=on_delivery,
                     )
-                continue
-            tally[f"still_failing:{outcome.code}"] += 1
-            if not dry_run:
-                again = dataclasses.replace(letter, reason=outcome.code, detail=outcome.detail)
-                produce_dead_letter(producer, codec, topics.dlq, again, key, on_delivery)
+            else:
+                tally[f"still_failing:{verdict.code}"] += 1
+                if not dry_run:
+                    again = dataclasses.replace(letter, reason=verdict.code, detail=verdict.detail)
+                    produce_dead_letter(producer, codec, topics.dlq, again, key, on_delivery)
         if dry_run:
             return tally
         if producer.flush(60) or failures:
@@ -302,3 +275,45 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
         raise BrokerError(f"redrive failed: {exc.args[0].str()}") from exc
     finally:
         consumer.close()
+
+
+def _verdict(letter: DeadLetter, codec: Codec, raw_topic: str) -> Literal["skip", "redrive"] | Rejection:
+    """What a redrive does with one dead letter: "skip" one that holds no delivery (the reconciler's:
+    an expectation, a notice's event), "redrive" one whose delivery normalizes now; else why it
+    still fails."""
+    if letter.source_topic != raw_topic:
+        return "skip"
+    try:
+        outcome = normalize(delivery_from_record(codec.decode("RawDelivery", letter.original_value, raw_topic)))
+    except (SerdeError, KeyError, TypeError) as exc:
+        return Rejection("undecodable_envelope", str(exc))
+    return outcome if isinstance(outcome, Rejection) else "redrive"
+
+
+def _letters_since_last_redrive(
+    consumer: Consumer, codec: Codec, dlq: str
+) -> tuple[list[tuple[int, int, bytes | None, DeadLetter]], dict[int, int]]:
+    """The DLQ's letters from the redrive group's committed offsets to the end, as (partition, offset,
+    key, letter), and the last offset read of each partition."""
+    partitions = reader.topic_partitions(consumer, dlq)
+    committed = consumer.committed([TopicPartition(dlq, p) for p in partitions], timeout=10)
+    starts = [
+        TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed
+    ]
+    consumer.assign(starts)
+    pending = {tp.partition for tp in starts}
+    last: dict[int, int] = {}
+    letters: list[tuple[int, int, bytes | None, DeadLetter]] = []
+    while pending:
+        for msg in consumer.consume(1000, 1.0):
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise BrokerError(f"reading {dlq} failed: {error.str()}")
+                pending.discard(msg.partition() or 0)
+                continue
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            last[partition] = offset
+            letter = dead_letter_from_record(codec.decode("DeadLetter", msg.value() or b"", dlq))
+            letters.append((partition, offset, msg.key(), letter))
+    return letters, last
