@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import sys
-from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,10 +20,11 @@ from processors.cli.common import (
     app,
 )
 from processors.errors import KycstreamError
-from processors.settings import ProcessorSettings, Settings
+from processors.settings import ProcessorSettings, Settings, TopicSettings
 
 if TYPE_CHECKING:
     from processors.avro.codec import RecordType
+    from processors.kafka.reader import Record
 
 
 @app.command()
@@ -59,22 +59,8 @@ def replay(
         raise _fail("give exactly one of --from-beginning or --since TIME")
     settings = _load(ProcessorSettings, config)
     live = settings.topics
-    targets = {
-        k: v
-        for k, v in (("events", events_topic), ("state", state_topic), ("dedup", dedup_topic), ("dlq", dlq_topic))
-        if v and v != getattr(live, k)
-    }
-    if targets.keys() & {"events", "state"} and "dedup" not in targets:
-        raise _fail(
-            f"a fresh --{next(iter(targets.keys() & {'events', 'state'}))}-topic needs a fresh --dedup-topic too: "
-            "with the live dedup changelog every event would be recognised as already emitted"
-        )
-    if "events" in targets and "dlq" not in targets:
-        raise _fail(
-            "a fresh --events-topic needs a fresh --dlq-topic too: its dead letters would join the ones "
-            f"{live.dlq} already holds"
-        )
-    settings = _override(settings, topics=targets)
+    given = {"events": events_topic, "state": state_topic, "dedup": dedup_topic, "dlq": dlq_topic}
+    settings = _override(settings, topics=_fresh_targets(live, given))
     try:
         for name in replay_.ensure_targets(settings.kafka, live, settings.topics):
             typer.echo(f"created {name}", err=True)
@@ -97,6 +83,23 @@ def replay(
         + (f" ({held} already in {settings.topics.dlq}, not written again)" if held else ""),
         err=True,
     )
+
+
+def _fresh_targets(live: TopicSettings, given: dict[str, str | None]) -> dict[str, str]:
+    """The target topics (by role) given that differ from the live ones; refused when a fresh events or
+    state topic would be rebuilt against the live dedup changelog, or fresh events against the live DLQ."""
+    targets = {role: name for role, name in given.items() if name and name != getattr(live, role)}
+    if targets.keys() & {"events", "state"} and "dedup" not in targets:
+        raise _fail(
+            f"a fresh --{next(iter(targets.keys() & {'events', 'state'}))}-topic needs a fresh --dedup-topic too: "
+            "with the live dedup changelog every event would be recognised as already emitted"
+        )
+    if "events" in targets and "dlq" not in targets:
+        raise _fail(
+            "a fresh --events-topic needs a fresh --dlq-topic too: its dead letters would join the ones "
+            f"{live.dlq} already holds"
+        )
+    return targets
 
 
 @app.command()
@@ -205,54 +208,23 @@ def tail(
 
     A topic that is none of the configured ones is decoded by what its records are (the schema
     fingerprint, or the registry's schema id): the topics a replay built, a copy, a backup."""
-    from processors.kafka import identify, reader
-    from processors.kafka.serde import Codec
+    from processors.kafka import reader
 
     settings = _load(Settings, config)
     role = next((r for r in _ROLE_TYPES if topic in (r, getattr(settings.topics, r))), None)
-    name = getattr(settings.topics, role) if role else topic
-    kind: RecordType | None = _ROLE_TYPES[role] if role else None
-    from processors.kafka import config as kconfig
-
-    codec = Codec(kconfig.schema_registry(settings.kafka))
-    wanted = key.encode() if key is not None else None
-
-    def emit(record: reader.Record) -> None:
-        nonlocal kind
-        if kind is None and record.value:
-            kind = identify.record_type(codec, record.value, name)
-            if kind is None:
-                raise _fail(
-                    f"{name} does not hold kycstream records: its record at partition {record.partition} offset "
-                    f"{record.offset} is {identify.describe(record.value, bool(settings.kafka.schema_registry_url))}"
-                )
-        sys.stdout.buffer.write(_render(codec, kind, name, record) + b"\n")
-        sys.stdout.flush()
-
+    printer = _Printer(settings, getattr(settings.topics, role) if role else topic, _ROLE_TYPES[role] if role else None)
     # The last N matching one key are found by reading everything: "the last N of each partition" may hold none.
     start: reader.Start = "beginning" if from_beginning or (count and key) else (count if count else "end")
     printed = 0
-    # The last N of each partition, then the N latest of those by timestamp: partitions are read one
-    # after another, so the last N read are not the last N written.
-    backlog: dict[int, deque[reader.Record]] = {}
-    catching_up = bool(count) and not from_beginning
     try:
-        for item in reader.follow(settings.kafka, name, start, idle_timeout=timeout):
-            if isinstance(item, reader.CaughtUp):
-                if catching_up:
-                    catching_up = False
-                    latest = sorted((r for records in backlog.values() for r in records), key=lambda r: r.timestamp_ms)
-                    for record in latest[-(count or 0) :]:
-                        emit(record)
-                        printed += 1
-                    backlog.clear()
-            elif wanted is not None and item.key != wanted:
-                continue
-            elif catching_up:
-                backlog.setdefault(item.partition, deque(maxlen=count)).append(item)
-                continue
-            else:
-                emit(item)
+        items = reader.follow(settings.kafka, printer.topic, start, idle_timeout=timeout)
+        if key is not None:
+            items = (i for i in items if isinstance(i, reader.CaughtUp) or i.key == key.encode())
+        if count and not from_beginning:
+            items = reader.latest_first(items, count)
+        for item in items:
+            if isinstance(item, reader.Record):
+                printer.write(item)
                 printed += 1
             if count is not None and printed >= count:
                 return
@@ -260,6 +232,31 @@ def tail(
         raise _fail(str(exc)) from exc
     except KeyboardInterrupt:
         return
+
+
+class _Printer:
+    """A topic's records as JSON lines on stdout, decoded as `kind` or, when the topic is none of the
+    configured ones, as what its first record with a value is."""
+
+    def __init__(self, settings: Settings, topic: str, kind: RecordType | None) -> None:
+        from processors.kafka import config as kconfig
+        from processors.kafka.serde import Codec
+
+        self.topic, self.kind, self.registry = topic, kind, bool(settings.kafka.schema_registry_url)
+        self.codec = Codec(kconfig.schema_registry(settings.kafka))
+
+    def write(self, record: Record) -> None:
+        from processors.kafka import identify
+
+        if self.kind is None and record.value:
+            self.kind = identify.record_type(self.codec, record.value, self.topic)
+            if self.kind is None:
+                raise _fail(
+                    f"{self.topic} does not hold kycstream records: its record at partition {record.partition} "
+                    f"offset {record.offset} is {identify.describe(record.value, self.registry)}"
+                )
+        sys.stdout.buffer.write(_render(self.codec, self.kind, self.topic, record) + b"\n")
+        sys.stdout.flush()
 
 
 def _render(codec: Any, kind: RecordType | None, topic: str, record: Any) -> bytes:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,6 +90,23 @@ def follow(
             )
     finally:
         consumer.close()
+
+
+def latest_first(items: Iterable[Record | CaughtUp], count: int) -> Iterator[Record | CaughtUp]:
+    """`items` (as `follow` yields them from the last `count` of each partition) with the records before
+    CaughtUp held back and cut to the `count` latest of them by timestamp, yielded just before it;
+    everything after passes as it comes. Partitions are read one after another, so the last `count`
+    read are not the last `count` written."""
+    backlog: dict[int, deque[Record]] = {}
+    items = iter(items)
+    for item in items:
+        if isinstance(item, CaughtUp):
+            held = sorted((r for records in backlog.values() for r in records), key=lambda r: r.timestamp_ms)
+            yield from held[-count:]
+            yield item
+            break
+        backlog.setdefault(item.partition, deque(maxlen=count)).append(item)
+    yield from items
 
 
 def _start(consumer: Consumer, topic: str, partition: int, start: Start) -> TopicPartition:
