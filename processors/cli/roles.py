@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,6 +24,9 @@ from processors.cli.common import (
 )
 from processors.errors import KycstreamError
 from processors.settings import ProcessorSettings, Settings
+
+if TYPE_CHECKING:
+    from processors.kafka.embedded import EmbeddedBroker
 
 
 @app.command()
@@ -127,7 +130,6 @@ def run(
 ) -> None:
     """Everything at once: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), topics, gateway,
     processor, and the reconciler when a source has API credentials (`poll:`)."""
-    from processors.kafka import embedded
     from processors.settings import ReconcileSettings
 
     config = _config_file(config)
@@ -135,14 +137,7 @@ def run(
     polled = sorted(name for name, source in reconciled.sources.items() if source.poll is not None)
     standin = _serve_standin(reconciled) if fake_provider_api else None
     env = dict(os.environ)
-    running = None
-    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        try:
-            running = embedded.start("127.0.0.1", broker_port, output=subprocess.DEVNULL)
-        except KycstreamError as exc:
-            raise _fail(str(exc)) from exc
-        env["KAFKA_BOOTSTRAP_SERVERS"] = running.bootstrap_servers
-        typer.echo(f"embedded broker on {running.bootstrap_servers}", err=True)
+    running = None if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else _start_broker(broker_port, env)
     me = [sys.executable, "-m", "processors.cli"]
     cfg = ["--config", str(config)] if config else []
     children: list[subprocess.Popen[bytes]] = []
@@ -163,21 +158,7 @@ def run(
     finally:
         # The roles first (Ctrl-C reached them already: the broker runs in its own session), so they
         # leave a broker that still answers; then what they left behind; the broker last.
-        names = ["gateway", "processor", "reconciler"]
-        if signalled == signal.SIGINT:  # a terminal's Ctrl-C reached them too: let them finish first
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and any(c.poll() is None for c in children):
-                time.sleep(0.1)
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for name, child in zip(names, children, strict=False):
-            try:
-                code = child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                code = child.wait()
-            typer.echo(f"stopped {name} ({_exit_status(code)})", err=True)
+        _stop_roles(children, signalled)
         if children:
             typer.echo(_undelivered(config, env), err=True)
         if running is not None:
@@ -185,6 +166,40 @@ def run(
             typer.echo("stopped the embedded broker (memory-only: its topics are gone)", err=True)
         if standin is not None:
             standin.should_exit = True
+
+
+def _start_broker(port: int, env: dict[str, str]) -> EmbeddedBroker:
+    """The embedded broker on 127.0.0.1:`port`, its address set in `env` for the roles."""
+    from processors.kafka import embedded
+
+    try:
+        running = embedded.start("127.0.0.1", port, output=subprocess.DEVNULL)
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    env["KAFKA_BOOTSTRAP_SERVERS"] = running.bootstrap_servers
+    typer.echo(f"embedded broker on {running.bootstrap_servers}", err=True)
+    return running
+
+
+def _stop_roles(children: list[subprocess.Popen[bytes]], signalled: int | None) -> None:
+    """Stop the role processes (gateway, processor, reconciler, in that order) and say how each ended.
+
+    After a Ctrl-C (which reached them too) they get 10 s to finish on their own; then SIGTERM and
+    15 s each, then SIGKILL."""
+    if signalled == signal.SIGINT:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(c.poll() is None for c in children):
+            time.sleep(0.1)
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for name, child in zip(("gateway", "processor", "reconciler"), children, strict=False):
+        try:
+            code = child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            code = child.wait()
+        typer.echo(f"stopped {name} ({_exit_status(code)})", err=True)
 
 
 def _exit_status(code: int) -> str:
