@@ -237,38 +237,11 @@ def asyncapi(
     definitions = load_definitions(schema_dir)
     by_role = {s.role: s for s in specs}
     ops = operations(processor_group, reconciler_group)
-    used: dict[str, list[str]] = {role: [] for role in by_role}
-    for op in ops:
-        for name in op.messages:
-            if name not in used[op.topic]:
-                used[op.topic].append(name)
-
-    channels = {
-        role: {
-            "address": spec.name,
-            "title": spec.name,
-            "description": _CHANNELS[role],
-            "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in used[role]},
-            "bindings": {"kafka": _topic_binding(spec)},
-        }
-        for role, spec in by_role.items()
-    }
+    used = _messages_by_topic(ops)
+    channels = {role: _channel(role, spec, used.get(role, [])) for role, spec in by_role.items()}
     operations_doc: dict[str, Any] = {}
     for op in ops:
-        op_id = _operation_id(op, operations_doc)
-        doc: dict[str, Any] = {
-            "action": op.action,
-            "channel": {"$ref": f"#/channels/{op.topic}"},
-            "title": f"kycstream {op.role}: {op.action} {by_role[op.topic].name}",
-            "summary": op.summary,
-            "tags": [{"name": op.role}],
-            "messages": [{"$ref": f"#/channels/{op.topic}/messages/{name}"} for name in op.messages],
-        }
-        if op.group is not None:
-            doc["bindings"] = {
-                "kafka": {"groupId": {"type": "string", "enum": [op.group]}, "bindingVersion": KAFKA_BINDING}
-            }
-        operations_doc[op_id] = doc
+        operations_doc[_operation_id(op, operations_doc)] = _operation(op, by_role[op.topic])
 
     return {
         "asyncapi": ASYNCAPI_VERSION,
@@ -293,6 +266,42 @@ def asyncapi(
         "operations": operations_doc,
         "components": {"messages": {m.name: _message(m, definitions) for m in MESSAGES}},
     }
+
+
+def _messages_by_topic(ops: Sequence[Operation]) -> dict[str, list[str]]:
+    """The messages each topic (by role) carries: those of the operations on it, first use first."""
+    used: dict[str, list[str]] = {}
+    for op in ops:
+        for name in op.messages:
+            if name not in used.setdefault(op.topic, []):
+                used[op.topic].append(name)
+    return used
+
+
+def _channel(role: str, spec: TopicSpec, messages: Sequence[str]) -> dict[str, Any]:
+    return {
+        "address": spec.name,
+        "title": spec.name,
+        "description": _CHANNELS[role],
+        "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
+        "bindings": {"kafka": _topic_binding(spec)},
+    }
+
+
+def _operation(op: Operation, spec: TopicSpec) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "action": op.action,
+        "channel": {"$ref": f"#/channels/{op.topic}"},
+        "title": f"kycstream {op.role}: {op.action} {spec.name}",
+        "summary": op.summary,
+        "tags": [{"name": op.role}],
+        "messages": [{"$ref": f"#/channels/{op.topic}/messages/{name}"} for name in op.messages],
+    }
+    if op.group is not None:
+        doc["bindings"] = {
+            "kafka": {"groupId": {"type": "string", "enum": [op.group]}, "bindingVersion": KAFKA_BINDING}
+        }
+    return doc
 
 
 def _topic_binding(spec: TopicSpec) -> dict[str, Any]:
