@@ -92,6 +92,28 @@ _SOURCE = {
 }
 
 
+def _expectation_operation() -> dict[str, Any]:
+    """POST /expectations/{source}: an expectation, behind the API keys."""
+    return {
+        "operationId": "expect",
+        "summary": "Expect a verification's result (the reconciler polls if none comes)",
+        "parameters": [_SOURCE],
+        "security": [{"apiKey": []}],
+        "requestBody": {
+            "required": True,
+            "content": _json({"$ref": "#/components/schemas/ExpectationRequest"}),
+        },
+        "responses": {
+            "200": {
+                "description": "Written to the expected topic.",
+                "content": _json({"$ref": "#/components/schemas/Expected"}),
+            },
+            **_refusals(EXPECTATION_REFUSALS),
+            "500": {"description": "The gateway failed (a bug); retry.", "content": {"text/plain": {}}},
+        },
+    }
+
+
 def document(version: str) -> dict[str, Any]:
     methods = sorted({m for module in REGISTRY.values() for m in module.METHODS}, key=("POST", "PUT", "PATCH").index)
     webhook = {method.lower(): _webhook_operation(method) for method in methods}
@@ -106,60 +128,48 @@ def document(version: str) -> dict[str, Any]:
         },
         "paths": {
             "/webhooks/{source}": webhook,
-            "/expectations/{source}": {
-                "post": {
-                    "operationId": "expect",
-                    "summary": "Expect a verification's result (the reconciler polls if none comes)",
-                    "parameters": [_SOURCE],
-                    "security": [{"apiKey": []}],
-                    "requestBody": {
-                        "required": True,
-                        "content": _json({"$ref": "#/components/schemas/ExpectationRequest"}),
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "Written to the expected topic.",
-                            "content": _json({"$ref": "#/components/schemas/Expected"}),
-                        },
-                        **_refusals(EXPECTATION_REFUSALS),
-                        "500": {"description": "The gateway failed (a bug); retry.", "content": {"text/plain": {}}},
-                    },
-                }
-            },
-            "/healthz": {"get": _plain("healthz", "The process is alive.", {"200": _status_ok("ok")})},
-            "/readyz": {
-                "get": _plain(
-                    "readyz",
-                    "Kafka answers and every topic exists (or a source can spool meanwhile).",
-                    {
-                        "200": _status_ok("ready"),
-                        "503": {
-                            "description": "Not ready: `detail` says why.",
-                            "content": _json({"$ref": "#/components/schemas/Readiness"}),
-                        },
-                    },
-                )
-            },
-            "/metrics": {
-                "get": _plain(
-                    "metrics",
-                    "Prometheus metrics.",
-                    {"200": {"description": "The text exposition format.", "content": {"text/plain": {}}}},
-                )
-            },
-            "/openapi.json": {
-                "get": _plain(
-                    "openapi",
-                    "This document.",
-                    {"200": {"description": "OpenAPI 3.1.", "content": _json({"type": "object"})}},
-                )
-            },
+            "/expectations/{source}": {"post": _expectation_operation()},
+            **_operational_paths(),
         },
         "components": {
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "`gateway.expectations_api_keys`."}
             },
             "schemas": _SCHEMAS,
+        },
+    }
+
+
+def _operational_paths() -> dict[str, Any]:
+    """The probes, the metrics and this document."""
+    return {
+        "/healthz": {"get": _plain("healthz", "The process is alive.", {"200": _status_ok("ok")})},
+        "/readyz": {
+            "get": _plain(
+                "readyz",
+                "Kafka answers and every topic exists (or a source can spool meanwhile).",
+                {
+                    "200": _status_ok("ready"),
+                    "503": {
+                        "description": "Not ready: `detail` says why.",
+                        "content": _json({"$ref": "#/components/schemas/Readiness"}),
+                    },
+                },
+            )
+        },
+        "/metrics": {
+            "get": _plain(
+                "metrics",
+                "Prometheus metrics.",
+                {"200": {"description": "The text exposition format.", "content": {"text/plain": {}}}},
+            )
+        },
+        "/openapi.json": {
+            "get": _plain(
+                "openapi",
+                "This document.",
+                {"200": {"description": "OpenAPI 3.1.", "content": _json({"type": "object"})}},
+            )
         },
     }
 
