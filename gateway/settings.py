@@ -10,8 +10,9 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from processors.model import AuthScheme
+from processors.pollsettings import PollSettings, Section
 from processors.providers import REGISTRY
-from processors.settings import PollSettings, Section, Settings
+from processors.settings import Settings
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _METHODS = {"POST", "PUT", "PATCH"}

@@ -16,9 +16,9 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from processors.credentials import CredentialError, Credentials, credentials_for
 from processors.model import ApiCredentials, Expectation, PollRequest
+from processors.pollsettings import PollSettings
 from processors.providers import Provider
 from processors.ratelimit import TokenBucket
-from processors.settings import PollSettings
 
 Verdict = Literal["result", "unrecognized", "unauthorized", "not_found", "failed", "credential_failed"]
 

@@ -23,8 +23,9 @@ from processors.errors import ConfigError
 from processors.kafka.fetcher import fetcher_sources
 from processors.model import Expectation
 from processors.polling import Poller, PollOutcome
+from processors.pollsettings import PollSettings
 from processors.providers import REGISTRY, incode
-from processors.settings import PollSettings, ReconcileSettings
+from processors.settings import ReconcileSettings
 from processors.standin import DEV_API_KEY, IncodeStandIn
 from tests.conftest import serving_app, wait_until
 from tests.credentials import CLIENT, FakeOAuth

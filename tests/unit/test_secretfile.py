@@ -10,8 +10,9 @@ import pytest
 
 from processors.credentials import StaticCredentials
 from processors.errors import ConfigError
+from processors.pollsettings import PollSettings
 from processors.secretfile import SecretFile
-from processors.settings import PollSettings, ProcessorSettings
+from processors.settings import ProcessorSettings
 from tests.conftest import wait_until
 
 
