@@ -106,6 +106,19 @@ def gateway_settings(kafka: KafkaSettings, topic_settings: TopicSettings) -> Cal
     return make
 
 
+EXPECTATIONS_API_KEY = "expect-key"  # the gateway_with_expectations fixture's expectations API key
+
+
+@pytest.fixture
+def gateway_with_expectations(
+    gateway_settings: Callable[..., GatewaySettings],
+) -> Iterator[tuple[str, GatewaySettings]]:
+    """A gateway on the test's broker with the expectations API on (key EXPECTATIONS_API_KEY)."""
+    settings = gateway_settings(expectations_api_keys=[EXPECTATIONS_API_KEY])
+    with serving(settings) as url:
+        yield url, settings
+
+
 class _ThreadedServer(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # the test runner owns the signals
         pass

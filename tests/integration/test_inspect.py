@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,28 +20,22 @@ from processors.kafka.partitioner import partition_for
 from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import (
+    EXPECTATIONS_API_KEY,
     committed_to_end,
     post,
     processing,
     processor_env,
     produce_noise,
     raw_delivery,
-    serving,
     unique,
     wait_until,
 )
 
 pytestmark = pytest.mark.broker
 KYCSTREAM = [sys.executable, "-m", "processors.cli"]
-API_KEY = "inspect-api-key"
+API_KEY = EXPECTATIONS_API_KEY
 BEARER = {"authorization": "Bearer dev-secret"}
 WEEK_AGO = datetime.now(UTC) - timedelta(days=7)
-
-
-@pytest.fixture
-def gateway_with_expectations(gateway_settings: Callable[..., GatewaySettings]) -> Iterator[str]:
-    with serving(gateway_settings(expectations_api_keys=[API_KEY])) as url:
-        yield url
 
 
 def _body(vid: str, status: str = "COMPLETED") -> bytes:
@@ -51,9 +45,12 @@ def _body(vid: str, status: str = "COMPLETED") -> bytes:
 
 
 def test_one_verification_among_100k_others(
-    gateway_with_expectations: str, kafka: KafkaSettings, topic_settings: TopicSettings, codec: Codec
+    gateway_with_expectations: tuple[str, GatewaySettings],
+    kafka: KafkaSettings,
+    topic_settings: TopicSettings,
+    codec: Codec,
 ) -> None:
-    url, vid = gateway_with_expectations, unique("sub")
+    (url, _), vid = gateway_with_expectations, unique("sub")
     key = f"esign:{vid}"
     expected = post(
         f"{url}/expectations/esign",

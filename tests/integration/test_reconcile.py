@@ -26,6 +26,7 @@ from processors.kafka.serde import Codec
 from processors.model import Expectation
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import (
+    EXPECTATIONS_API_KEY,
     committed_to_end,
     dev_sources,
     latest_states,
@@ -42,7 +43,7 @@ from tests.credentials import auth_headers
 from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.broker
-API_KEY = "expect-key"
+API_KEY = EXPECTATIONS_API_KEY
 SUB = {"userId": "user-7", "userIdType": "CLIENT_X_USER_ID", "partnerSessionId": "sess-7"}
 
 
@@ -71,15 +72,6 @@ def api() -> Iterator[tuple[FakeProviderApi, str]]:
     fake = FakeProviderApi()
     with serving_app(fake.app()) as url:
         yield fake, url
-
-
-@pytest.fixture
-def gateway_with_expectations(
-    gateway_settings: Callable[..., GatewaySettings],
-) -> Iterator[tuple[str, GatewaySettings]]:
-    settings = gateway_settings(expectations_api_keys=[API_KEY])
-    with serving(settings) as url:
-        yield url, settings
 
 
 def _source(provider: str, url: str, **poll: Any) -> dict[str, Any]:

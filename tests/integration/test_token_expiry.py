@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,20 +20,10 @@ from processors.kafka import reader
 from processors.kafka.reconciler import Reconciler
 from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings
-from tests.conftest import post, read, reconciling, serving, serving_app, wait_until
+from tests.conftest import EXPECTATIONS_API_KEY, post, read, reconciling, serving_app, wait_until
 from tests.credentials import CLIENT, FakeOAuth
 
 pytestmark = pytest.mark.broker
-API_KEY = "expect-key"
-
-
-@pytest.fixture
-def gateway_with_expectations(
-    gateway_settings: Callable[..., GatewaySettings],
-) -> Iterator[tuple[str, GatewaySettings]]:
-    settings = gateway_settings(expectations_api_keys=[API_KEY])
-    with serving(settings) as url:
-        yield url, settings
 
 
 def _metamap(url: str) -> dict[str, Any]:
@@ -47,7 +36,7 @@ def _expect(url: str, count: int) -> list[str]:
     vids = [uuid.uuid4().hex[:24] for _ in range(count)]  # MetaMap verification ids
     for vid in vids:
         body = json.dumps({"verification_id": vid}).encode()
-        response = post(f"{url}/expectations/metamap", body, {"authorization": f"Bearer {API_KEY}"})
+        response = post(f"{url}/expectations/metamap", body, {"authorization": f"Bearer {EXPECTATIONS_API_KEY}"})
         assert response.status_code == 200, response.text
     return vids
 
