@@ -16,7 +16,7 @@ from typing import Literal
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.errors import BrokerError
-from processors.kafka import config
+from processors.kafka import config, recovery
 from processors.settings import KafkaSettings
 
 Start = Literal["beginning", "end"] | int  # int: the last N records of each partition
@@ -151,23 +151,8 @@ def unprocessed(kafka: KafkaSettings, group: str, topic: str, timeout: float = 3
     try:
         partitions = topic_partitions(consumer, topic)
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-        consumer.assign(
-            [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed]
-        )
-        pending, count = set(partitions), 0
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"could not read {topic} to its end within {timeout:g}s")
-            for msg in consumer.consume(1000, 1.0):
-                error = msg.error()
-                if error is None:
-                    count += 1
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition() or 0)
-                else:
-                    raise BrokerError(f"reading {topic} failed: {error.str()}")
-        return count
+        starts = [(topic, tp.partition, tp.offset) for tp in committed]  # a negative offset: from the beginning
+        return sum(1 for _ in recovery.read_partitions(consumer, starts, timeout))
     except KafkaException as exc:
         raise BrokerError(f"Kafka did not answer: {exc.args[0].str()}") from exc
     finally:

@@ -52,7 +52,7 @@ def read_partitions(consumer: Consumer, starts: list[tuple[str, int, int]], time
     try:
         while pending:
             if time.monotonic() > deadline:
-                raise BrokerError(f"restoring {sorted(pending)} did not reach the end within {timeout:g}s")
+                raise BrokerError(f"reading {sorted(pending)} did not reach the end within {timeout:g}s")
             for msg in consumer.consume(10_000, 0.2):
                 error = msg.error()
                 if error is None:
@@ -60,7 +60,7 @@ def read_partitions(consumer: Consumer, starts: list[tuple[str, int, int]], time
                 elif error.code() == KafkaError._PARTITION_EOF:
                     pending.discard((msg.topic() or "", msg.partition() or 0))
                 else:
-                    raise BrokerError(f"restoring {msg.topic()}[{msg.partition()}] failed: {error.str()}")
+                    raise BrokerError(f"reading {msg.topic()}[{msg.partition()}] failed: {error.str()}")
     finally:
         consumer.unassign()
 
