@@ -59,7 +59,7 @@ class SourceSettings(Section):
     # When Kafka does not acknowledge in time: refuse (the provider retries) or spool (answer 200
     # once the delivery is fsynced in gateway.spool_dir; forwarded to Kafka as soon as it answers).
     on_kafka_unavailable: Literal["refuse", "spool"] = "refuse"
-    # The refusal's status (no spool, or the spool full); default: the provider's (see README).
+    # The refusal's status (no spool, or the spool full); default: the provider's (docs/providers.md).
     unavailable_status: int | None = Field(None, ge=400, le=599)
     poll: PollSettings | None = None  # read by `kycstream reconcile`
 

@@ -51,7 +51,7 @@ def topics_create(
     config: ConfigOpt = None,
     partitions: Annotated[int | None, typer.Option(help="Partitions per topic.")] = None,
 ) -> None:
-    """Create the five topics with their configs; topics that exist are left as they are."""
+    """Create the six topics with their configs; topics that exist are left as they are."""
     from processors.kafka import topics
 
     settings = _load(Settings, config)

@@ -1,4 +1,4 @@
-"""The five topics as frozen specs, and their idempotent creation and checks."""
+"""The six topics as frozen specs, and their idempotent creation and checks."""
 
 from __future__ import annotations
 

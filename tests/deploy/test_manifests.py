@@ -315,7 +315,7 @@ POLL_CREDENTIALS = {
     "xendit": [("token_file", "xendit")],
     # The executive login's password: Incode's executive token, for Fetch Scores, is logged in for.
     "incode": [("token_file", "incode"), ("executive_login.password_file", "incode-password")],
-    # Their APIs take short-lived OAuth2 tokens: client credentials (README, "Provider API credentials").
+    # Their APIs take short-lived OAuth2 tokens: client credentials (docs/providers.md, "Provider API credentials").
     "signicat": [("oauth2.client_secret_file", "signicat")],
     "metamap": [("oauth2.client_secret_file", "metamap")],
 }

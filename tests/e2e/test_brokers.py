@@ -1,5 +1,5 @@
 """How the e2e broker is chosen, and how the Docker one is wired (checked without Docker, with a fake
-container: the real thing runs wherever an engine answers; see README "End-to-end, load and fault tests")."""
+container: the real thing runs wherever an engine answers; see tests/e2e/README.md)."""
 
 from __future__ import annotations
 

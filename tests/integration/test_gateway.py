@@ -226,7 +226,7 @@ class _KubeletVolume:
 def test_a_rotated_credentials_file_takes_effect_without_a_restart(
     gateway_settings: Callable[..., GatewaySettings], tmp_path: Path, mount: str
 ) -> None:
-    """Rotation as README says: add the new secret to the file, switch the provider, remove the old one;
+    """Rotation as deploy/README.md says: add the new secret to the file, switch the provider, remove the old one;
     the file replaced in place, or a mounted Secret updated by the kubelet."""
     secrets = tmp_path / "xendit-tokens"
     volume = _KubeletVolume(tmp_path, secrets.name, "old-token\n") if mount == "kubelet" else None
