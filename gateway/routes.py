@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -140,13 +139,12 @@ class WebhookEndpoint:
         except ClientDisconnect:
             status, body, headers = 499, b"", {}  # nobody to answer; counted and logged as 499
         except Exception as exc:  # a bug: answer 500 (nothing was accepted) and say where, not what
-            where = traceback.extract_tb(exc.__traceback__)[-1]
             log.error(
                 "webhook_failed",
                 source=name if name in self.sources else "_unknown",
                 request_id=request_id,
                 error=type(exc).__name__,
-                at=f"{where.filename}:{where.lineno}",
+                at=raised_at(exc),
             )
             status, body, headers = 500, _INTERNAL_ERROR, {}
         if status != 499:
