@@ -7,6 +7,7 @@ runs them all and repeats every target line together at the end.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -128,7 +129,34 @@ def broker() -> Iterator[Any]:
     try:
         yield running
     finally:
+        # Kafka clients the phase dropped but that sit in reference cycles are destroyed now, while
+        # their broker still answers: otherwise librdkafka logs "Connection refused" for each until
+        # the collector happens to run, long after this broker is gone. An Engine that restored
+        # partitions froze itself, its producer included (gc.freeze in processors/kafka/owner.py):
+        # unfrozen first (the bench's phases freeze again what they need frozen).
+        gc.unfreeze()
+        gc.collect()
         running.stop()
+
+
+@contextlib.contextmanager
+def quiet(log_name: str) -> Iterator[Path]:
+    """Standard error, Python's and librdkafka's (file descriptor 2), to bench/.out/<log_name>.log
+    while an in-process phase runs: the terminal gets the tables, the file the logs."""
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"{log_name}.log"
+    sys.stderr.flush()
+    saved_fd, saved = os.dup(2), sys.stderr
+    with open(path, "w") as log:
+        os.dup2(log.fileno(), 2)
+        sys.stderr = log
+        try:
+            yield path
+        finally:
+            log.flush()
+            sys.stderr = saved
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
 
 
 def make_topics(bootstrap: str, tag: str, partitions: int) -> Any:

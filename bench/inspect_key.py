@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: the repo root first, never ben
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
-from processors import timeline
+from processors import logs, timeline
 from processors.kafka import lookup, reader, topics
 from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings
@@ -47,8 +47,10 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=100_000, help="raw records of other verifications")
     args = parser.parse_args()
     common.print_machine()
+    logs.configure("INFO", "json")  # the processor's log to standard error (bench/.out/inspect.log), not stdout
     codec = Codec()
-    with common.broker() as broker:
+    # The processor and the clients log to bench/.out/inspect.log; every client is gone before the broker.
+    with common.quiet("inspect"), common.broker() as broker:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
         names = common.make_topics(broker.bootstrap_servers, "inspect", 3)
         key = "esign:bench-1"

@@ -4,8 +4,9 @@
     .venv/bin/python bench/run.py gateway e2e     # some of them
     .venv/bin/python bench/run.py --quick         # smaller runs, for a smoke test
 
-Each script also runs alone (see bench/README.md). Output of the processes under test goes to
-bench/.out/; each script's figures to bench/.out/<name>.json.
+Each script also runs alone (see bench/README.md). The terminal gets each script's standard output
+(tables, target lines); its standard error to bench/.out/<name>.stderr.log, output of the processes
+under test to bench/.out/ too; each script's figures to bench/.out/<name>.json.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = str(ROOT / ".venv" / "bin" / "python")
+OUT = ROOT / "bench" / ".out"
 
 BENCHES = {
     "gateway": ["bench/gateway.py"],
@@ -61,7 +63,14 @@ def main() -> int:
         print(f"\n{'=' * 100}", flush=True)
         cmd = [PY, *script, *(QUICK[name] if args.quick else [])]
         t = time.monotonic()
-        with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        # The terminal gets each script's standard output (its tables and target lines); standard error
+        # (logs: the bench's, in-process clients', librdkafka's) goes to bench/.out/<name>.stderr.log.
+        OUT.mkdir(exist_ok=True)
+        errors = OUT / f"{name}.stderr.log"
+        with (
+            open(errors, "w") as stderr,
+            subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True) as proc,
+        ):
             assert proc.stdout is not None
             for line in proc.stdout:
                 sys.stdout.write(line)
@@ -71,6 +80,8 @@ def main() -> int:
         print(f"({name}: {time.monotonic() - t:.0f} s, exit {proc.returncode})", flush=True)
         if proc.returncode != 0:
             failed.append(name)
+            tail = errors.read_text(errors="replace").splitlines()[-25:]
+            print(f"{name} failed; the end of {errors.relative_to(ROOT)}:", *tail, sep="\n", flush=True)
     print(f"\n{'=' * 100}\nall targets ({time.monotonic() - started:.0f} s):")
     for line in targets:
         print(line)

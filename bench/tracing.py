@@ -158,7 +158,6 @@ def processor_phases(args: argparse.Namespace, sink: Sink) -> dict[str, dict[str
     deliveries, _ = processor.records(args.records)
     codec = Codec()
     logs.configure("INFO", "json")  # as `kycstream process` logs, to a file (logs write to sys.stderr)
-    stderr = sys.stderr
     n = len(deliveries)
     results: dict[str, dict[str, Any]] = {}
     for name in PHASES:
@@ -168,14 +167,13 @@ def processor_phases(args: argparse.Namespace, sink: Sink) -> dict[str, dict[str
         provider = tracing.provider_from_env("kycstream-processor")
         if provider is not None:
             tracing.enable(provider)
-        sys.stderr = open(common.OUT / f"tracing-engine-{name}.log", "w")  # noqa: SIM115 - closed below
         try:
-            result = processor.phase(
-                f"tracing-{name}", deliveries, codec, args.partitions, lambda b, tp: processor.run_engine(b, tp, n)
-            )
+            # The Engine's logs and librdkafka's to bench/.out/; its clients are gone before its broker stops.
+            with common.quiet(f"tracing-engine-{name}"):
+                result = processor.phase(
+                    f"tracing-{name}", deliveries, codec, args.partitions, lambda b, tp: processor.run_engine(b, tp, n)
+                )
         finally:
-            sys.stderr.close()
-            sys.stderr = stderr
             tracing.disable()
             if provider is not None:
                 provider.shutdown()  # exports what is queued
