@@ -41,7 +41,8 @@ class CheckOutcome(enum.StrEnum):
 
 def to_millis(moment: datetime) -> datetime:
     """`moment` at millisecond precision: what the Avro timestamp-millis fields keep."""
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    sub_millis = moment.microsecond % 1000
+    return moment.replace(microsecond=moment.microsecond - sub_millis) if sub_millis else moment
 
 
 # callback: the provider called the gateway; poll: the reconciler asked a status API because a

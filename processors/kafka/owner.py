@@ -158,7 +158,9 @@ class PartitionOwner:
         if count:
             pending = batch.states.setdefault(p, {})
             current = pending.get(event.key) or stores.states.get(event.key)
-            pending[event.key] = state.apply(current, event, self.clock())
+            if batch.now is None:
+                batch.now = self.clock()
+            pending[event.key] = state.apply(current, event, batch.now)
 
     @staticmethod
     def counted(stores: recovery.PartitionStores, event: VerificationEvent) -> bool:

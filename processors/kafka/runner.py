@@ -69,7 +69,7 @@ class Engine:
         self.commit: CommitStrategy = strategy(self.outputs, self.owner, self.metrics.retries)
         self.tally: collections.Counter[str] = collections.Counter()  # events, duplicates, notices, dead_letters
         self._last_expiry = time.monotonic()
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # metric children, see _count
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # metric children, see _child
 
     # --- ownership (see owner.py) ----------------------------------------------------------------
 
@@ -121,6 +121,8 @@ class Engine:
         offsets = self.commit.finish(batch, consumer, stop)
         if offsets is not None:
             self.tally.update(batch.tally)
+            for (metric, labels), count in batch.counts.items():
+                self._child(metric, labels).inc(count)
         return offsets
 
     def _handle(self, msg: Message, topic: str, partition: int, offset: int, batch: Batch) -> str:
@@ -140,13 +142,13 @@ class Engine:
             return "dead_letter"
         if isinstance(outcome, Notice):
             assert delivery is not None
-            self._count(self.metrics.notices, delivery.provider, outcome.kind)
+            batch.counts[(self.metrics.notices, (delivery.provider, outcome.kind))] += 1
             batch.tally["notices"] += 1
             return "notice"
         stores = self.owner.owned[partition]
         key = outcome.idempotency_key
         if key in stores.dedup or key in batch.keys.get(partition, {}):
-            self._count(self.metrics.dedup_hits, outcome.provider)
+            batch.counts[(self.metrics.dedup_hits, (outcome.provider,))] += 1
             batch.tally["duplicates"] += 1
             return "duplicate"
         batch.tally["events"] += 1
@@ -154,15 +156,15 @@ class Engine:
         # After a crash a state may have landed without its events (different partitions, acknowledged
         # independently): the state already counts this delivery, so the event is written, not counted.
         self.owner.remember(stores, batch, outcome, count=not self.owner.counted(stores, outcome))
-        self._count(self.metrics.events, outcome.provider, outcome.status.value)
+        batch.counts[(self.metrics.events, (outcome.provider, outcome.status.value))] += 1
         return "event"
 
-    def _count(self, metric: Counter, *labels: str) -> None:
-        """metric.labels(*labels).inc(), the labelled child looked up once (labels() takes a lock)."""
+    def _child(self, metric: Counter, labels: tuple[str, ...]) -> Any:
+        """metric.labels(*labels), looked up once (labels() takes a lock and builds a key)."""
         child = self._children.get((id(metric), labels))
         if child is None:
             child = self._children[(id(metric), labels)] = metric.labels(*labels)
-        child.inc()
+        return child
 
     def _dead_letter(self, msg: Message, delivery: RawDelivery | None, why: Rejection, batch: Batch) -> None:
         letter = DeadLetter(
@@ -179,7 +181,7 @@ class Engine:
             provider=delivery.provider if delivery else None,
         )
         self.outputs.dead_letter(batch, letter, msg.key())
-        self.metrics.dead_letters.labels(letter.provider or "unknown", why.code).inc()
+        batch.counts[(self.metrics.dead_letters, (letter.provider or "unknown", why.code))] += 1
         log.info(
             "dead_letter",
             reason=why.code,
