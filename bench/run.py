@@ -25,6 +25,7 @@ OUT = ROOT / "bench" / ".out"
 BENCHES = {
     "gateway": ["bench/gateway.py"],
     "processor": ["bench/processor.py"],
+    "engine": ["bench/engine_cost.py", "--instructions"],
     "e2e": ["bench/e2e_latency.py"],
     "dedup": ["bench/dedup_restore.py"],
     "inspect": ["bench/inspect_key.py"],
@@ -33,6 +34,7 @@ BENCHES = {
 QUICK = {
     "gateway": ["--duration", "4"],
     "processor": ["--records", "30000"],
+    "engine": ["--records", "10000", "--runs", "1"],
     "e2e": ["--duration", "4"],
     "dedup": ["--keys", "100000", "--no-breakdown"],
     "inspect": ["--records", "30000"],
