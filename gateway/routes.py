@@ -164,6 +164,8 @@ class WebhookEndpoint:
         counter.inc()
         # Accepted deliveries are counted in requests_total and logged at DEBUG only: a line per
         # 200 cost ~12% of the event loop under load. Refusals are what a person reads the log for.
+        if status < 400 and not logs.DEBUG:  # not even its fields: 7% of the path's instructions
+            return label, status
         emit = log.debug if status < 400 else log.info if status < 500 else log.warning
         emit(
             "webhook",

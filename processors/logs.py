@@ -9,8 +9,15 @@ from typing import Any, TextIO, cast
 import orjson
 import structlog
 
+# Whether DEBUG lines are written: a hot path tests this before building a line that would be
+# dropped (structlog's default, before configure(), writes every level).
+DEBUG = True
+
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:
+    global DEBUG
+    numeric = logging.getLevelName(level)
+    DEBUG = not isinstance(numeric, int) or numeric <= logging.DEBUG
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if fmt == "json"
