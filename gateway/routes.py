@@ -118,6 +118,10 @@ class WebhookEndpoint:
         self.retry_after = str(server.retry_after_s)
         self.sink = sink
         self.metrics = metrics
+        # Requests awaiting Kafka: a plain count on the event loop, read when /metrics is scraped
+        # (a Gauge's inc() and dec() take a lock each, per request).
+        self.in_flight = 0
+        metrics.in_flight.set_function(lambda: self.in_flight)
         self.clock = clock
         self._requests: dict[tuple[str, int], Any] = {}  # requests_total children by (source, status)
 
@@ -223,7 +227,7 @@ class WebhookEndpoint:
         if source.spools and self.spool is not None and self.spool.records:
             # Kafka was away: until the spool is drained this source's deliveries queue behind it, in order.
             return await self._spool(source, delivery, key, "the spool is being forwarded")
-        self.metrics.in_flight.inc()
+        self.in_flight += 1
         started = time.perf_counter()
         try:
             if source.spools and self.spool is not None:
@@ -242,7 +246,7 @@ class WebhookEndpoint:
                 source.unavailable_status,
             ) from exc
         finally:
-            self.metrics.in_flight.dec()
+            self.in_flight -= 1
         self.metrics.produce_seconds.observe(time.perf_counter() - started)
         return 200, request_id.join(_ACCEPTED).encode(), {}
 
