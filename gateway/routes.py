@@ -157,7 +157,8 @@ class WebhookEndpoint:
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", request_id.encode()),
             ]
-            raw.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+            if headers:
+                raw.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
             await send({"type": "http.response.start", "status": status, "headers": raw})
             await send({"type": "http.response.body", "body": body})
 
