@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -169,16 +169,36 @@ def make_topics(bootstrap: str, tag: str, partitions: int) -> Any:
     return settings
 
 
-def write_config(path: Path, bootstrap: str, topic_settings: Any, port: int, **gateway: Any) -> Path:
-    """A gateway/processor config like deploy/kycstream.dev.yaml, on the bench broker and topics."""
+DEV_CONFIG = ROOT / "deploy" / "kycstream.dev.yaml"
+
+
+def dev_config() -> dict[str, Any]:
+    """deploy/kycstream.dev.yaml (what `make run` runs) as a dict."""
     import yaml
 
-    dev = yaml.safe_load((ROOT / "deploy" / "kycstream.dev.yaml").read_text())
+    return dict(yaml.safe_load(DEV_CONFIG.read_text()))
+
+
+def write_config(
+    path: Path,
+    bootstrap: str,
+    topic_settings: Any,
+    port: int,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    **gateway: Any,
+) -> Path:
+    """deploy/kycstream.dev.yaml as shipped (its kafka settings included), on the bench broker and
+    topics, JSON logs; `edit` changes the dict before it is written."""
+    import yaml
+
+    dev = dev_config()
     dev["log_format"] = "json"
-    dev["kafka"] = {"bootstrap_servers": bootstrap}
+    dev["kafka"] = {**dev.get("kafka", {}), "bootstrap_servers": bootstrap}
     dev["topics"] = topic_settings.model_dump()
     dev["gateway"] = {**dev.get("gateway", {}), "host": "127.0.0.1", "port": port, **gateway}
     dev["processor"] = {**dev.get("processor", {}), "metrics_port": 0}
+    if edit is not None:
+        edit(dev)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(dev))
     return path
