@@ -55,7 +55,7 @@ class PartitionOwner:
             config.consumer(
                 settings.kafka,
                 f"{self.p.group_id}-restore",
-                **{"enable.partition.eof": True, "fetch.wait.max.ms": 10},  # bulk reads: never wait for data
+                **recovery.RESTORE_CONSUMER,  # bulk reads: never wait for data, fetch far ahead
             )
         )
 

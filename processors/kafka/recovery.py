@@ -22,6 +22,17 @@ from processors.errors import BrokerError
 from processors.kafka.serde import Codec
 from processors.model import VerificationEvent, VerificationState
 
+# The restoring consumer's librdkafka settings (beside the usual ones of config.consumer): read to
+# the end, never wait for more data, and keep up to a million records a partition fetched ahead
+# (default 100,000), so fetching keeps ahead of the decoding. Raw read of 1M DedupRecords to EOF on
+# the embedded broker: 1.9 s instead of 5.7 s, for ~150 MB more of librdkafka's memory (RSS) while
+# it reads (bench/RESULTS.md, bench-restore 2026-11-30).
+RESTORE_CONSUMER: dict[str, object] = {
+    "enable.partition.eof": True,
+    "fetch.wait.max.ms": 10,
+    "queued.min.messages": 1_000_000,
+}
+
 
 @dataclass
 class PartitionStores:
