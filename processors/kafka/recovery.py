@@ -16,6 +16,7 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from processors.avro.dedupread import expiry_reader
 from processors.avro.records import dedup_from_record, event_from_record, state_from_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
 from processors.errors import BrokerError
@@ -88,6 +89,7 @@ def restore(
     """Fill each partition's dedup store and state table from the changelogs, all partitions at once."""
     now_s = int(now.timestamp())
     starts = [(topic, p, OFFSET_BEGINNING) for p in stores for topic in (dedup_topic, state_topic)]
+    fast = expiry_reader(codec)
     for msg in read_partitions(consumer, starts, timeout):
         target = stores[msg.partition() or 0]
         key = (msg.key() or b"").decode()
@@ -97,9 +99,14 @@ def restore(
                 target.dedup.discard(key)
                 target.expired.discard(key)
                 continue
-            record = dedup_from_record(codec.decode("DedupRecord", value, dedup_topic))
-            target.repair_from = max(target.repair_from, record.events_offset)
-            expires_s = int(record.expires_at.timestamp())
+            read = fast(value)
+            if read is None:
+                record = dedup_from_record(codec.decode("DedupRecord", value, dedup_topic))
+                expires_s, events_offset = int(record.expires_at.timestamp()), record.events_offset
+            else:
+                expires_ms, events_offset = read
+                expires_s = expires_ms // 1000 if expires_ms >= 0 else -(-expires_ms // 1000)
+            target.repair_from = max(target.repair_from, events_offset)
             if expires_s > now_s:
                 target.dedup.add(key, expires_s)
                 target.expired.discard(key)  # seen again after its window: live, not to tombstone

@@ -1,0 +1,118 @@
+"""What a restore needs from an encoded DedupRecord, read in place: its expiry and events offset.
+
+Restoring a dedup store reads every record of the changelog and keeps only `expires_at` and
+`events_offset`; Codec.decode would build the whole record (two strings, two datetimes) first.
+`expiry_reader` reads the current schema's single-object encoding directly: the two strings are
+checked (ASCII, hence valid UTF-8) and stepped over, the three longs read as varints. Anything else
+(another framing, a retired schema, a non-ASCII string, a value decode() would refuse, truncated or
+trailing bytes) gives None, and the caller decodes those bytes in full, with decode()'s values or
+its error. Where both apply they agree (tests/unit/test_dedupread.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import fastavro
+
+from processors.avro.codec import SINGLE_OBJECT_MAGIC, Codec, fingerprint
+
+# The DedupRecord layout read here: two strings, then three longs.
+LAYOUT = [
+    ("idempotency_key", "string"),
+    ("event_id", "string"),
+    ("first_seen_at", {"type": "long", "logicalType": "timestamp-millis"}),
+    ("expires_at", {"type": "long", "logicalType": "timestamp-millis"}),
+    ("events_offset", "long"),
+]
+# Epoch milliseconds decode() turns into a datetime (years 1 to 9999); it refuses the others.
+MIN_MS, MAX_MS = -62_135_596_800_000, 253_402_300_799_999
+
+ExpiryReader = Callable[[bytes], "tuple[int, int] | None"]
+
+
+def expiry_reader(codec: Codec) -> ExpiryReader:
+    """A function of an encoded DedupRecord: (expires_at in epoch milliseconds, events_offset),
+    or None when the bytes are not the plain current encoding (decode them)."""
+    schema: dict[str, Any] = codec.schema_json("DedupRecord")
+    layout = [(f["name"], f["type"]) for f in schema["fields"]]
+    # A codec framing records otherwise (the Confluent wire format through a registry) never
+    # reads single-object bytes: nothing takes the fast path then.
+    if layout != LAYOUT or getattr(codec, "_wire", None) is not None:
+        return lambda data: None
+    return _reader(SINGLE_OBJECT_MAGIC + fingerprint(fastavro.parse_schema(schema)))
+
+
+def _reader(header: bytes) -> ExpiryReader:
+    def read(data: bytes) -> tuple[int, int] | None:
+        if not data.startswith(header):
+            return None
+        end = len(data)
+        if end < 15:  # the shortest record: two empty strings, three one-byte longs
+            return None
+        b = data[10]
+        if b < 0x80:  # idempotency_key's length: a varint of one byte (< 64) or two (< 8192)
+            p = 11
+        else:
+            b = (b & 0x7F) | (data[11] << 7)
+            if b >= 0x4000:
+                return None
+            p = 12
+        if b & 1:  # a negative length
+            return None
+        start = p
+        p += b >> 1
+        if p >= end:
+            return None
+        b = data[p]  # event_id's length: one byte (< 64)
+        if b >= 0x80 or b & 1:
+            return None
+        p += 1 + (b >> 1)
+        if end - p < 3 or not data[start:p].isascii():  # both strings and the byte between them
+            return None
+        # first_seen_at, expires_at, events_offset: varints of up to 9 bytes (63 bits)
+        b = data[p]
+        p += 1
+        n = b & 0x7F
+        shift = 7
+        while b >= 0x80:
+            if shift > 56 or p >= end:
+                return None
+            b = data[p]
+            p += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+        first_seen = (n >> 1) ^ -(n & 1)
+        if p >= end:
+            return None
+        b = data[p]
+        p += 1
+        n = b & 0x7F
+        shift = 7
+        while b >= 0x80:
+            if shift > 56 or p >= end:
+                return None
+            b = data[p]
+            p += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+        expires = (n >> 1) ^ -(n & 1)
+        if p >= end:
+            return None
+        b = data[p]
+        p += 1
+        n = b & 0x7F
+        shift = 7
+        while b >= 0x80:
+            if shift > 56 or p >= end:
+                return None
+            b = data[p]
+            p += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+        if p != end or not (MIN_MS <= first_seen <= MAX_MS and MIN_MS <= expires <= MAX_MS):
+            return None
+        return expires, (n >> 1) ^ -(n & 1)
+
+    return read
