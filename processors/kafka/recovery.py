@@ -92,30 +92,38 @@ def restore(
     fast = expiry_reader(codec)
     for msg in read_partitions(consumer, starts, timeout):
         target = stores[msg.partition() or 0]
-        key = (msg.key() or b"").decode()
         value = msg.value()
         if msg.topic() == dedup_topic:
+            # The key stays the UTF-8 bytes Kafka gives (the store keeps them so); checked as
+            # decode() would, so a key that is not UTF-8 still fails the restore.
+            raw = msg.key() or b""
+            if not raw.isascii():
+                raw.decode()
             if value is None:
-                target.dedup.discard(key)
-                target.expired.discard(key)
+                target.dedup.discard_utf8(raw)
+                if target.expired:
+                    target.expired.discard(raw.decode())
                 continue
-            read = fast(value)
+            read = fast(value)  # expires_at (ms), events_offset; None: not the plain current encoding
             if read is None:
                 record = dedup_from_record(codec.decode("DedupRecord", value, dedup_topic))
                 expires_s, events_offset = int(record.expires_at.timestamp()), record.events_offset
             else:
                 expires_ms, events_offset = read
-                expires_s = expires_ms // 1000 if expires_ms >= 0 else -(-expires_ms // 1000)
-            target.repair_from = max(target.repair_from, events_offset)
+                expires_s = expires_ms // 1000 if expires_ms >= 0 else -(-expires_ms // 1000)  # as timestamp()
+            if events_offset > target.repair_from:
+                target.repair_from = events_offset
             if expires_s > now_s:
-                target.dedup.add(key, expires_s)
-                target.expired.discard(key)  # seen again after its window: live, not to tombstone
+                target.dedup.add_utf8(raw, expires_s)
+                if target.expired:
+                    target.expired.discard(raw.decode())  # seen again after its window: live, not to tombstone
             else:
-                target.dedup.discard(key)
-                target.expired.add(key)
+                target.dedup.discard_utf8(raw)
+                target.expired.add(raw.decode())
         elif value is None:
-            target.states.pop(key, None)
+            target.states.pop((msg.key() or b"").decode(), None)
         else:
+            key = (msg.key() or b"").decode()
             target.states[key] = state_from_record(codec.decode("VerificationState", value, state_topic))
     for target in stores.values():
         target.restored_keys = len(target.dedup)

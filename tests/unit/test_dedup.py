@@ -10,6 +10,7 @@ At minute boundaries (expiry and now multiples of 60) both return exactly the sa
 
 from __future__ import annotations
 
+import random
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -216,6 +217,77 @@ def test_both_stores_match_a_model(ops: list[tuple[str, str, int]]) -> None:
                 assert len(s) == len(model), kind
                 assert all(k in s for k in model), kind
             s.close()
+
+
+def test_utf8_methods_are_add_and_discard_of_the_encoded_key(store: DedupStore) -> None:
+    store.add_utf8(KEY.encode(), BASE + 600)
+    store.add_utf8("métamap:ü".encode(), BASE + 60)
+    assert KEY in store and "métamap:ü" in store
+    store.discard_utf8(KEY.encode())
+    store.discard_utf8(b"never-added")
+    assert KEY not in store and len(store) == 1
+    assert store.pop_expired(BASE + 600) == ["métamap:ü"]
+
+
+def test_keys_that_are_prefixes_of_each_other_empty_or_odd(store: DedupStore) -> None:
+    keys = ["", "a", "ab", "a\x00b", "\x00", "\u00fe\u00ff", "a\nb", "😀"]
+    for n, key in enumerate(keys):
+        store.add(key, BASE + 60 * (n + 1))
+    assert all(key in store for key in keys) and "b" not in store and "a\x00" not in store
+    store.discard("a")
+    assert "a" not in store and "ab" in store and "" in store
+    assert sorted(store.pop_expired(BASE + 60 * len(keys))) == sorted(k for k in keys if k != "a")
+
+
+def test_expiries_before_1970_or_far_ahead(store: DedupStore, kind: str) -> None:
+    """Expiry minutes MemoryDedupStore has no 4-byte stamp for are kept apart; the same behaviour."""
+    far = 254**4 * 60 + 120  # seconds: past what a stamp holds (the year 9880)
+    store.add("past", -120)
+    store.add("far", far)
+    store.add("moved", far)
+    store.add("moved", BASE + 60)  # from the far side to the shards
+    assert len(store) == 3 and "past" in store and "far" in store and "moved" in store
+    assert store.pop_expired(-180) == []
+    assert store.pop_expired(0) == ["past"]
+    assert store.pop_expired(BASE + 60) == ["moved"]
+    store.add("far", BASE + 120)  # and back
+    assert store.pop_expired(BASE + 120) == ["far"]
+    assert len(store) == 0
+
+
+def test_memory_store_against_a_model_through_its_growth() -> None:
+    """Thousands of keys: the shards grow fourfold several times; adds, re-adds, discards and
+    pops before and after agree with a dict."""
+    rng = random.Random(17)
+    memory = MemoryDedupStore()
+    model: dict[str, int] = {}
+    now = BASE
+    keys = [f"esign:{rng.getrandbits(64):x}:COMPLETED:VALID:{n}" for n in range(6000)]
+    for step in range(20_000):
+        key = rng.choice(keys)
+        roll = rng.random()
+        if roll < 0.75:
+            expires = now + rng.randint(-120, 7200)
+            memory.add(key, expires)
+            model[key] = expires
+        elif roll < 0.95:
+            memory.discard(key)
+            model.pop(key, None)
+        else:
+            now += rng.randint(0, 300)
+            due = sorted((-(-e // 60), k) for k, e in model.items() if -(-e // 60) * 60 <= now)
+            got = memory.pop_expired(now)
+            assert sorted(got) == sorted(k for _, k in due)
+            assert [-(-model[k] // 60) for k in got] == sorted(m for m, _ in due)  # in minute order
+            for _, k in due:
+                del model[k]
+        if step % 2500 == 0:
+            assert len(memory) == len(model)
+            assert all(k in memory for k in model)
+            assert not any(k in memory for k in keys if k not in model)
+    assert len(memory) == len(model) and all(k in memory for k in model)
+    assert sorted(memory.pop_expired(now + 10**6)) == sorted(model)
+    assert len(memory) == 0
 
 
 # --- close ---------------------------------------------------------------------------------------------
