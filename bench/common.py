@@ -109,6 +109,16 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
             process.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -120,12 +130,43 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+# --- CPU pinning: the server under test on one CPU, its load and its broker on the other ----------
+
+SERVER_CPUS: set[int] = {0}
+LOAD_CPUS: set[int] = {1}
+
+
+def can_pin() -> bool:
+    return len(os.sched_getaffinity(0)) >= 2 and {*SERVER_CPUS, *LOAD_CPUS} <= os.sched_getaffinity(0)
+
+
+def pinned(args: Sequence[str], cpus: set[int] | None) -> list[str]:
+    """`args` run on `cpus` only (taskset; its threads and children inherit it), or as they are."""
+    if not cpus:
+        return list(args)
+    return ["taskset", "-c", ",".join(map(str, sorted(cpus))), *args]
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a running process, and of its children, on `cpus`."""
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), cpus)
+            with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{tid}/children") as f:
+                for child in f.read().split():
+                    pin(int(child), cpus)
+
+
 @contextlib.contextmanager
-def broker() -> Iterator[Any]:
-    """A fresh embedded broker (Tansu, memory-only) on a free port; stopped (and its memory freed) after."""
+def broker(cpus: set[int] | None = None) -> Iterator[Any]:
+    """A fresh embedded broker (Tansu, memory-only) on a free port, on `cpus` if given; stopped (and
+    its memory freed) after."""
     from processors.kafka import embedded
 
     running = embedded.start("127.0.0.1", embedded.free_port())
+    if cpus:
+        pin(running.process.pid, cpus)
     try:
         yield running
     finally:
