@@ -69,7 +69,7 @@ def _find(shard: bytes, tag: bytes, key: bytes) -> int:
 
 class MemoryDedupStore:
     """Keys packed into bytes objects ("shards", chosen by the key's hash), with their expiry
-    minutes: the key's bytes and 8 more each (~90 bytes a key of 80 characters, shards included),
+    minutes: the key's bytes and 8 more each (~100 bytes a key of 80 characters, shards included),
     and no Python object per key.
 
     A lookup hashes the key and searches its shard (2 to 8 keys on average); a change rebuilds
