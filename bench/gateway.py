@@ -104,7 +104,7 @@ class Pinning:
         if self.mode == "loop":
             return (
                 f"pinned: the server's event-loop thread alone on CPU {server}; its other threads (librdkafka's), "
-                f"wrk / loadgen.py and the broker on CPU {load}"
+                f"the load generator (wrk, hey) and the broker on CPU {load}"
             )
         if self.mode == "process":
             return (
