@@ -172,6 +172,11 @@ class Codec:
         """Frame every record with `wire` instead of the single-object encoding."""
         self._wire = wire
 
+    @property
+    def single_object(self) -> bool:
+        """Whether records are framed with the single-object encoding (not another wire format)."""
+        return self._wire is None
+
     def schema_json(self, name: RecordType) -> dict[str, Any]:
         return self._schemas[name].json
 
