@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import weakref
 from typing import Any, TextIO, cast
 
 import orjson
@@ -12,6 +13,9 @@ import structlog
 # Whether DEBUG lines are written: a hot path tests this before building a line that would be
 # dropped (structlog's default, before configure(), writes every level).
 DEBUG = True
+# Every logger get() handed out: each caches its configuration on first use (fast), so configure()
+# makes them forget it; a process configures once at start, a test suite more than once.
+_LOGGERS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:
@@ -35,6 +39,8 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stderr())),
         cache_logger_on_first_use=True,
     )
+    for logger in _LOGGERS:
+        logger.__dict__.pop("bind", None)  # structlog's cached bind: the next line re-reads the configuration
 
 
 def _dumps(obj: object, default: Any = None) -> str:
@@ -53,4 +59,6 @@ class _Stderr:
 
 
 def get(name: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    logger = structlog.get_logger(name)
+    _LOGGERS.add(logger)
+    return logger  # type: ignore[no-any-return]
