@@ -300,7 +300,7 @@ def run_quix(python: Path, bootstrap: str, topics: Any, expected: int) -> dict[s
 
 def phase(name: str, records_: list[RawDelivery], codec: Codec, partitions: int, run: Any) -> dict[str, Any]:
     """A fresh broker per phase (Tansu is memory-only and keeps every byte ~10x)."""
-    with common.broker() as running:
+    with common.broker() as running, common.quiet(f"processor-{name}"):  # its logs and librdkafka's: a file
         topics = common.make_topics(running.bootstrap_servers, name, partitions)
         t = time.perf_counter()
         size = prefill(running.bootstrap_servers, topics.raw, records_, codec)
@@ -331,10 +331,7 @@ def main() -> None:
     deliveries, mix = records(args.records)
     print(f"records: {dict(mix)} (built in {time.perf_counter() - t:.1f} s)", flush=True)
     codec = Codec()
-    engine_log = open(common.OUT / "processor-engine.log", "w")  # noqa: SIM115 - for the whole run
-    stderr, sys.stderr = sys.stderr, engine_log  # kycstream process's logging: INFO, JSON lines (to a file)
-    logs.configure("INFO", "json")
-    sys.stderr = stderr
+    logs.configure("INFO", "json")  # as kycstream process logs; each phase's stderr goes to bench/.out/
     only = set(args.only or ("passthrough", "kycstream", "quix"))
     results: dict[str, dict[str, Any]] = {}
     n = len(deliveries)
