@@ -203,13 +203,13 @@ def run_passthrough(bootstrap: str, topics: Any, expected: int) -> dict[str, Any
     return {"records": seen, "seconds": elapsed, "per_s": seen / elapsed}
 
 
-def run_engine(bootstrap: str, topics: Any, expected: int) -> dict[str, Any]:
+def run_engine(bootstrap: str, topics: Any, expected: int, **section: Any) -> dict[str, Any]:
     from processors.kafka.runner import Engine
 
     settings = ProcessorSettings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap),
         topics=topics,
-        processor=ProcessorSection(group_id=f"bench-engine-{uuid.uuid4().hex[:6]}", metrics_port=None),
+        processor=ProcessorSection(group_id=f"bench-engine-{uuid.uuid4().hex[:6]}", metrics_port=None, **section),
     )
     # The bench's own records (every phase's deliveries) are not the processor's heap: out of the
     # collector's way, as `kycstream process` has only its own objects (the Quix app runs apart).
@@ -322,6 +322,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--skip-quix", action="store_true")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="a processor setting for the Engine run"
+    )
     parser.add_argument("--only", choices=("passthrough", "kycstream", "quix"), action="append")
     args = parser.parse_args()
 
@@ -333,6 +336,7 @@ def main() -> None:
     codec = Codec()
     logs.configure("INFO", "json")  # as kycstream process logs; each phase's stderr goes to bench/.out/
     only = set(args.only or ("passthrough", "kycstream", "quix"))
+    section = dict(item.split("=", 1) for item in args.set)  # validated by ProcessorSection
     results: dict[str, dict[str, Any]] = {}
     n = len(deliveries)
     if "passthrough" in only:
@@ -341,7 +345,7 @@ def main() -> None:
         )
     if "kycstream" in only:
         results["kycstream"] = phase(
-            "kycstream", deliveries, codec, args.partitions, lambda b, tp: run_engine(b, tp, n)
+            "kycstream", deliveries, codec, args.partitions, lambda b, tp: run_engine(b, tp, n, **section)
         )
     quix_note = ""
     if "quix" in only and not args.skip_quix:
