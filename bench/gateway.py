@@ -353,6 +353,19 @@ def main() -> None:
 
     ceiling = results.get("bare", {}).get("ok_per_s")
     naive = results.get("naive", {}).get("ok_per_s")
+
+    def row(label: str, r: dict[str, Any]) -> list[str]:
+        return [
+            label,
+            f"{r['ok_per_s']:,.0f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['ok_per_s'] / ceiling:.2f}" if ceiling else "-",
+            f"{r['ok_per_s'] / naive:.2f}" if naive else "-",
+            f"{r['cpu_us']:.0f}",
+            f"{r['rss_mb']:.0f}",
+        ]
+
     rows = []
     for name, label in (
         ("bare", "bare Starlette, 200 only (ceiling)"),
@@ -361,33 +374,10 @@ def main() -> None:
     ):
         if name not in results:
             continue
-        r = results[name]
-        rows.append(
-            [
-                label,
-                f"{r['ok_per_s']:,.0f}",
-                f"{r['p50_ms']:.2f}",
-                f"{r['p99_ms']:.2f}",
-                f"{r['ok_per_s'] / ceiling:.2f}" if ceiling else "-",
-                f"{r['ok_per_s'] / naive:.2f}" if naive else "-",
-                f"{r['cpu_us']:.0f}",
-                f"{r['rss_mb']:.0f}",
-            ]
-        )
+        rows.append(row(label, results[name]))
     for label, (r, f) in [("", (results.get("gateway", {}), fixed)), *((f" ({k})", v) for k, v in compared.items())]:
         if label:
-            rows.append(
-                [
-                    f"kycstream gateway{label}",
-                    f"{r['ok_per_s']:,.0f}",
-                    f"{r['p50_ms']:.2f}",
-                    f"{r['p99_ms']:.2f}",
-                    f"{r['ok_per_s'] / ceiling:.2f}" if ceiling else "-",
-                    f"{r['ok_per_s'] / naive:.2f}" if naive else "-",
-                    f"{r['cpu_us']:.0f}",
-                    f"{r['rss_mb']:.0f}",
-                ]
-            )
+            rows.append(row(f"kycstream gateway{label}", r))
         if f is not None:
             rows.append(
                 [
