@@ -455,7 +455,11 @@ def test_an_answer_kafka_did_not_acknowledge_is_polled_and_written_again(
 ) -> None:
     own, proxy = proxied
     # A write fails 2 s after the cut rather than librdkafka's 5 min; reconnect at once on restore.
-    kafka = own.model_copy(update={"extra": {"message.timeout.ms": "2000", "reconnect.backoff.max.ms": "500"}})
+    # request.timeout.ms too: when librdkafka has not yet seen the cut connection, the answer's
+    # ProduceRequest goes out on it and fails only when that request times out (30 s by default;
+    # message.timeout.ms does not end a request in flight) — seen once in CI.
+    extra = {"message.timeout.ms": "2000", "request.timeout.ms": "1000", "reconnect.backoff.max.ms": "500"}
+    kafka = own.model_copy(update={"extra": extra})
     names = TopicSettings(partitions=1)
     topics.create_all(kafka, names)
     fake, api_url = api
