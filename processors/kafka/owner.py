@@ -94,12 +94,7 @@ class PartitionOwner:
         if not fresh:
             return
         timeout = self.p.restore_timeout_s
-        # One partition at a time: the restoring consumer fetches far ahead (RESTORE_CONSUMER), some
-        # 230 MB of librdkafka memory for a 1M-key partition; the restore is CPU-bound, so reading
-        # them together would cost that memory per partition and save no time.
-        for partition, stores in fresh.items():
-            topics = (self.topics.dedup, self.topics.state)
-            recovery.restore(self._restorer, self.codec, *topics, {partition: stores}, self.clock(), timeout)
+        recovery.restore(self._restorer, self.codec, self.topics.dedup, self.topics.state, fresh, self.clock(), timeout)
         self.owned.update(fresh)
         repaired = self._repair(fresh) if self.repairs else 0
         # What was restored lives as long as the partition is owned: out of the cyclic collector's

@@ -91,9 +91,9 @@ def test_state_counts_each_event_once_after_a_crash_before_the_dedup_records(
     finally:
         pipeline.processor.send(signal.SIGCONT)
     try:
-        wait_until(
+        wait_until(  # the delayed links can time the group session out: a rejoin and a restore first
             lambda: _events_without_dedup_record(pipeline),
-            60,
+            150,
             "an event landed in Kafka while its dedup record had not",
             every=0.05,
         )
