@@ -50,6 +50,10 @@ def to_millis(moment: datetime) -> datetime:
 Origin = Literal["callback", "poll", "fetch"]
 FETCH_KIND_HEADER = "kycstream-fetch"  # on origin=fetch deliveries: which of the provider's fetches
 FETCH_ID_HEADER = "kycstream-verification-id"  # ... and for which verification
+# ... and when the notice that asked for the fetch happened (its provider time, else its arrival):
+# the fetched result's time when the provider's API gives none, so that it never overrides a
+# decision that arrived after that notice (an Incode manual review after ONBOARDING_FINISHED).
+FETCH_NOTICE_AT_HEADER = "kycstream-notice-at"
 
 AuthScheme = Literal["header_token", "bearer", "basic", "api_key", "hmac_sha256", "none"]
 

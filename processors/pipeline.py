@@ -5,6 +5,7 @@ The runner acts on the answer (produce, dead-letter, commit); nothing here does 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import traceback
 import uuid
@@ -17,6 +18,7 @@ import orjson
 from processors.model import (
     FETCH_ID_HEADER,
     FETCH_KIND_HEADER,
+    FETCH_NOTICE_AT_HEADER,
     Normalized,
     Notice,
     NotReady,
@@ -24,8 +26,10 @@ from processors.model import (
     RawRef,
     Rejection,
     VerificationEvent,
+    to_millis,
 )
 from processors.providers import REGISTRY, Provider, fetching
+from processors.providers._read import timestamp
 
 # Fixed namespace: event ids must be the same on every processor, every replay, every version.
 EVENT_ID_NAMESPACE = uuid.UUID("6f1b3c52-7c1e-4f0a-9a51-2f3d0c8b9e10")
@@ -42,6 +46,15 @@ def event_id_for(idempotency_key: str) -> str:
     the digest's hex text with the version digit and the variant digit set."""
     h = hashlib.sha1(_NAMESPACE_BYTES + idempotency_key.encode()).hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+def reversal(event: VerificationEvent) -> VerificationEvent:
+    """`event` as a reversal: result words seen before, said again later by the provider (verified
+    -> rejected -> verified; see state.repeat). Its own event id, still derived from its key and,
+    so that every replay derives the same one, from the provider time that makes it new."""
+    assert event.occurred_at is not None, "a reversal is newer by the provider's time: it has one"
+    moment = to_millis(event.occurred_at).isoformat(timespec="milliseconds")
+    return dataclasses.replace(event, event_id=event_id_for(f"{event.idempotency_key}@{moment}"))
 
 
 def uuid_text(b: bytearray, version: int) -> str:
@@ -126,6 +139,12 @@ def _fetched(module: Provider, doc: Mapping[str, Any], headers: Mapping[str, str
     result = fetcher.normalize_fetched(kind, vid, doc)
     if isinstance(result, NotReady):  # the reconciler only writes ready answers; an old one may not be
         return Rejection("not_ready", f"fetched {module.NAME} {kind} was not ready: {result.detail}")
+    if isinstance(result, Normalized) and result.occurred_at is None:
+        # The API gave no decision time: the result is as old as the notice that asked for it, so
+        # a decision that arrived after that notice (a manual review) is not overridden by it.
+        noticed = timestamp(headers.get(FETCH_NOTICE_AT_HEADER))
+        if noticed is not None:
+            return dataclasses.replace(result, occurred_at=noticed)
     return result
 
 

@@ -7,12 +7,17 @@
 - Ties are broken deterministically: decision over review, then the greater event id.
 Every event counts in `event_count`, whether or not it changes the status, once: `raw_offset`
 remembers the last raw delivery counted, and `counted` tells whether an event already is.
+
+Dedup means "this result is already reflected", not "this result was ever seen" (`repeat`): a
+result whose words were seen before is a new event again when the provider's own time says it is
+newer and it changes the state (a reviewer's reversal: verified -> rejected -> verified).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
+from typing import Literal
 
 from processors.model import VerificationEvent, VerificationState, VerificationStatus, to_millis
 
@@ -65,6 +70,33 @@ def apply(state: VerificationState | None, event: VerificationEvent, now: dateti
         event_count=state.event_count + 1,
         raw_offset=_raw_offset(state, event),
     )
+
+
+Repeat = Literal["duplicate", "reversal", "refresh"]
+
+
+def repeat(state: VerificationState | None, event: VerificationEvent) -> Repeat:
+    """What a result whose idempotency key was seen within the dedup window means now.
+
+    duplicate: already reflected: the same result again (a retry, a poll or a fetch of it), or not
+      newer by the provider's own time than what the state holds. Without a provider time a
+      repeat cannot be told from a new result, so it stays a duplicate.
+    reversal: newer by the provider's time, and it would change the state: a new event.
+    refresh: newer by the provider's time with the status the state already holds: no event, but
+      the state takes the newer time, so that an older result arriving later cannot supersede it.
+    """
+    if state is None or event.occurred_at is None:
+        return "duplicate"
+    if _when(event) <= (state.occurred_at or state.updated_at):
+        return "duplicate"
+    if event.status is state.status:
+        return "refresh"
+    return "reversal" if supersedes(event, state) else "duplicate"
+
+
+def refresh(state: VerificationState, event: VerificationEvent, now: datetime) -> VerificationState:
+    """`state`, dated by `event`: the same status, said again later by the provider (see `repeat`)."""
+    return dataclasses.replace(state, updated_at=now, occurred_at=_when(event), decided_at=_decided_at(state, event))
 
 
 def counted(state: VerificationState | None, event: VerificationEvent) -> bool:

@@ -31,6 +31,7 @@ from processors.kafka.serde import Codec
 from processors.model import (
     FETCH_ID_HEADER,
     FETCH_KIND_HEADER,
+    FETCH_NOTICE_AT_HEADER,
     DeadLetter,
     NotReady,
     RawDelivery,
@@ -252,6 +253,7 @@ class Fetcher:
                 "content-type": answer.headers.get("content-type", "application/json"),
                 FETCH_KIND_HEADER: job.kind,
                 FETCH_ID_HEADER: e.verification_id,
+                FETCH_NOTICE_AT_HEADER: (e.occurred_at or e.received_at).isoformat(timespec="milliseconds"),
             },
             content_type=answer.headers.get("content-type"),
             origin="fetch",

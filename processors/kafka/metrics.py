@@ -27,6 +27,13 @@ class ProcessorMetrics:
         self.dedup_hits = Counter(
             "kycstream_dedup_hits", "Deliveries recognised as repeats, by provider.", ["provider"], registry=r
         )
+        self.reversals = Counter(
+            "kycstream_reversals",
+            "Results seen before that became events again: newer by the provider's time, and a change "
+            "of the state (verified -> rejected -> verified), by provider.",
+            ["provider"],
+            registry=r,
+        )
         self.retries = Counter(
             "kycstream_batch_retries", "Batches rewound because an output was not acknowledged.", registry=r
         )

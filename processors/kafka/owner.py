@@ -22,7 +22,7 @@ from processors.errors import BrokerError, ConfigError
 from processors.kafka import config, recovery
 from processors.kafka.metrics import ProcessorMetrics
 from processors.kafka.outputs import Batch, DedupOutput, Outputs
-from processors.model import VerificationEvent
+from processors.model import VerificationEvent, VerificationState
 from processors.settings import ProcessorSettings
 
 log = logs.get("kycstream.processor")
@@ -161,6 +161,20 @@ class PartitionOwner:
             if batch.now is None:
                 batch.now = self.clock()
             pending[event.key] = state.apply(current, event, batch.now)
+
+    @staticmethod
+    def current(stores: recovery.PartitionStores, batch: Batch, key: str) -> VerificationState | None:
+        """The verification's state as of this point of the batch."""
+        pending = batch.states.get(stores.partition)
+        return (pending.get(key) if pending else None) or stores.states.get(key)
+
+    def refresh(self, stores: recovery.PartitionStores, batch: Batch, event: VerificationEvent) -> None:
+        """The state takes the provider time of a repeat of its own status (state.refresh)."""
+        current = self.current(stores, batch, event.key)
+        if current is not None:
+            if batch.now is None:
+                batch.now = self.clock()
+            batch.states.setdefault(stores.partition, {})[event.key] = state.refresh(current, event, batch.now)
 
     @staticmethod
     def counted(stores: recovery.PartitionStores, event: VerificationEvent) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
-from processors import logs, tracing
+from processors import logs, state, tracing
 from processors.avro.records import delivery_from_record
 from processors.errors import SerdeError
 from processors.kafka import config
@@ -31,7 +31,7 @@ from processors.kafka.outputs import Batch, Outputs
 from processors.kafka.owner import PartitionOwner
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, Notice, RawDelivery, RawRef, Rejection, VerificationEvent
-from processors.pipeline import normalize
+from processors.pipeline import normalize, reversal
 from processors.settings import ProcessorSettings
 
 __all__ = ["Engine", "Normalizer", "ProcessorMetrics"]
@@ -148,9 +148,16 @@ class Engine:
         stores = self.owner.owned[partition]
         key = outcome.idempotency_key
         if key in stores.dedup or key in batch.keys.get(partition, {}):
-            batch.counts[(self.metrics.dedup_hits, (outcome.provider,))] += 1
-            batch.tally["duplicates"] += 1
-            return "duplicate"
+            # Seen before: a new event only if it is not already reflected (state.repeat).
+            repeat = state.repeat(self.owner.current(stores, batch, outcome.key), outcome)
+            if repeat != "reversal":
+                if repeat == "refresh":
+                    self.owner.refresh(stores, batch, outcome)
+                batch.counts[(self.metrics.dedup_hits, (outcome.provider,))] += 1
+                batch.tally["duplicates"] += 1
+                return "duplicate"
+            outcome = reversal(outcome)
+            batch.counts[(self.metrics.reversals, (outcome.provider,))] += 1
         batch.tally["events"] += 1
         self.outputs.event(batch, partition, outcome)
         # After a crash a state may have landed without its events (different partitions, acknowledged

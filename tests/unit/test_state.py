@@ -373,3 +373,47 @@ def test_a_state_knows_which_deliveries_it_counted() -> None:
         Codec().decode("VerificationState", Codec().encode("VerificationState", state_to_record(counted)))
     )
     assert restored.raw_offset == 9
+
+
+# --- repeats: dedup means "already reflected" (state.repeat) ------------------------------------
+
+
+def _seen_again(event: VerificationEvent, occurred: datetime | None) -> VerificationEvent:
+    """The same result words (same idempotency key), said at another provider time."""
+    return VerificationEvent(**{**_fields(event), "occurred_at": occurred})
+
+
+def _fields(event: VerificationEvent) -> dict[str, object]:
+    return {name: getattr(event, name) for name in VerificationEvent.__dataclass_fields__}
+
+
+def test_a_repeat_of_the_current_result_is_a_duplicate() -> None:
+    verified = ev(S.APPROVED, at(0), "v")
+    current = fold([verified])
+    assert state.repeat(current, verified) == "duplicate"
+    assert state.repeat(current, _seen_again(verified, None)) == "duplicate", "no provider time: a retry"
+
+
+def test_a_result_seen_before_that_is_newer_and_changes_the_state_is_a_reversal() -> None:
+    verified, rejected = ev(S.APPROVED, at(0), "v"), ev(S.REJECTED, at(1), "r")
+    current = fold([verified, rejected])
+    assert state.repeat(current, _seen_again(verified, at(2))) == "reversal"
+    assert state.repeat(current, _seen_again(verified, at(0.5))) == "duplicate", "older than the state"
+
+
+def test_a_newer_repeat_of_the_same_status_refreshes_the_state_time_only() -> None:
+    verified, rejected = ev(S.APPROVED, at(0), "v"), ev(S.REJECTED, at(1), "r")
+    current = fold([verified])
+    later = _seen_again(verified, at(2))
+    assert state.repeat(current, later) == "refresh"
+    refreshed = state.refresh(current, later, NOW)
+    assert (refreshed.status, refreshed.occurred_at, refreshed.last_event_id) == (S.APPROVED, at(2), "v")
+    assert refreshed.event_count == current.event_count
+    assert not state.supersedes(rejected, refreshed), "the older rejection no longer wins"
+
+
+def test_a_newer_repeat_that_would_not_move_the_state_is_a_duplicate() -> None:
+    pending, approved = ev(S.PENDING, at(0), "p"), ev(S.APPROVED, at(1), "a")
+    current = fold([pending, approved])
+    assert state.repeat(current, _seen_again(pending, at(5))) == "duplicate", "never regress"
+    assert state.repeat(None, approved) == "duplicate", "seen, but no state to compare with"
