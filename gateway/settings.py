@@ -11,7 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from processors.model import AuthScheme
 from processors.pollsettings import PollSettings, Section
-from processors.providers import REGISTRY
+from processors.providers import REGISTRY, providers_known
 from processors.settings import Settings
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -67,7 +67,7 @@ class SourceSettings(Section):
     @classmethod
     def _known_provider(cls, value: str) -> str:
         if value not in REGISTRY:
-            raise ValueError(f"unknown provider {value!r}; known providers: {', '.join(sorted(REGISTRY))}")
+            raise ValueError(f"unknown provider {value!r}; {providers_known()}")
         return value
 
     @field_validator("methods")

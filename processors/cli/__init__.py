@@ -10,7 +10,7 @@ import importlib
 
 from processors.cli.common import app
 
-for _module in ("roles", "operate"):  # importing a module registers its commands, in --help order
+for _module in ("roles", "operate", "providers"):  # importing a module registers its commands, in --help order
     importlib.import_module(f"processors.cli.{_module}")
 
 __all__ = ["app", "main"]

@@ -57,6 +57,10 @@ def _load(cls: type[S], config: Path | None, **overrides: Any) -> S:
     except KycstreamError as exc:
         raise _fail(str(exc)) from exc
     logs.configure(settings.log_level, settings.log_format)
+    from processors.providers import BROKEN
+
+    for name, why in BROKEN.items():  # reported at every start; the other providers work on
+        logs.get("kycstream.providers").error("provider_broken", provider=name, error=why)
     return settings
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -64,3 +65,23 @@ def test_normalize_usage_errors_are_clear() -> None:
     assert unknown.returncode == 2 and b"unknown provider 'nobody'" in unknown.stderr
     bad_header = _normalize("xendit", b"{}", "no-colon")
     assert bad_header.returncode == 2 and b"must be 'Name: value'" in bad_header.stderr
+
+
+def test_providers_lists_each_installed_provider_with_the_kit_verdict() -> None:
+    result = CliRunner().invoke(app, ["providers"])
+    assert result.exit_code == 0, result.output
+    for name in ("esign", "signicat", "incode", "metamap", "xendit"):
+        assert f"{name}  kycstream " in result.output
+    assert result.output.count("kit: passes") == 5
+    assert "fetches: ONBOARDING_FINISHED → score" in result.output
+
+
+def test_providers_check_exits_1_and_says_why_on_a_failing_case(tmp_path: Path) -> None:
+    (tmp_path / "wrong.json").write_text(
+        json.dumps({"body": {"data": {"id": "a-1", "kyc": {"status": "PASSED"}}}, "expect": {"status": "REJECTED"}})
+    )
+    result = CliRunner().invoke(app, ["providers", "check", "xendit", "--cases", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "golden  xendit/wrong: status: 'APPROVED' != 'REJECTED'" in result.output
+    unknown = CliRunner().invoke(app, ["providers", "check", "nosuch"])
+    assert unknown.exit_code == 2 and "installed providers: esign" in unknown.output

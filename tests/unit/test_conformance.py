@@ -1,0 +1,119 @@
+"""The conformance kit (processors/providers/conformance.py) and provider discovery by entry point:
+our five providers pass the kit, the kit catches what it is for, a broken plug-in is reported."""
+
+from __future__ import annotations
+
+import json
+import types
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processors import providers
+from processors.model import Normalized, Rejection, VerificationStatus
+from processors.providers import conformance, discover, xendit
+from tests import cases
+
+
+@pytest.mark.parametrize("name", sorted(providers.REGISTRY))
+def test_each_installed_provider_passes_the_kit(name: str) -> None:
+    report = conformance.run(name, cases.CASES_DIR / name)
+    assert report.findings == [] and report.ok, report.summary()
+    assert set(report.passed) == {"golden", "keys", "personal", "fuzz"}
+
+
+def test_the_builtin_providers_are_found_by_entry_point_like_any_other() -> None:
+    assert set(providers.INSTALLED) >= {"esign", "signicat", "incode", "metamap", "xendit"}
+    assert {found.distribution for found in providers.INSTALLED.values()} >= {"kycstream"}
+    assert providers.BROKEN == {}
+
+
+# --- the kit catches what it is for ---------------------------------------------------------------
+
+
+def _flawed(normalize: Any) -> types.SimpleNamespace:
+    """A provider like xendit but for its normalize."""
+    members = {name: getattr(xendit, name) for name in dir(xendit) if not name.startswith("_")}
+    return types.SimpleNamespace(**{**members, "NAME": "flawed", "normalize": normalize})
+
+
+@pytest.fixture
+def flawed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+    def install(normalize: Any, *case_files: dict[str, Any]) -> conformance.Report:
+        monkeypatch.setitem(providers.REGISTRY, "flawed", _flawed(normalize))
+        for i, case in enumerate(case_files):
+            (tmp_path / f"case{i}.json").write_text(json.dumps(case))
+        return conformance.run("flawed", tmp_path, fuzz=30)
+
+    yield install
+
+
+APPROVED = {"body": {"data": {"id": "a-1", "kyc": {"status": "PASSED"}}, "name": "Jane Q Public"}}
+PERSONAL = {"body": {"data": {"id": "a-1"}, "fullName": "Jane Q Public"}, "expect": {"status": "APPROVED"}}
+
+
+def test_the_kit_finds_a_normalizer_that_raises_on_bad_input(flawed: Any) -> None:
+    def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Rejection:
+        return Normalized(str(doc["data"]["id"]), VerificationStatus.APPROVED, "x", "flawed:" + doc["data"]["id"])
+
+    report = flawed(normalize, {**APPROVED, "expect": {"status": "APPROVED"}})
+    assert [f.check for f in report.findings] == ["fuzz"], report.findings
+    assert "normalizer" in report.findings[0].problem
+
+
+def test_the_kit_finds_a_key_that_is_not_one_per_result(flawed: Any) -> None:
+    seen: list[int] = []
+
+    def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Rejection:
+        seen.append(1)
+        return Normalized("a-1", VerificationStatus.APPROVED, "x", f"flawed:a-1:{len(seen)}")
+
+    report = flawed(normalize, {**APPROVED, "expect": {"status": "APPROVED"}})
+    assert {f.check for f in report.findings} == {"keys"}
+
+
+def test_the_kit_finds_personal_data_in_an_event_and_a_golden_mismatch(flawed: Any) -> None:
+    def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Rejection:
+        name = str(doc.get("fullName"))
+        return Normalized("a-1", VerificationStatus.REJECTED, name, "flawed:a-1")
+
+    report = flawed(normalize, PERSONAL)
+    assert {f.check for f in report.findings} >= {"personal", "golden"}
+    assert "Jane" not in " ".join(f.problem for f in report.findings), "the kit's report names no personal data"
+
+
+# --- discovery --------------------------------------------------------------------------------
+
+
+def _distribution(root: Path, name: str, entry_points: dict[str, str]) -> None:
+    info = root / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[kycstream.test-providers]\n{lines}")
+
+
+def test_a_broken_plugin_is_reported_by_name_and_the_others_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "kyc_missing_members.py").write_text("NAME = 'half'\n")
+    (tmp_path / "kyc_raises.py").write_text("raise RuntimeError('cannot start')\n")
+    _distribution(
+        tmp_path,
+        "kyc_plugins",
+        {
+            "xendit": "processors.providers.xendit",
+            "half": "kyc_missing_members",
+            "boom": "kyc_raises",
+            "absent": "kyc_no_such_module",
+        },
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    installed, broken = discover("kycstream.test-providers")
+    assert set(installed) == {"xendit"} and installed["xendit"].distribution == "kyc_plugins"
+    assert set(broken) == {"half", "boom", "absent"}
+    assert "RuntimeError: cannot start" in broken["boom"]
+    assert "no DEFAULT_AUTH" in broken["half"] and "normalize is not callable" in broken["half"]
+    assert "ModuleNotFoundError" in broken["absent"]
