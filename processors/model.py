@@ -30,6 +30,7 @@ class VerificationStatus(enum.StrEnum):
     RESUBMISSION_REQUIRED = "RESUBMISSION_REQUIRED"
     REVIEW = "REVIEW"
     ERROR = "ERROR"
+    EXPIRED = "EXPIRED"
 
 
 class CheckOutcome(enum.StrEnum):

@@ -1,10 +1,16 @@
 """The state table's rule: the latest decision per verification, never regressing.
 
-- PENDING and ERROR (in progress, retryable) never replace a decision or a review.
-- A decision or review replaces any in-progress status, whatever its timestamp.
-- Among decisions and reviews (and among in-progress statuses), the later provider timestamp
-  wins, so a manual review may overturn a decision; an older event never replaces a newer one.
-- Ties are broken deterministically: decision over review, then the greater event id.
+Statuses rank: in progress (PENDING, ERROR) < REVIEW < EXPIRED < a decision (APPROVED, REJECTED,
+RESUBMISSION_REQUIRED).
+- A higher rank replaces a lower one whatever the timestamps: a late PENDING never overwrites a
+  decision; a decision is never replaced by PENDING, REVIEW or EXPIRED; EXPIRED replaces PENDING,
+  ERROR and REVIEW.
+- Nothing but a decision replaces EXPIRED, not even a later PENDING or REVIEW: the provider said no
+  result will come unless a new verification starts, and a new verification has a new id at every
+  provider (a new process, interview, verification); a later in-progress event on the same id is a
+  late step callback.
+- Within a rank, the later provider timestamp wins, so a manual review may overturn a decision;
+  an older event never replaces a newer one. Ties go to the greater event id.
 Every event counts in `event_count`, whether or not it changes the status, once: `raw_offset`
 remembers the last raw delivery counted, and `counted` tells whether an event already is.
 
@@ -24,11 +30,14 @@ from processors.model import VerificationEvent, VerificationState, VerificationS
 DECISIONS = frozenset(
     {VerificationStatus.APPROVED, VerificationStatus.REJECTED, VerificationStatus.RESUBMISSION_REQUIRED}
 )
-SETTLED = DECISIONS | {VerificationStatus.REVIEW}  # a decision or a review: what reconciliation waits for
+# A decision, a review or an expiry: what reconciliation waits for (no poll after it).
+SETTLED = DECISIONS | {VerificationStatus.REVIEW, VerificationStatus.EXPIRED}
+_RANK = {VerificationStatus.REVIEW: 1, VerificationStatus.EXPIRED: 2} | dict.fromkeys(DECISIONS, 3)
 
 
-def _tier(status: VerificationStatus) -> int:
-    return 2 if status in DECISIONS else 1 if status is VerificationStatus.REVIEW else 0
+def rank(status: VerificationStatus) -> int:
+    """0 in progress, 1 review, 2 expired, 3 a decision: a higher rank is never replaced by a lower."""
+    return _RANK.get(status, 0)
 
 
 def _when(event: VerificationEvent) -> datetime:
@@ -38,14 +47,11 @@ def _when(event: VerificationEvent) -> datetime:
 
 def supersedes(event: VerificationEvent, state: VerificationState) -> bool:
     """Whether `event` should become the current status of `state`'s verification."""
-    new_settled, old_settled = event.status in SETTLED, state.status in SETTLED
-    if new_settled != old_settled:
-        return new_settled
+    if rank(event.status) != rank(state.status):
+        return rank(event.status) > rank(state.status)
     old_when = state.occurred_at or state.updated_at
     if _when(event) != old_when:
         return _when(event) > old_when
-    if _tier(event.status) != _tier(state.status):
-        return _tier(event.status) > _tier(state.status)
     return event.event_id > state.last_event_id
 
 

@@ -2,7 +2,7 @@
 
 Each current schema gets a writer and a reader compiled from it (processors.avro.compiler), or
 fastavro's when the compiler does not support the schema. Records written with a retired schema
-(schemas/history/) are read with fastavro, resolved to the current one. Another framing, such as
+(schemas/history/, see `retired_schemas`) are read with fastavro, resolved to the current one. Another framing, such as
 the Confluent wire format through a schema registry (processors.kafka.serde), can take over.
 """
 
@@ -88,6 +88,29 @@ def fingerprint(parsed: Any) -> bytes:
     return bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
 
 
+def retired_schemas(schema_dir: Path) -> list[Schema]:
+    """Every record type as a retired generation wrote it. A generation is `history/` itself or one
+    of its subdirectories: the files of the types that were different then (a record, or an enum a
+    record uses), each record type expanded with them over the current files. Only the schemas whose
+    fingerprint differs from the current one are returned, each once."""
+    history = schema_dir / "history"
+    if not history.is_dir():
+        return []
+    definitions = load_definitions(schema_dir)
+    known = {_schema(name, definitions).fingerprint for name in RECORD_TYPES}
+    found = []
+    for generation in [history, *sorted(p for p in history.iterdir() if p.is_dir())]:
+        retired_definitions = load_definitions(generation)
+        if not retired_definitions:
+            continue
+        for name in RECORD_TYPES:
+            retired = _schema(name, {**definitions, **retired_definitions})
+            if retired.fingerprint not in known:
+                known.add(retired.fingerprint)
+                found.append(retired)
+    return found
+
+
 @dataclass(frozen=True)
 class Schema:
     name: str
@@ -148,12 +171,7 @@ class Codec:
         self._schemas = {name: _schema(name, definitions) for name in RECORD_TYPES}
         # Writer schemas a reader may meet: the current ones plus retired versions in history/.
         self._writers: dict[bytes, Any] = {s.fingerprint: s.parsed for s in self._schemas.values()}
-        history = schema_dir / "history"
-        retired_definitions = load_definitions(history) if history.is_dir() else {}
-        for name in RECORD_TYPES:
-            if f"{NAMESPACE}.{name}" in retired_definitions:
-                retired = _schema(name, {**definitions, **retired_definitions})
-                self._writers.setdefault(retired.fingerprint, retired.parsed)
+        self._writers.update((retired.fingerprint, retired.parsed) for retired in retired_schemas(schema_dir))
         # Compiled: fastavro, which validates a value against every union branch it tries, takes
         # 2-4 times as long to encode, 1.5-2 to decode.
         self._codecs: dict[str, tuple[bytes, RecordWriter, RecordReader]] = {}

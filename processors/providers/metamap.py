@@ -77,8 +77,8 @@ def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized 
         provider_status = f"{event}/{identity_word}"
     elif event in _IN_PROGRESS:
         status, provider_status = VerificationStatus.PENDING, event
-    elif event == _EXPIRED:
-        status, provider_status = VerificationStatus.RESUBMISSION_REQUIRED, event
+    elif event == _EXPIRED:  # the user did not finish in time: no result will come for this verification
+        status, provider_status = VerificationStatus.EXPIRED, event
     elif event in _NOTICES:
         return Notice(event)
     else:

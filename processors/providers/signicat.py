@@ -32,9 +32,11 @@ _STATUS = {
     "processing": VerificationStatus.PENDING,
     "failed": VerificationStatus.ERROR,
     "error": VerificationStatus.ERROR,
-    "canceled": VerificationStatus.RESUBMISSION_REQUIRED,
-    "cancelled": VerificationStatus.RESUBMISSION_REQUIRED,
-    "expired": VerificationStatus.RESUBMISSION_REQUIRED,
+    # The end user canceled, or the process timed out: this process will have no result (a retry is
+    # a new process, with a new processId), not a request to resubmit on this one.
+    "canceled": VerificationStatus.EXPIRED,
+    "cancelled": VerificationStatus.EXPIRED,
+    "expired": VerificationStatus.EXPIRED,
 }
 
 

@@ -17,7 +17,6 @@ from tests.conftest import committed_to_end, wait_until
 from tests.e2e.pipeline import Pipeline, kycstream_command
 from tests.e2e.workload import sign
 
-SETTLED = {"APPROVED", "REJECTED", "RESUBMISSION_REQUIRED", "REVIEW"}
 DECISIONS = {"APPROVED", "REJECTED", "RESUBMISSION_REQUIRED"}
 
 
@@ -30,16 +29,15 @@ def _idempotency_key(case: cases.Case) -> str:
 
 
 def expected_status(events: list[dict[str, Any]]) -> str:
-    """PRODUCT.md's rule, applied to a verification's events: a decision or review is never replaced by
-    an in-progress status; otherwise the later provider timestamp (else receipt time) wins; ties go to
-    a decision over a review, then to the greater event id."""
+    """PRODUCT.md's rule, applied to a verification's events: in progress < REVIEW < EXPIRED < a
+    decision, and a higher rank is never replaced by a lower; within a rank the later provider
+    timestamp (else receipt time) wins, then the greater event id."""
 
-    def rank(e: dict[str, Any]) -> tuple[datetime, int, str]:
-        tier = 2 if e["status"] in DECISIONS else 1 if e["status"] in SETTLED else 0
-        return (e["occurred_at"] or e["received_at"], tier, e["event_id"])
+    def rank(e: dict[str, Any]) -> tuple[int, datetime, str]:
+        tier = 3 if e["status"] in DECISIONS else {"EXPIRED": 2, "REVIEW": 1}.get(e["status"], 0)
+        return (tier, e["occurred_at"] or e["received_at"], e["event_id"])
 
-    settled = [e for e in events if e["status"] in SETTLED]
-    return str(max(settled or events, key=rank)["status"])
+    return str(max(events, key=rank)["status"])
 
 
 def test_every_provider_fixture_over_http(pipeline: Pipeline) -> None:

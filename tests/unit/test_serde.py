@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import json
 import shutil
@@ -12,7 +14,7 @@ import fastavro
 import pytest
 
 from processors.avro import records as serde
-from processors.avro.codec import expand_schema
+from processors.avro.codec import RecordType, expand_schema, fingerprint, load_definitions, retired_schemas
 from processors.avro.compiler import UnsupportedSchemaError, compile_writer
 from processors.errors import SerdeError
 from processors.kafka.serde import Codec
@@ -201,3 +203,90 @@ def test_a_schema_the_compiler_does_not_support_is_encoded_by_fastavro(tmp_path:
     # The other record types keep their compiled codecs.
     dedup = serde.dedup_to_record(DedupRecord("k", "e", T0, T1))
     assert codec.decode("DedupRecord", codec.encode("DedupRecord", dedup)) == dedup
+
+
+# --- EXPIRED: a symbol added at the end, with the enum's default -------------------------------------
+
+BEFORE_EXPIRED = SCHEMA_DIR / "history" / "before-expired"
+
+
+def _schema_with(name: str, *overrides: Path) -> dict:  # type: ignore[type-arg]
+    definitions = load_definitions(SCHEMA_DIR)
+    for directory in overrides:
+        definitions.update(load_definitions(directory))
+    return expand_schema(name, definitions)
+
+
+def _single_object(schema: dict, record: dict) -> bytes:  # type: ignore[type-arg]
+    parsed = fastavro.parse_schema(schema)
+    out = io.BytesIO()
+    out.write(b"\xc3\x01" + fingerprint(parsed))
+    fastavro.schemaless_writer(out, parsed, record)
+    return out.getvalue()
+
+
+def _read_with(reader: dict, writer: dict, data: bytes) -> dict:  # type: ignore[type-arg]
+    value = fastavro.schemaless_reader(
+        io.BytesIO(data[10:]), fastavro.parse_schema(writer), fastavro.parse_schema(reader)
+    )
+    assert isinstance(value, dict)
+    return value
+
+
+EXPIRED_EVENT = serde.event_to_record(
+    dataclasses.replace(EVENT, status=VerificationStatus.EXPIRED, checks=(), reasons=())
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "record"),
+    [
+        ("VerificationEvent", serde.event_to_record(EVENT)),
+        (
+            "VerificationState",
+            serde.state_to_record(VerificationState("k", "esign", "s-1", VerificationStatus.REVIEW, "e", T1)),
+        ),
+    ],
+)
+def test_records_written_before_expired_read_with_the_current_schema(kind: RecordType, record: dict) -> None:  # type: ignore[type-arg]
+    """What the processors wrote before EXPIRED (schemas/history/before-expired) still decodes."""
+    data = _single_object(_schema_with(kind, BEFORE_EXPIRED), record)
+    assert data[:10] != Codec().encode(kind, record)[:10], "a new symbol is a new writer schema"
+    assert Codec().decode(kind, data) == record
+
+
+def test_an_expired_event_reads_as_the_default_on_a_reader_schema_with_the_default_but_not_the_symbol() -> None:
+    """A consumer whose reader schema (generated classes, say) predates a symbol but has the default:
+    given the writer schema (schemas/ of the writer, or the registry), it reads the default."""
+    data = Codec().encode("VerificationEvent", EXPIRED_EVENT)
+    writer = _schema_with("VerificationEvent")
+    reader = copy.deepcopy(writer)
+    status = next(f for f in reader["fields"] if f["name"] == "status")["type"]
+    status["symbols"] = [s for s in status["symbols"] if s != "EXPIRED"]
+    assert status["default"] == "PENDING"
+    decoded = _read_with(reader, writer, data)
+    assert decoded["status"] == "PENDING"
+    assert {k: v for k, v in decoded.items() if k != "status"} == {
+        k: v for k, v in EXPIRED_EVENT.items() if k != "status"
+    }
+
+
+def test_a_reader_on_the_schema_before_the_default_fails_on_expired() -> None:
+    """Why consumers upgrade first (docs/consumers.md): the previous schema has no default to fall back to."""
+    data = Codec().encode("VerificationEvent", EXPIRED_EVENT)
+    with pytest.raises(fastavro.read.SchemaResolutionError):
+        _read_with(_schema_with("VerificationEvent", BEFORE_EXPIRED), _schema_with("VerificationEvent"), data)
+    approved = Codec().encode("VerificationEvent", serde.event_to_record(EVENT))
+    assert (
+        _read_with(_schema_with("VerificationEvent", BEFORE_EXPIRED), _schema_with("VerificationEvent"), approved)[
+            "status"
+        ]
+        == "APPROVED"
+    ), "every other symbol still reads"
+
+
+def test_every_retired_generation_keeps_its_fingerprint() -> None:
+    """Moving a retired file or changing a type it uses changes the fingerprint it resolves to, and
+    records already in the topics stop decoding: these are the prefixes earlier versions wrote."""
+    known = {s.fingerprint.hex() for s in retired_schemas(SCHEMA_DIR)}
+    assert {"2a2120bc472a5453", "3dca4dc45bdfe695", "dccd78a463d3f0cb"} <= known

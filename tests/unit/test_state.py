@@ -19,7 +19,7 @@ S = VerificationStatus
 T0 = datetime(2026, 5, 8, 10, 30, tzinfo=UTC)
 NOW = datetime(2026, 5, 8, 12, 0, tzinfo=UTC)
 DECISIONS = (S.APPROVED, S.REJECTED, S.RESUBMISSION_REQUIRED)
-SETTLED = (*DECISIONS, S.REVIEW)
+SETTLED = (*DECISIONS, S.REVIEW, S.EXPIRED)
 IN_PROGRESS = (S.PENDING, S.ERROR)
 
 
@@ -124,7 +124,7 @@ def test_settled_replaces_in_progress_even_if_older(settled: S, progress: S, off
     assert s.occurred_at == at(offset)
 
 
-# --- among decisions and reviews, the later provider timestamp wins --------------------------------------
+# --- within a rank, the later provider timestamp wins --------------------------------------
 
 
 def test_later_rejection_overturns_approval() -> None:
@@ -149,10 +149,49 @@ def test_approval_then_older_review_stays_approved() -> None:
     assert (s.status, s.last_event_id, s.decided_at) == (S.APPROVED, "approved", at(30))
 
 
-def test_later_review_reopens_a_decision_and_keeps_decided_at() -> None:
+def test_a_later_review_does_not_reopen_a_decision() -> None:
     s = fold([ev(S.APPROVED, at(0), "approved"), ev(S.REVIEW, at(30), "review")])
-    assert (s.status, s.last_event_id, s.occurred_at) == (S.REVIEW, "review", at(30))
-    assert s.decided_at == at(0)  # kept: a review is not a decision
+    assert (s.status, s.last_event_id, s.occurred_at, s.decided_at) == (S.APPROVED, "approved", at(0), at(0))
+    assert s.event_count == 2
+
+
+# --- EXPIRED: replaces in progress and review, never a decision, replaced only by a decision ----------
+
+
+@pytest.mark.parametrize("earlier", [*IN_PROGRESS, S.REVIEW])
+@pytest.mark.parametrize("offset", [-60, 0, 60], ids=lambda m: f"{m:+}min")
+def test_expired_replaces_in_progress_and_review_whatever_its_time(earlier: S, offset: int) -> None:
+    s = fold([ev(earlier, at(0), "zzz"), ev(S.EXPIRED, at(offset), "x")])
+    assert (s.status, s.last_event_id, s.decided_at) == (S.EXPIRED, "x", None)
+    assert fold([ev(S.EXPIRED, at(offset), "x"), ev(earlier, at(0), "zzz")]).status is S.EXPIRED
+
+
+@pytest.mark.parametrize("decision", DECISIONS)
+@pytest.mark.parametrize("offset", [-60, 0, 60], ids=lambda m: f"{m:+}min")
+def test_a_late_expired_never_replaces_a_decision(decision: S, offset: int) -> None:
+    # e.g. MetaMap verification_completed verified, then verification_expired (later or not)
+    s = fold([ev(decision, at(0), "a"), ev(S.EXPIRED, at(offset), "zzz")])
+    assert (s.status, s.last_event_id, s.decided_at, s.event_count) == (decision, "a", at(0), 2)
+
+
+@pytest.mark.parametrize("decision", DECISIONS)
+@pytest.mark.parametrize("offset", [-60, 60], ids=lambda m: f"{m:+}min")
+def test_a_decision_replaces_expired_whatever_its_time(decision: S, offset: int) -> None:
+    # A decision the provider made before the session expired, delivered late, is still the decision.
+    s = fold([ev(S.EXPIRED, at(0), "x"), ev(decision, at(offset), "a")])
+    assert (s.status, s.decided_at) == (decision, at(offset))
+
+
+@pytest.mark.parametrize("late", [*IN_PROGRESS, S.REVIEW])
+def test_a_later_in_progress_or_review_does_not_revive_an_expired_verification(late: S) -> None:
+    # "No result will come unless a new verification starts", and a new one has a new id: a later
+    # PENDING on the same id is a late step callback, not a restart.
+    s = fold([ev(S.EXPIRED, at(0), "x"), ev(late, at(30), "zzz")])
+    assert (s.status, s.last_event_id, s.occurred_at) == (S.EXPIRED, "x", at(0))
+
+
+def test_among_expiries_the_later_wins() -> None:
+    assert fold([ev(S.EXPIRED, at(1), "a"), ev(S.EXPIRED, at(0), "z")]).last_event_id == "a"
 
 
 @pytest.mark.parametrize(("older", "newer"), [(S.PENDING, S.ERROR), (S.ERROR, S.PENDING)])
@@ -161,7 +200,7 @@ def test_among_in_progress_the_later_wins(older: S, newer: S) -> None:
     assert fold([ev(newer, at(1), "a"), ev(older, at(0), "z")]).status is newer
 
 
-# --- ties: decision over review, then the greater event id; whatever the arrival order ----------------
+# --- ties: the higher rank, then the greater event id; whatever the arrival order ----------------
 
 
 @pytest.mark.parametrize("decision", DECISIONS)
@@ -257,7 +296,7 @@ def test_decided_at_is_set_by_decisions_and_kept_otherwise() -> None:
         (ev(S.APPROVED, at(2), "a1"), at(2)),
         (ev(S.PENDING, at(3), "p2"), at(2)),  # ignored
         (ev(S.REJECTED, at(1.5), "x1"), at(2)),  # older decision: ignored
-        (ev(S.REVIEW, at(4), "r2"), at(2)),  # supersedes, keeps decided_at
+        (ev(S.REVIEW, at(4), "r2"), at(2)),  # ignored: a review never replaces a decision
         (ev(S.REJECTED, at(5), "x2"), at(5)),  # overturns
     ]
     current: VerificationState | None = None
@@ -300,10 +339,10 @@ _events = st.lists(
 )
 
 
-def _rank(e: VerificationEvent) -> tuple[bool, datetime, int, str]:
-    """The documented total order: settled first, then provider time, then decision over review, then id."""
-    tier = 2 if e.status in DECISIONS else 1 if e.status is S.REVIEW else 0
-    return (e.status in SETTLED, e.occurred_at or e.received_at, tier, e.event_id)
+def _rank(e: VerificationEvent) -> tuple[int, datetime, str]:
+    """The documented total order: in progress < review < expired < decision, then provider time, then id."""
+    tier = 3 if e.status in DECISIONS else 2 if e.status is S.EXPIRED else 1 if e.status is S.REVIEW else 0
+    return (tier, e.occurred_at or e.received_at, e.event_id)
 
 
 @settings(max_examples=250, deadline=None)
