@@ -256,7 +256,7 @@ def test_bad_union_and_enum_indexes_are_refused() -> None:
     status_at = sum(1 + len(EVENT[f]) for f in ("event_id", "idempotency_key", "provider", "source", "verification_id"))
     assert good[status_at] == 2  # APPROVED, index 1
     with pytest.raises(DecodeError, match="bad enum index"):
-        READERS["VerificationEvent"](good[:status_at] + b"\x0c" + good[status_at + 1 :])  # index 6 of 6
+        READERS["VerificationEvent"](good[:status_at] + b"\x0e" + good[status_at + 1 :])  # index 7 of 7
     event_type_at = status_at + 1 + 1 + len(EVENT["provider_status"])
     assert good[event_type_at] == 0  # event_type: null
     with pytest.raises(DecodeError, match="bad union index"):
