@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from processors.model import ApiCredentials, AuthSpec, Normalized, Notice, NotReady, PollRequest, Rejection
 from processors.providers import esign, incode, metamap, signicat, xendit
+from processors.signing import Scheme
 
 
 class Provider(Protocol):
@@ -18,7 +19,7 @@ class Provider(Protocol):
     def NAME(self) -> str: ...
 
     @property
-    def DEFAULT_AUTH(self) -> AuthSpec: ...
+    def DEFAULT_AUTH(self) -> AuthSpec | Scheme: ...  # a processors.signing declaration (or a named AuthSpec)
 
     @property
     def METHODS(self) -> tuple[str, ...]: ...  # HTTP methods its webhooks may use
