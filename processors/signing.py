@@ -91,6 +91,8 @@ class Hmac:
             raise ValueError("Hmac: a timestamp is used but neither format=Pairs(...) nor timestamp_header gives it")
         if (self.algorithm_header is None) != (not self.algorithms):
             raise ValueError("Hmac: algorithm_header and algorithms are declared together")
+        if self.algorithms and self.algorithm not in dict(self.algorithms).values():
+            raise ValueError("Hmac: algorithm (the one sign() uses) must be one of algorithms")
 
     @property
     def needs_timestamp(self) -> bool:
@@ -298,5 +300,7 @@ def _decode(scheme: Hmac, text: str) -> bytes:
 
 
 def _message(template: str, body: bytes, t: str) -> bytes:
+    if template == "{body}":
+        return body
     before, _, after = template.partition("{body}")
     return before.format(t=t).encode() + body + after.format(t=t).encode()

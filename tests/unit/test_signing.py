@@ -193,6 +193,7 @@ def test_base64_prefix_and_timestamp_header_compose() -> None:
         ({"signed": "{t}.{body}"}, "neither format"),
         ({"tolerance_s": 300}, "neither format"),
         ({"algorithm_header": "x-alg"}, "declared together"),
+        ({"algorithm_header": "x-alg", "algorithms": (("SHA1", "sha1"),)}, "must be one of algorithms"),
     ],
 )
 def test_a_declaration_that_cannot_work_fails_where_it_is_written(kwargs: dict[str, object], problem: str) -> None:
