@@ -19,7 +19,7 @@ from gateway.auth import AcceptedCredentials
 from gateway.errors import GatewayError, InvalidRequest, KafkaUnavailable, MethodNotAllowed, UnknownSource
 from gateway.routes import RawSink, error_response, read_body
 from gateway.settings import GatewaySettings
-from processors import logs
+from processors import logs, signing
 from processors.errors import BrokerError
 from processors.model import Expectation
 from processors.secretfile import SecretFile
@@ -34,9 +34,7 @@ class ExpectationsEndpoint:
         file = _keys_file(settings.gateway.expectations_api_keys_file)
         self.enabled = bool(keys) or file is not None
         # Like a source's webhook credentials: the config's keys plus the file's as it is now.
-        self.auth = AcceptedCredentials(
-            "bearer", "authorization", tuple(k.get_secret_value().encode() for k in keys), file
-        )
+        self.auth = AcceptedCredentials(signing.Bearer(), tuple(k.get_secret_value().encode() for k in keys), file)
         self.providers = {name: source.provider for name, source in settings.sources.items()}
         self.sink = sink
         self.clock = clock

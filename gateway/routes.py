@@ -75,14 +75,13 @@ class Source:
 
     @classmethod
     def build(cls, name: str, s: SourceSettings, default_max_body: int) -> Source:
-        assert s.auth.scheme is not None and s.auth.header is not None and s.methods is not None
+        assert s.methods is not None
         return cls(
             name=name,
             provider=s.provider,
             methods=frozenset(s.methods),
             authenticator=AcceptedCredentials(
-                s.auth.scheme,
-                s.auth.header,
+                s.declared_auth,
                 tuple(c.get_secret_value().encode() for c in s.auth.credentials if c.get_secret_value()),
                 SecretFile(s.auth.credentials_file) if s.auth.credentials_file is not None else None,
             ),

@@ -9,14 +9,13 @@ from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from processors.model import AuthScheme
+from processors import signing
 from processors.pollsettings import PollSettings, Section
 from processors.providers import REGISTRY, providers_known
 from processors.settings import Settings
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _METHODS = {"POST", "PUT", "PATCH"}
-_DEFAULT_HEADER = {"api_key": "x-api-key", "hmac_sha256": "x-signature"}
 
 
 def _networks(values: list[str]) -> list[str]:
@@ -31,12 +30,21 @@ def _networks(values: list[str]) -> list[str]:
 class AuthSettings(Section):
     """How a source's deliveries prove who sent them. Unset fields take the provider's default."""
 
-    scheme: AuthScheme | None = None
+    # One of processors.signing.SCHEMES: header_token, api_key, bearer, basic, hmac_sha256, none, or a
+    # preset (hmac_sha1, hmac_sha512, hmac_sha256_base64, onfido, sumsub, veriff, persona, stripe).
+    scheme: str | None = None
     header: str | None = None
     # Several at once so a secret can rotate without downtime. Basic: "user:password".
     credentials: list[SecretStr] = Field(default_factory=list)
     # Or (and) a file of them, one per line, read again when it changes: rotation without a restart.
     credentials_file: Path | None = None
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and value not in signing.SCHEMES:
+            raise ValueError(f"unknown auth scheme {value!r}; known schemes: {', '.join(signing.SCHEMES)}")
+        return value
 
     @field_validator("header")
     @classmethod
@@ -63,6 +71,11 @@ class SourceSettings(Section):
     unavailable_status: int | None = Field(None, ge=400, le=599)
     poll: PollSettings | None = None  # read by `kycstream reconcile`
 
+    @property
+    def declared_auth(self) -> signing.Scheme:
+        """The declared scheme deliveries are checked with: auth.scheme's, else the provider's."""
+        return signing.resolve(REGISTRY[self.provider].DEFAULT_AUTH, self.auth.scheme, self.auth.header)
+
     @field_validator("provider")
     @classmethod
     def _known_provider(cls, value: str) -> str:
@@ -85,20 +98,28 @@ class SourceSettings(Section):
     @model_validator(mode="after")
     def _resolve_auth(self) -> Self:
         default = REGISTRY[self.provider].DEFAULT_AUTH
-        scheme = self.auth.scheme or default.scheme
-        header = self.auth.header or (
-            default.header if scheme == default.scheme else _DEFAULT_HEADER.get(scheme, "authorization")
-        )
+        scheme = signing.resolve(default, self.auth.scheme, self.auth.header)
+        name = self.auth.scheme or signing.name_of(default)
         given = [c for c in self.auth.credentials if c.get_secret_value()]
-        if scheme != "none" and not given and self.auth.credentials_file is None:
+        if isinstance(scheme, signing.Unsigned):
+            if not self.allow_ips:
+                raise ValueError(
+                    f"allow_ips: a {self.provider} source with no signature (auth scheme none) is admitted by its "
+                    "addresses alone: list the provider's (allow_ips: [0.0.0.0/0, ::/0] admits anyone, on purpose)"
+                )
+        elif not given and self.auth.credentials_file is None:
             raise ValueError(
-                f"auth.credentials: a {self.provider} source with auth scheme {scheme!r} needs at least "
-                "one credential, or auth.credentials_file (or auth.scheme: none to accept unauthenticated deliveries)"
+                f"auth.credentials: a {self.provider} source with auth scheme {name or type(scheme).__name__!r} needs "
+                "at least one credential, or auth.credentials_file (or auth.scheme: none with allow_ips to admit "
+                "deliveries by address alone)"
             )
-        if scheme == "basic" and any(":" not in c.get_secret_value() for c in self.auth.credentials):
+        if isinstance(scheme, signing.Basic) and any(":" not in c.get_secret_value() for c in self.auth.credentials):
             raise ValueError("auth.credentials: basic credentials are written user:password")
         resolved = AuthSettings(
-            scheme=scheme, header=header, credentials=self.auth.credentials, credentials_file=self.auth.credentials_file
+            scheme=name,
+            header=scheme.header,
+            credentials=self.auth.credentials,
+            credentials_file=self.auth.credentials_file,
         )
         object.__setattr__(self, "auth", resolved)
         if self.methods is None:

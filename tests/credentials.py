@@ -4,8 +4,6 @@ a local OAuth2 token endpoint with a provider API that accepts its live tokens o
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import time
 import uuid
 from urllib.parse import parse_qsl
@@ -16,19 +14,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.settings import SourceSettings
+from processors import signing
 
 
 def auth_headers(source: SourceSettings, body: bytes, secret: str = "dev-secret") -> dict[str, str]:
-    scheme, header = source.auth.scheme, source.auth.header or "authorization"
-    if scheme == "bearer":
-        return {header: f"Bearer {secret}"}
-    if scheme == "basic":
-        return {header: "Basic " + base64.b64encode(secret.encode()).decode()}
-    if scheme == "hmac_sha256":
-        return {header: hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
-    if scheme in ("header_token", "api_key"):
-        return {header: secret}
-    return {}
+    return signing.sign(source.declared_auth, body, secret.encode(), time.time())
 
 
 CLIENT = ("kycstream-client", "s3cret")

@@ -55,7 +55,7 @@ def providers(ctx: typer.Context) -> None:
         verdict = run(name, folder).summary() if folder else "no golden cases found (give --cases to check)"
         typer.echo(
             f"{name}  {found.distribution} {found.version}  ({found.target})\n"
-            f"  auth: {module.DEFAULT_AUTH.scheme} in {module.DEFAULT_AUTH.header}; methods: "
+            f"  auth: {_scheme(module.DEFAULT_AUTH)}; methods: "
             f"{', '.join(module.METHODS)}; when Kafka is away: {module.UNAVAILABLE_STATUS}\n"
             f"  fetches: {fetches}\n  kit: {verdict}"
         )
@@ -84,3 +84,11 @@ def check(
     typer.echo(f"{name}: {report.summary()}")
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _scheme(default: object) -> str:
+    from processors import signing
+
+    scheme = signing.declared(default)  # type: ignore[arg-type]
+    name = signing.name_of(default) or signing.name_of(scheme)  # type: ignore[arg-type]
+    return f"{name or type(scheme).__name__.lower()} in {scheme.header}"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from processors.model import ApiCredentials, AuthSpec, Normalized, Notice, NotReady, PollRequest, Rejection
+from processors.signing import Scheme
 
 ENTRY_POINTS = "kycstream.providers"
 
@@ -27,7 +28,7 @@ class Provider(Protocol):
     def NAME(self) -> str: ...
 
     @property
-    def DEFAULT_AUTH(self) -> AuthSpec: ...
+    def DEFAULT_AUTH(self) -> AuthSpec | Scheme: ...  # a processors.signing declaration (or a named AuthSpec)
 
     @property
     def METHODS(self) -> tuple[str, ...]: ...  # HTTP methods its webhooks may use

@@ -16,6 +16,11 @@ The checks:
   fuzz      mangled bodies (fields dropped, retyped, nested, truncated) never raise: always an
             event, a notice or a rejection
   personal  no personal value of a case (names, document numbers, birth dates, ...) in its event
+  signing   the provider's declared signing scheme (processors/signing.py) accepts what it signs,
+            with the second of two secrets too (rotation), and refuses a tampered body, a wrong
+            secret and, where it has a tolerance, a stale timestamp; and the published vectors of
+            `signatures.json` in the cases folder, if any (a list of {"description", "body_text",
+            "secret", "headers", "valid", "now"}), each give their verdict
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from processors import signing
 from processors.model import (
     FETCH_ID_HEADER,
     FETCH_KIND_HEADER,
@@ -40,6 +46,7 @@ from processors.model import (
 
 _RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
 FUZZ_PER_CASE = 40
+SIGNATURES = "signatures.json"  # published signature vectors, beside the cases
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ class Case:
 def load_cases(folder: Path, provider: str) -> list[Case]:
     cases = []
     for path in sorted(folder.glob("*.json")):
+        if path.name == SIGNATURES:
+            continue
         raw = json.loads(path.read_text())
         body = raw["body_text"].encode() if "body_text" in raw else json.dumps(raw["body"]).encode()
         cases.append(Case(provider, path.stem, body, raw.get("headers", {}), raw["expect"], raw.get("poll_answer")))
@@ -213,6 +222,9 @@ def run(provider: str, folder: Path, *, fuzz: int = FUZZ_PER_CASE, seed: int = 0
     cases = load_cases(folder, provider) + load_fetched(folder, provider)
     report.cases = len(cases)
     rng = random.Random(seed)
+    signature_findings = [Finding("signing", f"{provider}/signing", problem) for problem in _signing(provider, folder)]
+    report.findings += signature_findings
+    report.passed["signing"] = int(not signature_findings)
     for check, finds in (
         ("golden", _golden),
         ("keys", _keys),
@@ -226,6 +238,47 @@ def run(provider: str, folder: Path, *, fuzz: int = FUZZ_PER_CASE, seed: int = 0
             passed += not found
         report.passed[check] = passed
     return report
+
+
+_SECRET, _OTHER, _NOW = b"kit-secret-1", b"kit-secret-2", 1_780_000_000.0
+
+
+def _signing(provider: str, folder: Path) -> Iterator[str]:
+    """The declared scheme against deliveries signed as the provider would, and published vectors."""
+    from processors.providers import REGISTRY
+
+    scheme = signing.declared(REGISTRY[provider].DEFAULT_AUTH)
+    body = b'{"kit": "a body as the provider sends it"}'
+
+    def verdict(headers: Mapping[str, str], sent: bytes, secrets: tuple[bytes, ...], now: float) -> str | None:
+        try:
+            signing.verify(scheme, {k.lower(): v for k, v in headers.items()}, sent, secrets, now)
+        except signing.SignatureRefused as exc:
+            return str(exc) or "refused"
+        return None
+
+    if isinstance(scheme, signing.Unsigned):
+        return  # admitted by the source's allow_ips alone: nothing to sign
+    signed = signing.sign(scheme, body, _SECRET, _NOW)
+    if (why := verdict(signed, body, (_SECRET,), _NOW)) is not None:
+        yield f"refuses what it signs: {why}"
+    if (why := verdict(signed, body, (_OTHER, _SECRET), _NOW)) is not None:
+        yield f"refuses a delivery signed with the second of two secrets (a rotation): {why}"
+    if verdict(signed, body, (_OTHER,), _NOW) is None:
+        yield "accepts a delivery signed with another secret"
+    if isinstance(scheme, signing.Hmac):
+        if verdict(signed, body + b" ", (_SECRET,), _NOW) is None:
+            yield "accepts a tampered body"
+        if scheme.tolerance_s is not None and verdict(signed, body, (_SECRET,), _NOW + scheme.tolerance_s + 60) is None:
+            yield "accepts a stale timestamp"
+    vectors = folder / SIGNATURES
+    for vector in json.loads(vectors.read_text()) if vectors.is_file() else []:
+        sent = vector["body_text"].encode()
+        why = verdict(vector["headers"], sent, (vector["secret"].encode(),), float(vector.get("now", _NOW)))
+        if vector["valid"] and why is not None:
+            yield f"refuses the published vector {vector.get('description', '')!r}: {why}"
+        if not vector["valid"] and why is None:
+            yield f"accepts the invalid vector {vector.get('description', '')!r}"
 
 
 def _origin(case: Case) -> Origin:

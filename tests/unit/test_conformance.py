@@ -3,6 +3,8 @@ our five providers pass the kit, the kit catches what it is for, a broken plug-i
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import types
 from collections.abc import Iterator, Mapping
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from processors import providers
+from processors import providers, signing
 from processors.model import Normalized, Rejection, VerificationStatus
 from processors.providers import conformance, discover, xendit
 from tests import cases
@@ -21,7 +23,7 @@ from tests import cases
 def test_each_installed_provider_passes_the_kit(name: str) -> None:
     report = conformance.run(name, cases.CASES_DIR / name)
     assert report.findings == [] and report.ok, report.summary()
-    assert set(report.passed) == {"golden", "keys", "personal", "fuzz"}
+    assert set(report.passed) == {"signing", "golden", "keys", "personal", "fuzz"}
 
 
 def test_the_builtin_providers_are_found_by_entry_point_like_any_other() -> None:
@@ -33,16 +35,16 @@ def test_the_builtin_providers_are_found_by_entry_point_like_any_other() -> None
 # --- the kit catches what it is for ---------------------------------------------------------------
 
 
-def _flawed(normalize: Any) -> types.SimpleNamespace:
-    """A provider like xendit but for its normalize."""
+def _flawed(normalize: Any, **more: Any) -> types.SimpleNamespace:
+    """A provider like xendit but for its normalize (and `more`)."""
     members = {name: getattr(xendit, name) for name in dir(xendit) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**members, "NAME": "flawed", "normalize": normalize})
+    return types.SimpleNamespace(**{**members, "NAME": "flawed", "normalize": normalize, **more})
 
 
 @pytest.fixture
 def flawed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
-    def install(normalize: Any, *case_files: dict[str, Any]) -> conformance.Report:
-        monkeypatch.setitem(providers.REGISTRY, "flawed", _flawed(normalize))
+    def install(normalize: Any, *case_files: dict[str, Any], **more: Any) -> conformance.Report:
+        monkeypatch.setitem(providers.REGISTRY, "flawed", _flawed(normalize, **more))
         for i, case in enumerate(case_files):
             (tmp_path / f"case{i}.json").write_text(json.dumps(case))
         return conformance.run("flawed", tmp_path, fuzz=30)
@@ -117,3 +119,36 @@ def test_a_broken_plugin_is_reported_by_name_and_the_others_load(
     assert "RuntimeError: cannot start" in broken["boom"]
     assert "no DEFAULT_AUTH" in broken["half"] and "normalize is not callable" in broken["half"]
     assert "ModuleNotFoundError" in broken["absent"]
+
+
+def test_the_kit_checks_the_declared_signing_scheme_against_published_vectors(flawed: Any, tmp_path: Path) -> None:
+    """A provider that declares base64 where the provider signs in hex fails on its vectors."""
+    body = '{"data": {"id": "a-1"}}'
+    hexdigest = hmac.new(b"whsec", body.encode(), hashlib.sha256).hexdigest()
+    vectors = [
+        {
+            "description": "hex, as published",
+            "body_text": body,
+            "secret": "whsec",
+            "headers": {"x-sig": hexdigest},
+            "valid": True,
+        },
+        {
+            "description": "tampered",
+            "body_text": body + " ",
+            "secret": "whsec",
+            "headers": {"x-sig": hexdigest},
+            "valid": False,
+        },
+    ]
+    (tmp_path / "signatures.json").write_text(json.dumps(vectors))
+    case = {**APPROVED, "expect": {"status": "APPROVED"}}
+
+    def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized:
+        return Normalized("a-1", VerificationStatus.APPROVED, "passed", "flawed:a-1")
+
+    right = flawed(normalize, case, DEFAULT_AUTH=signing.Hmac(header="x-sig"))
+    assert right.findings == [] and right.passed["signing"] == 1
+    wrong = flawed(normalize, case, DEFAULT_AUTH=signing.Hmac(header="x-sig", encoding="base64"))
+    assert [f.check for f in wrong.findings] == ["signing"]
+    assert "refuses the published vector 'hex, as published'" in wrong.findings[0].problem
