@@ -25,6 +25,7 @@ from processors.model import (
     Rejection,
     VerificationEvent,
 )
+from processors.prose import plain
 from processors.providers import REGISTRY, Provider, fetching
 
 # Fixed namespace: event ids must be the same on every processor, every replay, every version.
@@ -113,6 +114,7 @@ def normalize(delivery: RawDelivery, raw_ref: RawRef | None = None) -> Verificat
         )
     if isinstance(result, Rejection | Notice):
         return result
+    result = plain(result, module.MESSAGES)  # codes, not prose: provider text stays in the raw topic
     return _event(delivery, raw_ref, result, result.idempotency_key or body_hash_key(delivery.provider, doc))
 
 

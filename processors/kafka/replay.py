@@ -266,7 +266,7 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
                         value=verdict.value,
                         headers=[("kycstream-redrive-of", f"{topics.dlq}/{partition}/{offset}")],
                         on_delivery=on_delivery,
-                        **({} if verdict.partition is None else {"partition": verdict.partition}),
+                        partition=verdict.partition,
                     )
             else:
                 tally[f"still_failing:{verdict.code}"] += 1
@@ -296,7 +296,7 @@ class _Resend:
     outcome: Literal["redriven", "refetched", "repolled"]
     topic: str
     value: bytes
-    partition: int | None = None  # the notice's own events partition (co-partitioned with raw)
+    partition: int = -1  # -1: the key's (the partitioner); a notice's own events partition otherwise
 
 
 def _verdict(
