@@ -114,7 +114,8 @@ def normalize(delivery: RawDelivery, raw_ref: RawRef | None = None) -> Verificat
         )
     if isinstance(result, Rejection | Notice):
         return result
-    result = plain(result, module.MESSAGES)  # codes, not prose: provider text stays in the raw topic
+    # Codes, not prose: provider text stays in the raw topic. MESSAGES is optional for a provider module.
+    result = plain(result, getattr(module, "MESSAGES", frozenset()))
     return _event(delivery, raw_ref, result, result.idempotency_key or body_hash_key(delivery.provider, doc))
 
 

@@ -4,7 +4,8 @@ A provider's free text (MetaMap step error messages, Xendit failure_reasons[].me
 a name or a document number, and every consumer of the events topic reads it for 30 days. It stays
 in the raw topic; an event keeps the provider's codes, our own words, and a message only when the
 provider module lists it among its fixed strings (`MESSAGES`). `plain` applies that to whatever a
-provider module returned, so the rule holds by construction, not by each module's care.
+provider module returned, so the rule holds by construction, not by each module's care. A module
+without `MESSAGES` (a plug-in written before it) gets no message through, which is the safe side.
 """
 
 from __future__ import annotations

@@ -29,11 +29,6 @@ class Provider(Protocol):
     @property
     def UNAVAILABLE_STATUS(self) -> int: ...  # the refusal status when Kafka is away and nothing spools
 
-    # The provider's fixed strings an event may carry as a check's or reason's message (any other
-    # provider text stays in the raw topic: it can quote a person; processors.prose).
-    @property
-    def MESSAGES(self) -> frozenset[str]: ...
-
     def verification_id(self, doc: Mapping[str, Any]) -> str | None: ...
 
     # An event, a notice that is no verification result (counted, no event, no dead letter), or why

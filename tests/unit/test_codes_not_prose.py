@@ -153,7 +153,7 @@ def test_an_event_holds_codes_ids_times_and_listed_messages_only(case: cases.Cas
     event = normalize(delivery)
     assert isinstance(event, VerificationEvent)
     record = CODEC.decode("VerificationEvent", CODEC.encode("VerificationEvent", event_to_record(event)))
-    assert problems(record, REGISTRY[case.provider].MESSAGES) == [], case.id
+    assert problems(record, getattr(REGISTRY[case.provider], "MESSAGES", frozenset())) == [], case.id
 
 
 def test_the_held_out_bodies_quote_a_person_and_none_of_it_reaches_the_event() -> None:
