@@ -205,6 +205,20 @@ def operations(processor_group: str, reconciler_group: str) -> tuple[Operation, 
         Operation("redrive", "receive", "dlq", ("deadLetter",), "Dead letters since the last redrive.", f"{p}-redrive"),
         Operation("redrive", "send", "raw", ("rawRedrive",), "Those the current normalizers accept."),
         Operation("redrive", "send", "dlq", ("deadLetter",), "Those still failing, with their new reason."),
+        Operation(
+            "redrive",
+            "send",
+            "events",
+            ("verificationEvent",),
+            "A fetch letter's notice event, again (same event_id, `kycstream-redrive-of` header): fetched again.",
+        ),
+        Operation(
+            "redrive",
+            "send",
+            "expected",
+            ("expectation",),
+            "A poll letter's expectation, posted again (expected_at now).",
+        ),
     )
 
 

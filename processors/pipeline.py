@@ -28,6 +28,7 @@ from processors.model import (
     VerificationEvent,
     to_millis,
 )
+from processors.prose import plain
 from processors.providers import REGISTRY, Provider, fetching
 from processors.providers._read import timestamp
 
@@ -126,6 +127,8 @@ def normalize(delivery: RawDelivery, raw_ref: RawRef | None = None) -> Verificat
         )
     if isinstance(result, Rejection | Notice):
         return result
+    # Codes, not prose: provider text stays in the raw topic. MESSAGES is optional for a provider module.
+    result = plain(result, getattr(module, "MESSAGES", frozenset()))
     return _event(delivery, raw_ref, result, result.idempotency_key or body_hash_key(delivery.provider, doc))
 
 

@@ -107,9 +107,11 @@ def redrive(
     config: ConfigOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would happen.")] = False,
 ) -> None:
-    """Send the DLQ's records (since the last redrive) back through the current normalizers.
+    """Send the DLQ's records (since the last redrive) back to where they are handled again.
 
-    Those that normalize now return to the raw topic; those that still fail stay, with their new reason.
+    Deliveries that normalize now return to the raw topic (those that still fail stay, with their
+    new reason); fetch letters' notices return to the events topic, fetched again by the reconciler;
+    poll letters' expectations are posted again.
     """
     from processors.kafka.replay import redrive as run_redrive
 
@@ -120,8 +122,11 @@ def redrive(
         raise _fail(str(exc)) from exc
     verb = "would be" if dry_run else "were"
     typer.echo(f"{tally.pop('redriven', 0)} dead letters {verb} redriven to the raw topic", err=True)
+    typer.echo(f"{tally.pop('refetched', 0)} fetch letters' notices {verb} sent back for the fetcher", err=True)
+    typer.echo(f"{tally.pop('repolled', 0)} poll letters' expectations {verb} posted again", err=True)
     for reason, count in sorted(tally.items()):
-        typer.echo(f"{count} {verb} still failing: {reason.removeprefix('still_failing:')}", err=True)
+        what, _, code = reason.partition(":")
+        typer.echo(f"{count} {verb} {what.replace('_', ' ')}: {code}", err=True)
 
 
 @app.command("inspect")

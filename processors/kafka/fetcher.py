@@ -39,6 +39,7 @@ from processors.model import (
 )
 from processors.polling import Poller, PollOutcome
 from processors.providers import REGISTRY, Fetching, fetching
+from processors.remedies import explain
 from processors.settings import ReconcileSettings
 
 log = logs.get("kycstream.fetch")
@@ -192,8 +193,7 @@ class Fetcher:
             self._dead_letter(
                 job,
                 "fetch_unauthorized",
-                f"the {provider} API refused the credential (HTTP {code}): fix the source's poll credentials, "
-                "restart the reconciler, then redrive",
+                f"the {provider} API refused the credential (HTTP {code})",
             )
             return
         if code == 404 or (code < 300 and not answer.content.strip()):
@@ -232,8 +232,7 @@ class Fetcher:
             self._dead_letter(
                 job,
                 "fetch_expired",
-                f"{job.kind} still unavailable after {job.tries} fetches since {job.first_at.isoformat()} "
-                f"({detail}); redrive once the provider has it",
+                f"{job.kind} still unavailable after {job.tries} fetches since {job.first_at.isoformat()} ({detail})",
             )
             return
         wait = min(backoff_s * 2 ** (job.tries - 1), _MAX_BACKOFF_S)
@@ -271,7 +270,7 @@ class Fetcher:
         e = job.event
         letter = DeadLetter(
             reason=reason,
-            detail=detail,
+            detail=explain(reason, detail),
             failed_at=self.clock(),
             source_topic=self.topics.events,
             partition=job.partition,

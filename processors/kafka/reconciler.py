@@ -43,6 +43,7 @@ from processors.model import DeadLetter, RawDelivery
 from processors.pipeline import raised_at, routing_id
 from processors.polling import Poller, PollOutcome, Verdict
 from processors.providers import REGISTRY
+from processors.remedies import explain
 from processors.settings import ReconcileSettings
 
 log = logs.get("kycstream.reconcile")
@@ -248,7 +249,7 @@ class Reconciler:
             self._dead_letter(
                 tracked,
                 "poll_unauthorized",
-                f"{outcome.detail}: fix the source's poll.token; this verification is not polled again",
+                outcome.detail,
                 done,
             )
         elif outcome.verdict == "result" and outcome.body is not None:
@@ -302,7 +303,7 @@ class Reconciler:
         e = tracked.expectation
         letter = DeadLetter(
             reason=reason,
-            detail=detail,
+            detail=explain(reason, detail),
             failed_at=self.clock(),
             source_topic=self.topics.expected,
             partition=tracked.partition,

@@ -7,7 +7,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from confluent_kafka import (
@@ -23,7 +23,12 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 from typing_extensions import override
 
 from processors import logs
-from processors.avro.records import dead_letter_from_record, delivery_from_record
+from processors.avro.records import (
+    dead_letter_from_record,
+    delivery_from_record,
+    expectation_from_record,
+    expectation_to_record,
+)
 from processors.errors import BrokerError, ConfigError, SerdeError
 from processors.kafka import config, reader, topics
 from processors.kafka.producer import produce_dead_letter
@@ -31,6 +36,7 @@ from processors.kafka.runner import Engine
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, RawDelivery, Rejection
 from processors.pipeline import normalize
+from processors.remedies import explain
 from processors.settings import KafkaSettings, ProcessorSettings, TopicSettings
 
 log = logs.get("kycstream.replay")
@@ -224,11 +230,14 @@ def _extent(consumer: Consumer, starts: list[TopicPartition], since_ms: int) -> 
 
 
 def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[str]:
-    """Send the dead letters since the last redrive back through the current normalizers.
+    """Send the dead letters since the last redrive back where they re-drive (processors.remedies).
 
-    Those that normalize now go back to the raw topic, byte for byte, so the processors handle
-    them with dedup and state like any delivery; those that still fail are appended to the DLQ
-    again with their new reason. The redrive group's offsets mark where the next run starts.
+    A delivery that normalizes now goes back to the raw topic, byte for byte, so the processors
+    handle it with dedup and state like any delivery; one that still fails is appended to the DLQ
+    again with its new reason. A fetch letter's notice event goes back to the events topic, to its
+    partition, where the reconciler's fetcher takes it as a new fetch job; a poll letter's
+    expectation is posted again with `expected_at` now, a fresh give-up window. The redrive
+    group's offsets mark where the next run starts.
     """
     topics = settings.topics
     codec = Codec(config.schema_registry(settings.kafka))
@@ -245,23 +254,26 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
         # Read up to the end before writing anything: re-appended letters must wait for the next run.
         letters, last = _letters_since_last_redrive(consumer, codec, topics.dlq)
         for partition, offset, key, letter in letters:
-            verdict = _verdict(letter, codec, topics.raw)
+            verdict = _verdict(letter, codec, topics, datetime.now(UTC))
             if verdict == "skip":
                 tally[f"skipped:{letter.reason}"] += 1
-            elif verdict == "redrive":
-                tally["redriven"] += 1
+            elif isinstance(verdict, _Resend):
+                tally[verdict.outcome] += 1
                 if not dry_run:
                     producer.produce(
-                        topics.raw,
+                        verdict.topic,
                         key=letter.original_key,
-                        value=letter.original_value,
+                        value=verdict.value,
                         headers=[("kycstream-redrive-of", f"{topics.dlq}/{partition}/{offset}")],
                         on_delivery=on_delivery,
+                        partition=verdict.partition,
                     )
             else:
                 tally[f"still_failing:{verdict.code}"] += 1
                 if not dry_run:
-                    again = dataclasses.replace(letter, reason=verdict.code, detail=verdict.detail)
+                    again = dataclasses.replace(
+                        letter, reason=verdict.code, detail=explain(verdict.code, verdict.detail)
+                    )
                     produce_dead_letter(producer, codec, topics.dlq, again, key, on_delivery)
         if dry_run:
             return tally
@@ -277,17 +289,40 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
         consumer.close()
 
 
-def _verdict(letter: DeadLetter, codec: Codec, raw_topic: str) -> Literal["skip", "redrive"] | Rejection:
-    """What a redrive does with one dead letter: "skip" one that holds no delivery (the reconciler's:
-    an expectation, a notice's event), "redrive" one whose delivery normalizes now; else why it
-    still fails."""
-    if letter.source_topic != raw_topic:
-        return "skip"
-    try:
-        outcome = normalize(delivery_from_record(codec.decode("RawDelivery", letter.original_value, raw_topic)))
-    except (SerdeError, KeyError, TypeError) as exc:
-        return Rejection("undecodable_envelope", str(exc))
-    return outcome if isinstance(outcome, Rejection) else "redrive"
+@dataclasses.dataclass(frozen=True)
+class _Resend:
+    """Where a dead letter's record goes back to, and what the tally calls it."""
+
+    outcome: Literal["redriven", "refetched", "repolled"]
+    topic: str
+    value: bytes
+    partition: int = -1  # -1: the key's (the partitioner); a notice's own events partition otherwise
+
+
+def _verdict(
+    letter: DeadLetter, codec: Codec, topics: TopicSettings, now: datetime
+) -> Literal["skip"] | _Resend | Rejection:
+    """What a redrive does with one dead letter, by the topic its record came from: a raw delivery
+    is sent back if it normalizes now (else why it still fails); a fetch letter's notice event and a
+    poll letter's expectation always are; anything else is skipped."""
+    if letter.source_topic == topics.raw:
+        try:
+            outcome = normalize(delivery_from_record(codec.decode("RawDelivery", letter.original_value, topics.raw)))
+        except (SerdeError, KeyError, TypeError) as exc:
+            return Rejection("undecodable_envelope", str(exc))
+        return outcome if isinstance(outcome, Rejection) else _Resend("redriven", topics.raw, letter.original_value)
+    if letter.source_topic == topics.events:
+        return _Resend("refetched", topics.events, letter.original_value, letter.partition)
+    if letter.source_topic == topics.expected:
+        try:
+            expectation = expectation_from_record(codec.decode("Expectation", letter.original_value, topics.expected))
+        except (SerdeError, KeyError, TypeError):
+            return "skip"
+        again = dataclasses.replace(expectation, expected_at=now)
+        return _Resend(
+            "repolled", topics.expected, codec.encode("Expectation", expectation_to_record(again), topics.expected)
+        )
+    return "skip"
 
 
 def _letters_since_last_redrive(

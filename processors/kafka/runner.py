@@ -32,6 +32,7 @@ from processors.kafka.owner import PartitionOwner
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, Notice, RawDelivery, RawRef, Rejection, VerificationEvent
 from processors.pipeline import normalize, reversal
+from processors.remedies import explain
 from processors.settings import ProcessorSettings
 
 __all__ = ["Engine", "Normalizer", "ProcessorMetrics"]
@@ -176,7 +177,7 @@ class Engine:
     def _dead_letter(self, msg: Message, delivery: RawDelivery | None, why: Rejection, batch: Batch) -> None:
         letter = DeadLetter(
             reason=why.code,
-            detail=why.detail,
+            detail=explain(why.code, why.detail),
             failed_at=self.clock(),
             source_topic=msg.topic() or "",
             partition=msg.partition() or 0,

@@ -38,6 +38,7 @@ REASON_MESSAGES = {
     "PHONE_HAS_BEEN_USED": "phone already belongs to another user; prompt for a different phone",
     "SYSTEM_ERROR": "internal error at Esign; retry the submission",
 }
+MESSAGES = frozenset(REASON_MESSAGES.values())  # our own words
 _RESUBMIT = {"DUKCAPIL_IRRETRIEVABLE_ERROR", "EMAIL_HAS_BEEN_USED", "PHONE_HAS_BEEN_USED"}
 _CHECK_OUTCOMES = {"PASS": CheckOutcome.PASS, "FAIL": CheckOutcome.FAIL}
 

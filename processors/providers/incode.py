@@ -39,6 +39,7 @@ HEADERS: tuple[str, ...] = ()
 # Kafka away and no spool: Incode retries once when "the response of your service is not status
 # 200 OK" (its webhooks page): 503 with Retry-After; one retry only, so `spool` is the safer choice.
 UNAVAILABLE_STATUS = 503
+MESSAGES: frozenset[str] = frozenset()  # no message is read from its payloads
 
 _PENDING_PREFIXES = ("ID_VALIDATION_", "POST_PROCESSING_", "FACE_VALIDATION_", "GOVERNMENT_VALIDATION_")
 _STATUS = {

@@ -46,6 +46,38 @@ _IDENTITY_STATUS = {
     "reviewneeded": VerificationStatus.REVIEW,
 }
 _FAILED_STEP = {"steperror", "legacyerror"}  # the user's input failed the step; anything else is MetaMap's side
+# Step error messages MetaMap sends as fixed text for their codes (seed 003). Others (system errors
+# naming internal services, anything new) may quote what they read: left out of events.
+MESSAGES = frozenset(
+    {
+        "Birth Date is not defined",
+        "Cannot meet dependent input",
+        "Cannot meet dependent node",
+        "Document did not match any valid template",
+        "Document invalid or photo on the document didn't match the seflie",
+        "Document is considered as fraud attempt",
+        "Document is considered as negligence",
+        "Document is considered tampered",
+        "Document number is not defined",
+        "Email step hasn't been passed",
+        "Full Name is not defined",
+        "IP step hasn't been passed",
+        "Internal error",
+        "Parameters validation error!",
+        "Phone step hasn't been passed",
+        "Provider timed out",
+        "Service unavailable",
+        "Step timeout",
+        "The date of birth could not be obtained",
+        "The face did not match the document",
+        "The name in the document didn't match the name in the signature",
+        "This person cannot be confirmed as owner of document provided, a selfie with the document will be requested",
+        "This user has been verified more than once",
+        "This user is currently underage",
+        "User has not provided any document",
+        "User skipped this step",
+    }
+)
 _SYSTEM_CHECK = "system"  # a top-level error object, not tied to a step
 
 

@@ -23,6 +23,7 @@ HEADERS: tuple[str, ...] = ()
 # "single callback" and never retry: give them `on_kafka_unavailable: spool`.
 UNAVAILABLE_STATUS = 429
 FETCHES: dict[str, str] = {}  # every callback carries its result
+MESSAGES: frozenset[str] = frozenset()  # its callbacks carry no text
 
 _STATUS = {
     "accepted": VerificationStatus.APPROVED,

@@ -23,6 +23,8 @@ HEADERS = ("webhook-id",)
 # (issue 13): the gateway answers well before its timeout, and `spool` avoids the refusal.
 UNAVAILABLE_STATUS = 503
 FETCHES: dict[str, str] = {}  # every callback carries its result
+# failure_reasons[].message is free text; these are the fixed ones Xendit documents (seed 004).
+MESSAGES = frozenset({"The website is inaccessible", "Invalid registration document", "The passport has expired"})
 
 _EVENT = "account.verification"
 _STATUS = {

@@ -142,42 +142,6 @@ def test_redrive_sends_fixed_letters_back_and_keeps_the_rest_with_their_new_reas
     assert redrive(settings) == Counter({"still_failing:invalid_json": 1}), "the next run starts after the last"
 
 
-def test_redrive_leaves_the_reconcilers_letters_alone(
-    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
-) -> None:
-    """A fetch or poll dead letter holds an event or an expectation, not a delivery: redrive must not
-    rewrite it as `undecodable_envelope` (its reason would be lost)."""
-    from datetime import UTC, datetime
-
-    from confluent_kafka import Producer
-
-    from processors.kafka import config
-    from processors.kafka.producer import produce_dead_letter
-    from processors.kafka.replay import redrive
-    from processors.model import DeadLetter
-    from processors.settings import ProcessorSettings
-
-    letter = DeadLetter(
-        reason="fetch_unauthorized",
-        detail="the incode API refused the credential (HTTP 401)",
-        failed_at=datetime.now(UTC),
-        source_topic=topic_settings.events,
-        partition=0,
-        offset=7,
-        original_value=b"an event record",
-        original_key=b"incode:v-1",
-        source="incode",
-        provider="incode",
-    )
-    producer = Producer(config.producer(kafka))
-    produce_dead_letter(producer, codec, topic_settings.dlq, letter, letter.original_key)
-    assert producer.flush(10) == 0
-    settings = ProcessorSettings(kafka=kafka, topics=topic_settings, processor={"group_id": unique("redrive")})
-    assert redrive(settings) == Counter({"skipped:fetch_unauthorized": 1})
-    letters = read(kafka, topic_settings.dlq, codec, "DeadLetter")
-    assert [(d["reason"], d["source_topic"]) for d in letters] == [("fetch_unauthorized", topic_settings.events)]
-
-
 def test_replay_creates_missing_targets_like_the_live_topics_with_the_raw_partition_count(
     kafka: KafkaSettings, codec: Codec
 ) -> None:
