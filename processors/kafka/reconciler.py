@@ -36,7 +36,7 @@ from processors.avro.records import (
 )
 from processors.kafka import config
 from processors.kafka.fetcher import Fetcher, FetchJob
-from processors.kafka.producer import RenewableProducer, produce_dead_letter
+from processors.kafka.producer import RenewableProducer, produce, produce_dead_letter
 from processors.kafka.serde import Codec
 from processors.kafka.tables import Tables, Tracked
 from processors.model import DeadLetter, RawDelivery
@@ -286,10 +286,11 @@ class Reconciler:
             )
             or e.key
         )
-        self.producer.produce(
+        produce(
+            self.producer,
             self.topics.raw,
-            key=key.encode(),
-            value=self.codec.encode("RawDelivery", delivery_to_record(delivery), self.topics.raw),
+            self.codec.encode("RawDelivery", delivery_to_record(delivery), self.topics.raw),
+            key.encode(),
             headers=[("kycstream-origin", b"poll")],
             on_delivery=self._delivery_report(tracked, "poll_answer", done),
         )
@@ -333,10 +334,11 @@ class Reconciler:
         for key, tracked in list(self.tables.tracked.items()):
             if not tracked.writing and (tracked.closed or self.tables.settled(key)):
                 forget = functools.partial(self._forget, key, tracked)
-                self.producer.produce(
+                produce(
+                    self.producer,
                     self.topics.expected,
-                    key=key.encode(),
-                    value=None,
+                    None,
+                    key.encode(),
                     on_delivery=self._delivery_report(tracked, "tombstone", forget),
                 )
 

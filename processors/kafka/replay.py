@@ -26,7 +26,7 @@ from processors import logs
 from processors.avro.records import dead_letter_from_record, delivery_from_record
 from processors.errors import BrokerError, ConfigError, SerdeError
 from processors.kafka import config, reader, topics
-from processors.kafka.producer import produce_dead_letter
+from processors.kafka.producer import produce, produce_dead_letter
 from processors.kafka.runner import Engine
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, RawDelivery, Rejection
@@ -251,10 +251,11 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
             elif verdict == "redrive":
                 tally["redriven"] += 1
                 if not dry_run:
-                    producer.produce(
+                    produce(
+                        producer,
                         topics.raw,
-                        key=letter.original_key,
-                        value=letter.original_value,
+                        letter.original_value,
+                        letter.original_key,
                         headers=[("kycstream-redrive-of", f"{topics.dlq}/{partition}/{offset}")],
                         on_delivery=on_delivery,
                     )
