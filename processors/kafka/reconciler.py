@@ -42,6 +42,7 @@ from processors.kafka.tables import Tables, Tracked
 from processors.model import DeadLetter, RawDelivery
 from processors.pipeline import raised_at, routing_id
 from processors.polling import Poller, PollOutcome, Verdict
+from processors.probes import Health
 from processors.providers import REGISTRY
 from processors.settings import ReconcileSettings
 
@@ -102,6 +103,7 @@ class Reconciler:
         self.tables = Tables(settings, self.codec, self.metrics.undecodable, self.metrics.open)
         self._out = RenewableProducer(config.producer(settings.kafka))  # shared with the fetcher
         self.ticks = 0  # ticks that acted on whole tables
+        self.health = Health(r.liveness_timeout_s)  # beaten by the run loop; ready once its tables are whole
         for source in settings.sources.values():  # every series exists from the start, for alerts
             if source.poll is not None:
                 for outcome in (*typing.get_args(Verdict), "poll_unauthorized", "poll_expired"):
@@ -377,6 +379,11 @@ class Reconciler:
         last_tick = 0.0
         try:
             while not stop.is_set():
+                self.health.beat()
+                if self.tables.whole():
+                    self.health.ready()
+                else:
+                    self.health.not_ready("reading its tables")
                 self._renew_producer_if_gone()
                 self.fetcher.read()
                 self.tables.read()

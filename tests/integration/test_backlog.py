@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Producer
 
 from processors.avro.records import dedup_record
+from processors.errors import ConfigError
 from processors.kafka import config, reader
 from processors.kafka.producer import produce
 from processors.kafka.runner import Engine
@@ -87,3 +88,11 @@ def test_a_restore_that_finds_every_key_expired_tombstones_them_all(
     tombstoned = _tombstoned(kafka, topics.dedup)
     assert len(tombstoned) == count and set(tombstoned) == set(keys)
 
+
+def test_a_batch_larger_than_the_producer_queue_is_refused_at_start(
+    topic_settings: TopicSettings, kafka: KafkaSettings
+) -> None:
+    small = kafka.model_copy(update={"extra": {"queue.buffering.max.messages": "1000"}})
+    settings = ProcessorSettings(kafka=small, topics=topic_settings, processor={"batch_size": 501})
+    with pytest.raises(ConfigError, match=r"processor.batch_size 501 .* set processor.batch_size to 500 or less"):
+        Engine(settings)
