@@ -10,7 +10,7 @@ import pytest
 
 from processors import probes
 from processors.settings import KafkaSettings, TopicSettings
-from tests.conftest import processing, wait_until
+from tests.conftest import processing, reconciling, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -43,6 +43,23 @@ def test_the_processor_liveness_fails_while_its_loop_is_stuck_and_recovers_when_
             release.set()
             del normalizer.engine.expire
             wait_until(lambda: status("/livez") == 200, 15, "/livez 200 once the loop goes round again")
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def test_the_reconciler_is_ready_once_its_tables_are_read_whole_and_alive_while_its_loop_goes_round(
+    kafka: KafkaSettings, topic_settings: TopicSettings
+) -> None:
+    sources = {"esign": {"provider": "esign", "poll": {"base_url": "http://127.0.0.1:9", "token": "api-token"}}}
+    with reconciling(kafka, topic_settings, sources) as reconciler:
+        server = probes.serve(0, reconciler.health, reconciler.metrics.registry, host="127.0.0.1")
+        url = f"http://127.0.0.1:{server.server_port}"
+        try:
+            wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 30, "ready: tables whole")
+            beat = reconciler.health.since_beat()
+            wait_until(lambda: reconciler.health.since_beat() < beat, 10, "the run loop beats again")
+            assert httpx.get(f"{url}/livez", timeout=5).json()["status"] == "ok"
         finally:
             server.shutdown()
             server.server_close()
