@@ -214,6 +214,9 @@ class ReconcileSection(Section):
     tick_s: float = Field(5.0, gt=0)
     session_timeout_ms: int = Field(6000, ge=1000)
     metrics_port: int | None = Field(9109, ge=0, le=65535, description="0 or null: no metrics server")
+    liveness_timeout_s: float = Field(
+        600.0, gt=0, description="/livez answers 503 when the run loop has not gone round for this long"
+    )
 
 
 class ReconcileSettings(Settings):
@@ -243,7 +246,15 @@ class ProcessorSection(Section):
     dedup_store: Literal["memory", "sqlite"] = "memory"
     state_dir: Path = Path("/tmp/kycstream")
     expiry_interval_s: float = Field(60.0, gt=0)
-    restore_timeout_s: float = Field(300.0, gt=0)
+    restore_timeout_s: float = Field(
+        240.0, gt=0, description="a whole restore; below the consumer's max.poll.interval.ms (checked at start)"
+    )
+    liveness_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="/livez answers 503 when the run loop has not gone round for this long (default: the "
+        "longest legitimate wait, a restore or a batch's delivery and flush timeouts, plus 60 s)",
+    )
 
 
 class ProcessorSettings(Settings):

@@ -97,10 +97,12 @@ def process(
         settings = _override(settings, processor={"group_id": group})
     try:
         tracing.setup("kycstream-processor")
+        normalizer = Normalizer(settings)  # checks its settings against its clients' limits
     except KycstreamError as exc:
         raise _fail(str(exc)) from exc
-    normalizer = Normalizer(settings)
-    _run_until_signalled(normalizer.run, normalizer.metrics.registry, settings.processor.metrics_port)
+    _run_until_signalled(
+        normalizer.run, normalizer.metrics.registry, normalizer.health, settings.processor.metrics_port
+    )
 
 
 @app.command()
@@ -113,7 +115,9 @@ def reconcile(config: ConfigOpt = None) -> None:
     if not any(source.poll for source in settings.sources.values()):
         raise _fail("no source has a `poll:` section (base_url, token): there is nothing to reconcile")
     reconciler = Reconciler(settings)
-    _run_until_signalled(reconciler.run, reconciler.metrics.registry, settings.reconcile.metrics_port)
+    _run_until_signalled(
+        reconciler.run, reconciler.metrics.registry, reconciler.health, settings.reconcile.metrics_port
+    )
 
 
 @app.command()
@@ -255,12 +259,13 @@ def _serve_standin(settings: Any) -> Any:
     return server
 
 
-def _run_until_signalled(run: Any, registry: Any, metrics_port: int | None) -> None:
-    """Serve /metrics, run a role until SIGTERM/SIGINT sets its stop event, report its errors."""
-    from prometheus_client import start_http_server
+def _run_until_signalled(run: Any, registry: Any, health: Any, metrics_port: int | None) -> None:
+    """Serve /metrics, /livez and /readyz, run a role until SIGTERM/SIGINT sets its stop event,
+    report its errors."""
+    from processors import probes
 
     if metrics_port:
-        start_http_server(metrics_port, registry=registry)
+        probes.serve(metrics_port, health, registry)
     stop = _stop_on_signals()
     try:
         run(stop)

@@ -26,7 +26,7 @@ from prometheus_client import Counter
 from processors import logs
 from processors.avro.records import delivery_to_record, event_from_record
 from processors.errors import ConfigError, SerdeError
-from processors.kafka.producer import RenewableProducer, produce_dead_letter
+from processors.kafka.producer import RenewableProducer, produce, produce_dead_letter
 from processors.kafka.serde import Codec
 from processors.model import (
     FETCH_ID_HEADER,
@@ -258,10 +258,11 @@ class Fetcher:
             origin="fetch",
         )
         job.writing = True
-        self.producer.produce(
+        produce(
+            self.producer,
             self.topics.raw,
-            key=e.key.encode(),
-            value=self.codec.encode("RawDelivery", delivery_to_record(delivery), self.topics.raw),
+            self.codec.encode("RawDelivery", delivery_to_record(delivery), self.topics.raw),
+            e.key.encode(),
             headers=[("kycstream-origin", b"fetch")],
             on_delivery=lambda err, msg: self._written(job, err, "result"),
         )

@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from processors import logs, tracing
 from processors.avro.records import event_to_record, state_to_record
 from processors.errors import BrokerError
-from processors.kafka.producer import RenewableProducer, produce_dead_letter
+from processors.kafka.producer import RenewableProducer, produce, produce_dead_letter
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, VerificationEvent, VerificationState
 from processors.settings import ProcessorSection, TopicSettings
@@ -110,10 +110,11 @@ class Outputs:
             span = tracing.send(self.topics.events, partition, event.event_id)
             headers += tracing.context_headers(span)
             on_delivery = functools.partial(_traced, span, on_delivery)
-        self.producer.produce(
+        produce(
+            self.producer,
             self.topics.events,
-            key=event.key.encode(),
-            value=self.codec.encode("VerificationEvent", event_to_record(event), self.topics.events),
+            self.codec.encode("VerificationEvent", event_to_record(event), self.topics.events),
+            event.key.encode(),
             partition=partition,
             headers=headers,
             on_delivery=on_delivery,
@@ -125,24 +126,25 @@ class Outputs:
     def states(self, batch: Batch) -> None:
         for partition, states in batch.states.items():
             for key, current in states.items():
-                self.producer.produce(
+                produce(
+                    self.producer,
                     self.topics.state,
-                    key=key.encode(),
-                    value=self.codec.encode("VerificationState", state_to_record(current), self.topics.state),
+                    self.codec.encode("VerificationState", state_to_record(current), self.topics.state),
+                    key.encode(),
                     partition=partition,
                     on_delivery=batch.on_delivery,
                 )
 
     def tombstones(self, batch: Batch, partition: int, keys: list[str]) -> None:
         for key in keys:
-            self.producer.produce(
-                self.topics.dedup, key=key.encode(), value=None, partition=partition, on_delivery=batch.on_delivery
+            produce(
+                self.producer, self.topics.dedup, None, key.encode(), partition=partition, on_delivery=batch.on_delivery
             )
 
     def dedup(self, records: list[DedupOutput]) -> None:
         """Within a transaction: its commit says whether they landed."""
         for partition, key, value in records:
-            self.producer.produce(self.topics.dedup, value, key, partition)
+            produce(self.producer, self.topics.dedup, value, key, partition=partition)
 
     # --- waiting for Kafka -------------------------------------------------------------------------
 
@@ -160,7 +162,7 @@ class Outputs:
         while pending:
             failed.clear()
             for partition, key, value in pending:
-                self.producer.produce(self.topics.dedup, value, key, partition, on_delivery)
+                produce(self.producer, self.topics.dedup, value, key, partition=partition, on_delivery=on_delivery)
             if self.drain(stop):
                 return False
             if not failed:

@@ -23,6 +23,7 @@ from processors.kafka import config, recovery
 from processors.kafka.metrics import ProcessorMetrics
 from processors.kafka.outputs import Batch, DedupOutput, Outputs
 from processors.model import VerificationEvent, VerificationState
+from processors.probes import Health
 from processors.settings import ProcessorSettings
 
 log = logs.get("kycstream.processor")
@@ -41,6 +42,7 @@ class PartitionOwner:
         clock: Callable[[], datetime],
         *,
         repairs: bool,
+        health: Health,
     ) -> None:
         self.topics = settings.topics
         self.p = settings.processor
@@ -49,6 +51,7 @@ class PartitionOwner:
         self.metrics = metrics
         self.clock = clock
         self.repairs = repairs  # a transaction never leaves events without their dedup records
+        self.health = health
         self.window = timedelta(seconds=self.p.dedup_window_s)
         self.owned: dict[int, recovery.PartitionStores] = {}
         self._restorer = Consumer(
@@ -93,10 +96,15 @@ class PartitionOwner:
         }
         if not fresh:
             return
-        timeout = self.p.restore_timeout_s
-        recovery.restore(self._restorer, self.codec, self.topics.dedup, self.topics.state, fresh, self.clock(), timeout)
+        self.health.not_ready(f"restoring partitions {sorted(fresh)}")
+        # One budget for the whole restore, both reads: it runs inside the group consumer's poll,
+        # and must end before max.poll.interval.ms (limits.check_restore_timeout).
+        deadline = started + self.p.restore_timeout_s
+        recovery.restore(
+            self._restorer, self.codec, self.topics.dedup, self.topics.state, fresh, self.clock(), self._left(deadline)
+        )
         self.owned.update(fresh)
-        repaired = self._repair(fresh) if self.repairs else 0
+        repaired = self._repair(fresh, deadline) if self.repairs else 0
         # What was restored lives as long as the partition is owned: out of the cyclic collector's
         # full passes, which otherwise rescan every state and key (~8% of the processor's time).
         gc.collect()
@@ -108,6 +116,8 @@ class PartitionOwner:
             self.metrics.dedup_keys.labels(str(partition)).set(len(stores.dedup))
         self.metrics.owned.set(len(self.owned))
         self.metrics.repaired.inc(repaired)
+        self.health.beat()  # progress: the restore's gap is bounded by restore_timeout_s (limits.liveness_deadline)
+        self.health.ready()
         log.info(
             "partitions_restored",
             partitions=sorted(fresh),
@@ -117,13 +127,17 @@ class PartitionOwner:
             seconds=round(elapsed, 3),
         )
 
-    def _repair(self, fresh: dict[int, recovery.PartitionStores]) -> int:
+    @staticmethod
+    def _left(deadline: float) -> float:
+        return max(0.001, deadline - time.monotonic())
+
+    def _repair(self, fresh: dict[int, recovery.PartitionStores], deadline: float) -> int:
         """Events written without their dedup records (a crash between the two): remember them,
         write their states and dedup records, and tombstone the keys found expired meanwhile."""
         batch = Batch()
         repaired = 0
         for partition, offset, event in recovery.unmarked_events(
-            self._restorer, self.codec, self.topics.events, fresh, self.p.restore_timeout_s
+            self._restorer, self.codec, self.topics.events, fresh, self._left(deadline)
         ):
             if event.idempotency_key in batch.keys.get(partition, {}):
                 continue

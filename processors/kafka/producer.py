@@ -193,6 +193,41 @@ def _resolve(future: asyncio.Future[Delivered], err: KafkaError | None, msg: Mes
         future.set_result(Delivered(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
 
 
+_QUEUE_FULL_POLL_S = 0.1  # poll() returns as soon as a report is served: this is the longest wait
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None = None,
+    *,
+    partition: int | None = None,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+) -> None:
+    """producer.produce(), waiting while librdkafka's local queue is full instead of raising.
+
+    The queue holds `queue.buffering.max.messages` records (100,000 by default) until their delivery
+    reports are served; a loop producing more than that at once (a backlog's expired keys, a
+    restore's repairs, a replay) gets BufferError. Serving reports (poll) is what empties it, so
+    that is what the wait does, as quix-streams' RowProducer does. Each queued record reports within
+    its message timeout, delivered or failed, so the wait ends even while Kafka is away. Every loop
+    that produces goes through here; only the gateway's request path refuses at once (503) instead.
+    """
+    kwargs: dict[str, Any] = {"on_delivery": on_delivery}
+    if partition is not None:  # confluent-kafka takes no None for it
+        kwargs["partition"] = partition
+    if headers is not None:
+        kwargs["headers"] = headers
+    while True:
+        try:
+            producer.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(_QUEUE_FULL_POLL_S)
+
+
 def produce_dead_letter(
     producer: Producer,
     codec: Codec,
@@ -202,10 +237,11 @@ def produce_dead_letter(
     on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
 ) -> None:
     """A dead letter, Avro-encoded, its reason also in the `kycstream-reason` header (for filters)."""
-    producer.produce(
+    produce(
+        producer,
         topic,
-        key=key,
-        value=codec.encode("DeadLetter", dead_letter_to_record(letter), topic),
+        codec.encode("DeadLetter", dead_letter_to_record(letter), topic),
+        key,
         headers=[("kycstream-reason", letter.reason.encode())],
         on_delivery=on_delivery,
     )

@@ -36,12 +36,13 @@ from processors.avro.records import (
 )
 from processors.kafka import config
 from processors.kafka.fetcher import Fetcher, FetchJob
-from processors.kafka.producer import RenewableProducer, produce_dead_letter
+from processors.kafka.producer import RenewableProducer, produce, produce_dead_letter
 from processors.kafka.serde import Codec
 from processors.kafka.tables import Tables, Tracked
 from processors.model import DeadLetter, RawDelivery
 from processors.pipeline import raised_at, routing_id
 from processors.polling import Poller, PollOutcome, Verdict
+from processors.probes import Health
 from processors.providers import REGISTRY
 from processors.remedies import explain
 from processors.settings import ReconcileSettings
@@ -103,6 +104,7 @@ class Reconciler:
         self.tables = Tables(settings, self.codec, self.metrics.undecodable, self.metrics.open)
         self._out = RenewableProducer(config.producer(settings.kafka))  # shared with the fetcher
         self.ticks = 0  # ticks that acted on whole tables
+        self.health = Health(r.liveness_timeout_s)  # beaten by the run loop; ready once its tables are whole
         for source in settings.sources.values():  # every series exists from the start, for alerts
             if source.poll is not None:
                 for outcome in (*typing.get_args(Verdict), "poll_unauthorized", "poll_expired"):
@@ -287,10 +289,11 @@ class Reconciler:
             )
             or e.key
         )
-        self.producer.produce(
+        produce(
+            self.producer,
             self.topics.raw,
-            key=key.encode(),
-            value=self.codec.encode("RawDelivery", delivery_to_record(delivery), self.topics.raw),
+            self.codec.encode("RawDelivery", delivery_to_record(delivery), self.topics.raw),
+            key.encode(),
             headers=[("kycstream-origin", b"poll")],
             on_delivery=self._delivery_report(tracked, "poll_answer", done),
         )
@@ -334,10 +337,11 @@ class Reconciler:
         for key, tracked in list(self.tables.tracked.items()):
             if not tracked.writing and (tracked.closed or self.tables.settled(key)):
                 forget = functools.partial(self._forget, key, tracked)
-                self.producer.produce(
+                produce(
+                    self.producer,
                     self.topics.expected,
-                    key=key.encode(),
-                    value=None,
+                    None,
+                    key.encode(),
                     on_delivery=self._delivery_report(tracked, "tombstone", forget),
                 )
 
@@ -376,6 +380,11 @@ class Reconciler:
         last_tick = 0.0
         try:
             while not stop.is_set():
+                self.health.beat()
+                if self.tables.whole():
+                    self.health.ready()
+                else:
+                    self.health.not_ready("reading its tables")
                 self._renew_producer_if_gone()
                 self.fetcher.read()
                 self.tables.read()

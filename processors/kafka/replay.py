@@ -31,7 +31,7 @@ from processors.avro.records import (
 )
 from processors.errors import BrokerError, ConfigError, SerdeError
 from processors.kafka import config, reader, topics
-from processors.kafka.producer import produce_dead_letter
+from processors.kafka.producer import produce, produce_dead_letter
 from processors.kafka.runner import Engine
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, RawDelivery, Rejection
@@ -260,10 +260,11 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
             elif isinstance(verdict, _Resend):
                 tally[verdict.outcome] += 1
                 if not dry_run:
-                    producer.produce(
+                    produce(
+                        producer,
                         verdict.topic,
-                        key=letter.original_key,
-                        value=verdict.value,
+                        verdict.value,
+                        letter.original_key,
                         headers=[("kycstream-redrive-of", f"{topics.dlq}/{partition}/{offset}")],
                         on_delivery=on_delivery,
                         partition=verdict.partition,

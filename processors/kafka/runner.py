@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from processors import logs, state, tracing
 from processors.avro.records import delivery_from_record
 from processors.errors import SerdeError
-from processors.kafka import config
+from processors.kafka import config, limits
 from processors.kafka.commit import AtLeastOnce, CommitStrategy, ExactlyOnce
 from processors.kafka.metrics import ProcessorMetrics
 from processors.kafka.outputs import Batch, Outputs
@@ -32,6 +32,7 @@ from processors.kafka.owner import PartitionOwner
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, Notice, RawDelivery, RawRef, Rejection, VerificationEvent
 from processors.pipeline import normalize, reversal
+from processors.probes import Health
 from processors.remedies import explain
 from processors.settings import ProcessorSettings
 
@@ -65,8 +66,12 @@ class Engine:
             overrides["message.timeout.ms"] = int(p.delivery_timeout_s * 1000)
             strategy = AtLeastOnce
         conf = config.producer(settings.kafka, **overrides)
+        limits.check_batch_size(p, conf)
+        self.health = Health(limits.liveness_deadline(p))  # beaten by the run loop and each restore
         self.outputs = Outputs(conf, self.codec, settings.topics, p, self.metrics.retries)
-        self.owner = PartitionOwner(settings, self.outputs, self.metrics, clock, repairs=strategy.repairs)
+        self.owner = PartitionOwner(
+            settings, self.outputs, self.metrics, clock, repairs=strategy.repairs, health=self.health
+        )
         self.commit: CommitStrategy = strategy(self.outputs, self.owner, self.metrics.retries)
         self.tally: collections.Counter[str] = collections.Counter()  # events, duplicates, notices, dead_letters
         self._last_expiry = time.monotonic()
@@ -212,17 +217,18 @@ class Normalizer:
         self.engine = Engine(settings, **engine_options)  # type: ignore[arg-type]
         self.metrics = self.engine.metrics
         p = settings.processor
-        self.consumer = Consumer(
-            config.consumer(
-                settings.kafka,
-                p.group_id,
-                **{"session.timeout.ms": p.session_timeout_ms, "enable.partition.eof": False},
-            )
+        conf = config.consumer(
+            settings.kafka, p.group_id, **{"session.timeout.ms": p.session_timeout_ms, "enable.partition.eof": False}
         )
+        limits.check_restore_timeout(p, conf)
+        self.health = self.engine.health
+        self.health.not_ready("waiting for its partitions")
+        self.consumer = Consumer(conf)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions_assigned", partitions=[tp.partition for tp in partitions])
         self.engine.restore([tp.partition for tp in partitions])
+        self.health.ready()  # also with no partitions: a member beyond the partition count is idle, not broken
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions_revoked", partitions=[tp.partition for tp in partitions])
@@ -243,6 +249,7 @@ class Normalizer:
         )
         try:
             while not stop.is_set():
+                self.health.beat()
                 try:
                     messages = self.consumer.consume(p.batch_size, p.poll_timeout_s)
                 except KafkaException as exc:

@@ -14,7 +14,7 @@ from processors import logs, tracing
 from processors.avro.records import delivery_to_record, expectation_to_record
 from processors.errors import BrokerError
 from processors.kafka import config
-from processors.kafka.producer import AsyncProducer, Delivered
+from processors.kafka.producer import AsyncProducer, Delivered, produce
 from processors.kafka.serde import Codec
 from processors.kafka.topics import specs
 from processors.model import Expectation, RawDelivery
@@ -155,14 +155,14 @@ class SpoolForwarder:
                     failed.append(err.str())
 
             for record in records:
-                while True:
-                    try:
-                        self._producer.produce(
-                            self.topic, record.value, record.key, headers=list(record.headers), on_delivery=on_delivery
-                        )
-                        break
-                    except BufferError:
-                        self._producer.poll(0.1)
+                produce(
+                    self._producer,
+                    self.topic,
+                    record.value,
+                    record.key,
+                    headers=list(record.headers),
+                    on_delivery=on_delivery,
+                )
             left = self._producer.flush(max(0.1, deadline - time.monotonic()))
             if left or failed:
                 log.warning("spool_forward_failed", segment=path.name, undelivered=left, errors=failed[:3])

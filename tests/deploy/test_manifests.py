@@ -36,6 +36,7 @@ from processors.kafka.reconciler import ReconcileMetrics
 from processors.kafka.sink import SpoolForwarder
 from processors.kafka.topics import specs
 from processors.polling import Verdict
+from processors.probes import LIVENESS_PATH, READINESS_PATH
 from processors.providers import REGISTRY
 from processors.secretfile import read_lines
 from processors.settings import KAFKA_ENV, ProcessorSettings, ReconcileSettings, Settings
@@ -490,9 +491,9 @@ def test_worker_probes_and_ports(
     for role, port in _worker_ports(processor_settings, reconcile_settings).items():
         c = container(one(overlay, "Deployment", f"kycstream-{role}"))
         assert [p["containerPort"] for p in c["ports"]] == [port], role
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe, path in (("readinessProbe", READINESS_PATH), ("livenessProbe", LIVENESS_PATH)):
             get = c[probe]["httpGet"]
-            assert (get["path"], _port(c, get["port"])) == ("/metrics", port), role
+            assert (get["path"], _port(c, get["port"])) == (path, port), role
 
 
 def test_pod_monitors_scrape_named_ports(overlay: list[Doc]) -> None:
