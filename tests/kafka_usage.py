@@ -23,11 +23,14 @@ import pytest
 
 Use = tuple[str, str, str]  # (resource type, name, operation)
 
-_ORIGINALS = {
+_ORIGINALS: dict[str, Any] = {
     "Consumer": confluent_kafka.Consumer,
     "Producer": confluent_kafka.Producer,
     "AdminClient": confluent_kafka.admin.AdminClient,
 }
+_Consumer: Any = _ORIGINALS["Consumer"]
+_Producer: Any = _ORIGINALS["Producer"]
+_AdminClient: Any = _ORIGINALS["AdminClient"]
 
 
 class Usage:
@@ -62,7 +65,7 @@ class _Listing(dict[str, Any]):
         super().__init__(topics)
         self._usage, self._who = usage, who
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         self._usage.add(self._who, "topic", name, "Describe")
         return super().get(name, default)
 
@@ -103,11 +106,11 @@ def _listed(usage: Usage, who: str, metadata: Any, topic: str | None) -> Any:
 
 
 def _classes(usage: Usage) -> dict[str, type]:
-    class RecordingConsumer(_ORIGINALS["Consumer"]):  # type: ignore[misc,valid-type]
+    class RecordingConsumer(_Consumer):  # type: ignore[misc]
         def __init__(self, conf: dict[str, Any], **kwargs: Any) -> None:
             super().__init__(conf, **kwargs)
             self._who = str(conf.get("client.id", "rdkafka"))
-            self._group = conf.get("group.id")
+            self._group = str(conf.get("group.id") or "")
             if self._group:  # librdkafka looks up the group's coordinator (FindCoordinator)
                 usage.add(self._who, "group", self._group, "Describe")
 
@@ -162,11 +165,11 @@ def _classes(usage: Usage) -> dict[str, type]:
         def list_topics(self, topic: str | None = None, *args: Any, **kwargs: Any) -> Any:
             return _listed(usage, self._who, super().list_topics(topic, *args, **kwargs), topic)
 
-    class RecordingProducer(_ORIGINALS["Producer"]):  # type: ignore[misc,valid-type]
+    class RecordingProducer(_Producer):  # type: ignore[misc]
         def __init__(self, conf: dict[str, Any], **kwargs: Any) -> None:
             super().__init__(conf, **kwargs)
             self._who = str(conf.get("client.id", "rdkafka"))
-            self._txn = conf.get("transactional.id")
+            self._txn = str(conf.get("transactional.id") or "")
             self._written: set[str] = set()
 
         def produce(self, *args: Any, **kwargs: Any) -> Any:
@@ -205,7 +208,7 @@ def _classes(usage: Usage) -> dict[str, type]:
         def list_topics(self, topic: str | None = None, *args: Any, **kwargs: Any) -> Any:
             return _listed(usage, self._who, super().list_topics(topic, *args, **kwargs), topic)
 
-    class RecordingAdminClient(_ORIGINALS["AdminClient"]):  # type: ignore[misc,valid-type]
+    class RecordingAdminClient(_AdminClient):  # type: ignore[misc]
         def __init__(self, conf: dict[str, Any], **kwargs: Any) -> None:
             super().__init__(conf, **kwargs)
             self._who = str(conf.get("client.id", "rdkafka"))
