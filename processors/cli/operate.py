@@ -42,14 +42,26 @@ def replay(
     dlq_topic: Annotated[
         str | None, typer.Option(help="Dead letters go here instead (fresh with a fresh events topic).")
     ] = None,
+    while_live: Annotated[
+        bool,
+        typer.Option(
+            "--while-live",
+            help="Replay into the live topics although the processors' group has members. Costs: replay "
+            "stops at their committed offsets (the rest is theirs), but neither side's dedup learns what the "
+            "other writes meanwhile, so a result both handle can become two events (consumers dedupe by "
+            "event_id), and a state replay computed can land after a newer one they wrote. Prefer stopping "
+            "the processors.",
+        ),
+    ] = False,
 ) -> None:
     """Rebuild events and state from the raw topic, up to its end as of the start, through the current
     normalizers, then exit.
 
     Into the live topics only what is missing is emitted (dedup is restored first), and only dead
-    letters the DLQ does not hold yet; into fresh topics (--events-topic, --state-topic,
-    --dedup-topic, --dlq-topic) everything is rebuilt. Missing targets are created like the topics
-    they stand in for, with the raw topic's partition count.
+    letters the DLQ does not hold yet; it refuses while the processors' group has members: stop or
+    scale them down first. Into fresh topics (--events-topic, --state-topic, --dedup-topic,
+    --dlq-topic) everything is rebuilt, processors running or not. Missing targets are created like
+    the topics they stand in for, with the raw topic's partition count.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -61,7 +73,10 @@ def replay(
     live = settings.topics
     given = {"events": events_topic, "state": state_topic, "dedup": dedup_topic, "dlq": dlq_topic}
     settings = _override(settings, topics=_fresh_targets(live, given))
+    group = settings.processor.group_id
     try:
+        if replay_.into_live(live, settings.topics) and not while_live:
+            replay_.refuse_while_consumed(settings.kafka, group, live.raw)
         for name in replay_.ensure_targets(settings.kafka, live, settings.topics):
             typer.echo(f"created {name}", err=True)
         with Progress(
@@ -72,7 +87,10 @@ def replay(
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=max(done, total))
 
-            tally = replay_.replay(settings, None if from_beginning else _utc(since), progress)
+            processed_by = group if while_live and replay_.into_live(live, settings.topics) else None
+            tally = replay_.replay(
+                settings, None if from_beginning else _utc(since), progress, processed_by=processed_by
+            )
     except KycstreamError as exc:
         raise _fail(str(exc)) from exc
     held = tally["dead_letters_held"]

@@ -145,6 +145,19 @@ def read_all(kafka: KafkaSettings, topic: str, timeout: float = 30.0) -> list[Re
     raise BrokerError(f"could not read {topic} to its end within {timeout:g}s")
 
 
+def committed_offsets(kafka: KafkaSettings, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The group's committed offset of each partition of `topic` (partitions without one left out),
+    asked without joining the group."""
+    consumer = Consumer(config.consumer(kafka, group))
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+    except KafkaException as exc:
+        raise BrokerError(f"Kafka did not answer: {exc.args[0].str()}") from exc
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
+
+
 def unprocessed(kafka: KafkaSettings, group: str, topic: str, timeout: float = 30.0) -> int:
     """How many records of `topic` lie past the group's committed offsets (read to partition EOF)."""
     consumer = Consumer(config.consumer(kafka, group))

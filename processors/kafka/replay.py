@@ -13,6 +13,7 @@ from typing import Any, Literal
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    ConsumerGroupState,
     KafkaError,
     KafkaException,
     Message,
@@ -44,6 +45,46 @@ Progress = Callable[[int, int], None]  # (records done, records to replay)
 
 
 TARGET_ROLES = ("events", "state", "dedup", "dlq")
+# A group in these states has no member: nobody consumes (DEAD: it does not exist, or no longer).
+_IDLE = frozenset({ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD})
+
+
+def into_live(live: TopicSettings, target: TopicSettings) -> bool:
+    """Whether a replay writes any of the topics the processors write (events, state, dedup)."""
+    return any(getattr(live, role) == getattr(target, role) for role in ("events", "state", "dedup"))
+
+
+def refuse_while_consumed(kafka: KafkaSettings, group: str, raw: str, timeout: float = 10.0) -> None:
+    """ConfigError, saying what to do, unless the processors' group has no member: a replay into the
+    live topics beside running processors writes second events (neither side's dedup learns what the
+    other writes) and may write a state older than the one they wrote."""
+    admin = AdminClient(config.admin(kafka))
+    try:
+        described = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result()
+    except KafkaException as exc:
+        raise ConfigError(
+            f"could not ask Kafka whether the processors' group {group} has members ({exc.args[0].str()}): "
+            "the operator's Kafka user needs Describe on that group. " + _WHAT_TO_DO
+        ) from exc
+    members = [f"{m.client_id}@{m.host.lstrip('/')} ({m.member_id})" for m in described.members]
+    if described.state in _IDLE and not members:
+        return
+    who = (
+        f"{len(members)} member(s): {', '.join(members)}"
+        if members
+        else f"state {described.state.name} (the broker lists no members)"
+    )
+    raise ConfigError(
+        f"the processors' group {group} is consuming {raw}: {who}. A replay into the live topics beside "
+        "running processors writes a second event for each delivery they process meanwhile. " + _WHAT_TO_DO
+    )
+
+
+_WHAT_TO_DO = (
+    "Stop or scale down the processors first (kubectl scale deployment kycstream-processor --replicas=0, "
+    "then replay, then scale back), or replay into fresh topics (--events-topic, --state-topic, "
+    "--dedup-topic, --dlq-topic), or pass --while-live to replay beside them anyway (see its --help)."
+)
 
 
 def ensure_targets(kafka: KafkaSettings, live: TopicSettings, target: TopicSettings) -> list[str]:
@@ -107,24 +148,37 @@ def _configs(admin: AdminClient, names: list[str]) -> dict[str, dict[str, str]]:
     return found
 
 
-def replay(settings: ProcessorSettings, since: datetime | None, progress: Progress | None = None) -> Counter[str]:
+def replay(
+    settings: ProcessorSettings,
+    since: datetime | None,
+    progress: Progress | None = None,
+    *,
+    processed_by: str | None = None,
+) -> Counter[str]:
     """Run the raw topic from `since` (None: the beginning) to its end as of the start through the
-    normalizer.
+    normalizer; with `processed_by` (a group of live processors), only up to that group's committed
+    offsets: what the processors have not processed yet is left to them.
 
     Dedup and state are restored from the target topics first, so replaying into the topics that
     already hold events emits only what is missing; into fresh topics, it rebuilds them whole. A
     dead letter the target DLQ already holds for the same raw record is not written again.
     """
+    group = settings.processor.group_id
+    run = f"{group}-replay-{uuid.uuid4().hex[:8]}"
+    if settings.processor.processing_guarantee == "exactly_once":  # never fence a live processor's producer
+        settings = settings.with_overrides(processor={"transactional_id": run})
     engine = _ReplayEngine(settings)
     raw = settings.topics.raw
-    consumer = Consumer(config.consumer(settings.kafka, f"{settings.processor.group_id}-replay-{uuid.uuid4().hex[:8]}"))
+    consumer = Consumer(config.consumer(settings.kafka, run))
     try:
         partitions = list(range(engine.check_partitions()))
+        # Read before the restore: the dedup records of everything below them are written by then.
+        ends = reader.committed_offsets(settings.kafka, processed_by, raw, partitions) if processed_by else None
         engine.held = _dead_letters_held(settings, engine.codec)
         engine.restore(partitions)
         starts = _starts(consumer, raw, partitions, since)
         since_ms = int(since.timestamp() * 1000) if since else 0
-        last, total = _extent(consumer, starts, since_ms)
+        last, total = _extent(consumer, starts, since_ms, ends)
         if progress:
             progress(0, total)
         consumer.assign([tp for tp in starts if tp.partition in last])
@@ -205,10 +259,12 @@ def _starts(consumer: Consumer, topic: str, partitions: list[int], since: dateti
     return [TopicPartition(topic, p, found.get(p, -1)) for p in partitions]
 
 
-def _extent(consumer: Consumer, starts: list[TopicPartition], since_ms: int) -> tuple[dict[int, int], int]:
-    """What the replay will read: the last offset of each partition that has records from its start,
-    and how many of them are at or after `since_ms`. Read to partition EOF: the high watermarks
-    of some brokers (the embedded one) under-report."""
+def _extent(
+    consumer: Consumer, starts: list[TopicPartition], since_ms: int, ends: dict[int, int] | None = None
+) -> tuple[dict[int, int], int]:
+    """What the replay will read: the last offset of each partition that has records from its start
+    (and below its offset in `ends`, if given), and how many of them are at or after `since_ms`.
+    Read to partition EOF: the high watermarks of some brokers (the embedded one) under-report."""
     consumer.assign(starts)
     pending = {tp.partition for tp in starts}
     last: dict[int, int] = {}
@@ -221,7 +277,7 @@ def _extent(consumer: Consumer, starts: list[TopicPartition], since_ms: int) -> 
                     pending.discard(msg.partition() or 0)
                 elif error is not None:
                     raise BrokerError(f"reading {starts[0].topic} failed: {error.str()}")
-                else:
+                elif ends is None or (msg.offset() or 0) < ends.get(msg.partition() or 0, 0):
                     last[msg.partition() or 0] = msg.offset() or 0
                     total += (msg.timestamp() or (0, 0))[1] >= since_ms
     finally:

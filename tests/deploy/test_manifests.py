@@ -29,6 +29,7 @@ from gateway.expectations import ExpectationsEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from processors.errors import ConfigError
+from processors.kafka import access
 from processors.kafka import reconciler as reconciler_module
 from processors.kafka.fetcher import fetcher_sources
 from processors.kafka.metrics import ProcessorMetrics
@@ -703,9 +704,11 @@ def test_kafka_topics_match_the_app(strimzi: list[Doc], processor_settings: Proc
     }
 
 
-def _acls(strimzi: list[Doc], user: str) -> dict[tuple[str, str], set[str]]:
-    spec = one(strimzi, "KafkaUser", user)["spec"]
-    return {(a["resource"]["type"], a["resource"]["name"]): set(a["operations"]) for a in spec["authorization"]["acls"]}
+def _acls(user: Doc) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    return sorted(
+        (a["resource"]["type"], a["resource"]["name"], a["resource"]["patternType"], tuple(sorted(a["operations"])))
+        for a in user["spec"]["authorization"]["acls"]
+    )
 
 
 def _reconciler_groups(settings: ReconcileSettings, monkeypatch: pytest.MonkeyPatch) -> set[str]:
@@ -721,40 +724,35 @@ def _reconciler_groups(settings: ReconcileSettings, monkeypatch: pytest.MonkeyPa
     return {conf["group.id"] for conf in confs if "group.id" in conf}
 
 
-def test_kafka_users_are_least_privilege(
+def test_kafka_users_are_the_access_table(
     strimzi: list[Doc],
     overlay: list[Doc],
     processor_settings: ProcessorSettings,
     reconcile_settings: ReconcileSettings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """users.yaml says exactly what processors/kafka/access.py declares for the deployed names (what
+    the roles really use is checked by tests/integration/test_access.py)."""
     t = processor_settings.topics
     assert reconcile_settings.topics == t
-    for user in (d for d in strimzi if d["kind"] == "KafkaUser"):
-        assert all(a["resource"]["patternType"] == "literal" for a in user["spec"]["authorization"]["acls"])
-    gateway = _acls(strimzi, "kycstream-gateway")
-    assert {name for (kind, name), ops in gateway.items() if ops - {"Describe"}} == {t.raw, t.expected}
-    assert gateway[("topic", t.raw)] == gateway[("topic", t.expected)] == {"Write", "Describe"}
+    table = access.table(t, processor_settings.processor, reconcile_settings.reconcile)
+    users = {d["metadata"]["name"]: d for d in strimzi if d["kind"] == "KafkaUser"}
+    assert set(users) == {f"kycstream-{role}" for role in (*ROLES, "operator")}, "`topics` has none: Strimzi creates"
+    for name, user in users.items():
+        declared = {"spec": {"authorization": {"acls": access.to_strimzi(table[name.removeprefix("kycstream-")])}}}
+        assert _acls(user) == _acls(declared), f"{name} differs from processors/kafka/access.py"
+    gateway = access.from_strimzi(users["kycstream-gateway"]["spec"]["authorization"]["acls"])
     # /readyz checks that every topic exists: Kafka hides those the user may not describe.
-    assert set(gateway) == {("topic", s.name) for s in specs(t)}
-    processor = _acls(strimzi, "kycstream-processor")
-    assert processor[("group", processor_settings.processor.group_id)] >= {"Read"}
-    assert processor[("topic", t.raw)] == {"Read", "Describe"}
-    for topic in (t.events, t.state, t.dedup, t.dlq):
-        assert "Write" in processor[("topic", topic)]
-    assert all(kind in {"topic", "group"} for kind, _ in processor)
-    assert ("topic", t.expected) not in processor
+    assert all(access.allowed(gateway, "topic", s.name, "Describe") for s in specs(t))
+    assert not any(access.allowed(gateway, "topic", s.name, "Read") for s in specs(t))
+    processor = access.from_strimzi(users["kycstream-processor"]["spec"]["authorization"]["acls"])
+    assert access.allowed(processor, "topic", t.events, "Read"), "at_least_once reads events back on assignment"
+    assert any(g.resource == "transactionalId" for g in processor), "exactly_once"
+    assert not access.allowed(processor, "topic", t.expected, "Describe")
+    reconciler = access.from_strimzi(users["kycstream-reconciler"]["spec"]["authorization"]["acls"])
     groups = _reconciler_groups(reconcile_settings, monkeypatch)
     assert reconcile_settings.reconcile.group_id in groups and len(groups) == 3
-    assert _acls(strimzi, "kycstream-reconciler") == {
-        ("topic", t.expected): {"Read", "Write", "Describe"},  # tombstones of finished expectations
-        ("topic", t.state): {"Read", "Describe"},
-        ("topic", t.events): {"Read", "Describe"},
-        ("topic", t.raw): {"Write", "Describe"},
-        ("topic", t.dlq): {"Read", "Write", "Describe"},  # its own letters, read back after a restart
-        **{("group", group): {"Read", "Describe"} for group in groups},
-    }
-    assert {d["metadata"]["name"] for d in strimzi if d["kind"] == "KafkaUser"} == {f"kycstream-{r}" for r in ROLES}
+    assert all(access.allowed(reconciler, "group", group, "Describe") for group in groups)
     for role in ROLES:
         deployment = workload(overlay, role)
         env = {e["name"]: e for e in container(deployment)["env"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -10,9 +11,20 @@ from collections.abc import Callable
 
 import pytest
 
+from processors.kafka.runner import Normalizer
 from processors.kafka.serde import Codec
 from processors.settings import KafkaSettings, TopicSettings
-from tests.conftest import latest_states, processing, processor_env, produce_raw, raw_delivery, read, unique
+from tests.conftest import (
+    committed_to_end,
+    latest_states,
+    processing,
+    processor_env,
+    produce_raw,
+    raw_delivery,
+    read,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.broker
 KYCSTREAM = [sys.executable, "-m", "processors.cli"]
@@ -226,3 +238,59 @@ def test_replay_progress_totals_what_it_reads_and_live_dead_letters_are_not_writ
     assert calls[-1] == (43, 43) and {total for _, total in calls} == {43}
     assert (tally["records"], tally["duplicates"], tally["dead_letters"], tally["dead_letters_held"]) == (43, 40, 3, 3)
     assert len(read(kafka, topic_settings.dlq, codec, "DeadLetter")) == 3
+
+
+def _consuming(normalizer: Normalizer) -> bool:
+    return bool(normalizer.engine.owner.owned)  # a group member with its partitions restored
+
+
+def test_replay_into_the_live_topics_refuses_while_the_processors_consume(
+    make_topics: Callable[..., TopicSettings], kafka: KafkaSettings, codec: Codec
+) -> None:
+    live, fresh = make_topics(), make_topics()
+    produce_raw(kafka, live.raw, [raw_delivery("esign", _esign(i)) for i in range(10)], codec)
+    group = unique("live")
+    env = processor_env(kafka, live, KYCSTREAM_PROCESSOR__GROUP_ID=group)
+    with processing(kafka, live, group_id=group) as normalizer:
+        wait_until(lambda: _consuming(normalizer), 30, "the processor consuming its partitions")
+        refused = subprocess.run([*KYCSTREAM, "replay", "--from-beginning"], env=env, capture_output=True, timeout=60)
+        assert refused.returncode == 2, refused.stderr
+        message = refused.stderr.decode()
+        assert f"the processors' group {group} is consuming {live.raw}" in message
+        assert "scale deployment kycstream-processor --replicas=0" in message and "--while-live" in message
+        args = [a for r in ("events", "state", "dedup", "dlq") for a in (f"--{r}-topic", getattr(fresh, r))]
+        rebuilt = subprocess.run(
+            [*KYCSTREAM, "replay", "--from-beginning", *args], env=env, capture_output=True, timeout=120
+        )
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert b"10 events emitted" in rebuilt.stderr
+        wait_until(lambda: committed_to_end(kafka, group, live.raw), 30, "the live processor done")
+    assert len(read(kafka, live.events, codec, "VerificationEvent")) == 10, "the live topics: the processor's only"
+    assert len(read(kafka, fresh.events, codec, "VerificationEvent")) == 10
+
+
+@pytest.mark.slow
+def test_replay_while_live_leaves_what_the_processors_have_not_processed_to_them(
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
+) -> None:
+    """The issue's case: a lagging processor (one record a batch) and a replay beside it. With
+    --while-live, replay stops at the group's committed offsets, so no delivery becomes two events."""
+    count = 3000
+    produce_raw(kafka, topic_settings.raw, [raw_delivery("esign", _esign(i)) for i in range(count)], codec)
+    group = unique("lagging")
+    env = processor_env(kafka, topic_settings, KYCSTREAM_PROCESSOR__GROUP_ID=group)
+    with processing(kafka, topic_settings, group_id=group, batch_size=1) as normalizer:
+        wait_until(lambda: normalizer.engine.tally["events"] >= 20, 60, "the processor under way")
+        result = subprocess.run(
+            [*KYCSTREAM, "replay", "--from-beginning", "--while-live"], env=env, capture_output=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        replayed = re.search(rb"replayed (\d+) records.*: (\d+) events emitted", result.stderr)
+        assert replayed is not None, result.stderr
+        assert 0 < int(replayed[1]) < count, "up to what the processor had committed, no further"
+        assert int(replayed[2]) == 0, "what it had committed has its events"
+        wait_until(lambda: committed_to_end(kafka, group, topic_settings.raw), 180, "the live processor done")
+    events = read(kafka, topic_settings.events, codec, "VerificationEvent")
+    assert len(events) == count == len({e["idempotency_key"] for e in events}), "one event per result"
+    states = latest_states(kafka, topic_settings.state, codec)
+    assert len(states) == count and {s["status"] for s in states.values()} == {"APPROVED"}
