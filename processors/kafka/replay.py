@@ -283,6 +283,9 @@ def _verdict(letter: DeadLetter, codec: Codec, raw_topic: str) -> Literal["skip"
     still fails."""
     if letter.source_topic != raw_topic:
         return "skip"
+    if letter.original_size is not None:  # a prefix only: the record is where the letter points
+        where = f"{letter.source_topic} partition {letter.partition} offset {letter.offset}"
+        return Rejection("original_not_held", f"the original ({letter.original_size} bytes) is at {where}")
     try:
         outcome = normalize(delivery_from_record(codec.decode("RawDelivery", letter.original_value, raw_topic)))
     except (SerdeError, KeyError, TypeError) as exc:
