@@ -34,7 +34,9 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     spool: Spool | None = None,
     metrics: GatewayMetrics | None = None,
+    forwarding: Callable[[], bool] | None = None,
 ) -> Gateway:
+    """`forwarding` says whether the spool's forwarder runs (a spool nobody forwards is not ready)."""
     metrics = metrics or GatewayMetrics()
     clock = clock or partial(datetime.now, UTC)  # no Python frame of its own, per request
     webhook = WebhookEndpoint(settings, sink, metrics, clock, spool)
@@ -46,6 +48,9 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        if forwarding is not None and not forwarding():
+            detail = "the spool forwarder is not running: spooled deliveries would never reach Kafka"
+            return JSONResponse({"status": "unavailable", "detail": detail}, status_code=503)
         reason = await sink.not_ready()
         if reason is None:
             return JSONResponse({"status": "ready"})

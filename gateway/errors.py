@@ -55,3 +55,7 @@ class KafkaUnavailable(GatewayError):
 class InvalidRequest(GatewayError):
     status = 400
     code = "invalid_request"
+
+
+class SpoolFailed(KafkaUnavailable):
+    code = "spool_failed"  # Kafka away and the local spool not writable (a full disk): nothing accepted

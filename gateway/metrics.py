@@ -79,6 +79,19 @@ class GatewayMetrics:
         self.spool_forwarded = Counter(
             "kycstream_gateway_spool_forwarded", "Spooled records acknowledged by Kafka.", registry=self.registry
         )
+        self.spool_forward_failures = Counter(
+            "kycstream_gateway_spool_forward_failures",
+            "Spooled records (or forwarder rounds, for kafka_unreachable) that Kafka did not take, by "
+            "error; retried, except those quarantined (see spool_forward_failed in the log).",
+            ["error"],
+            registry=self.registry,
+        )
+        self.spool_quarantined = Gauge(
+            "kycstream_gateway_spool_quarantined_records",
+            "Spooled records Kafka refuses for good (e.g. over its size limit), moved to the spool's "
+            "quarantine/ directory: answered 200, not in Kafka. An operator must act (docs/operations.md).",
+            registry=self.registry,
+        )
         self.spool_damaged_bytes = Counter(
             "kycstream_gateway_spool_damaged_bytes",
             "Bytes of the spool found corrupt or torn at start (their records are lost; see the log).",
@@ -103,4 +116,5 @@ class GatewayMetrics:
         self.spool_bytes.set_function(lambda: spool.bytes)
         self.spool_max_bytes.set(spool.max_bytes)
         self.spool_oldest_age.set_function(lambda: 0.0 if (t := spool.oldest) is None else spool.clock() - t)
+        self.spool_quarantined.set_function(lambda: spool.quarantined)
         self.spool_damaged_bytes.inc(sum(d.lost_bytes for d in spool.damage))

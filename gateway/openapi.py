@@ -30,7 +30,11 @@ WEBHOOK_REFUSALS: tuple[Refusal, ...] = (
     (MethodNotAllowed, "The method is not allowed for the source (`Allow` says which are)."),
     (Forbidden, "`allow_ips` is set and the client is not in it."),
     (RateLimited, "Over the source's `rate_limit` (`Retry-After`)."),
-    (PayloadTooLarge, "The body is over `max_body_bytes` (default 1 MiB)."),
+    (
+        PayloadTooLarge,
+        "The body is over `max_body_bytes` (default 1 MiB), or its raw record would be over what Kafka "
+        "takes (the producer's `message.max.bytes`, 1000000 by default, less the envelope): never spooled.",
+    ),
     (Unauthorized, "The credential is missing or wrong."),
     (
         KafkaUnavailable,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -24,13 +25,14 @@ from gateway.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     RateLimited,
+    SpoolFailed,
     UnknownSource,
 )
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings, SourceSettings
 from gateway.spool import Spool, Spooled
 from processors import logs, tracing
-from processors.errors import BrokerError
+from processors.errors import BrokerError, RecordTooLarge
 from processors.kafka.producer import Delivered
 from processors.model import Expectation, RawDelivery
 from processors.pipeline import raised_at, routing_id, uuid_text
@@ -53,6 +55,10 @@ class RawSink(Protocol):
 
     def envelope(self, delivery: RawDelivery) -> tuple[bytes, list[tuple[str, bytes]]]: ...
 
+    def largest_body(self, source: str, provider: str) -> int: ...
+
+    def check(self, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> None: ...
+
     async def write(self, delivery: RawDelivery, key: str) -> Delivered: ...
 
     async def write_expectation(self, expectation: Expectation) -> Delivered: ...
@@ -72,6 +78,7 @@ class Source:
     bucket: TokenBucket | None
     spools: bool
     unavailable_status: int
+    limit_reason: str = "sources.<name>.max_body_bytes or gateway.max_body_bytes"
 
     @classmethod
     def build(cls, name: str, s: SourceSettings, default_max_body: int) -> Source:
@@ -112,7 +119,9 @@ class WebhookEndpoint:
         server = settings.gateway
         self.spool = spool
         self.spool_after_s = min(server.spool.after_s, server.produce_timeout_s)
-        self.sources = {n: Source.build(n, s, server.max_body_bytes) for n, s in settings.sources.items()}
+        self.sources = {
+            n: _fitted(Source.build(n, s, server.max_body_bytes), sink) for n, s in settings.sources.items()
+        }
         self.trusted = clientip.networks(server.trusted_proxies)
         self.retry_after = str(server.retry_after_s)
         self.sink = sink
@@ -208,7 +217,7 @@ class WebhookEndpoint:
         if source.bucket is not None and (wait := source.bucket.take()) > 0:
             seconds = str(max(1, int(wait + 0.999)))
             raise RateLimited(f"source {name!r} is over its rate limit; retry later", {"retry-after": seconds})
-        body = await read_body(receive, source.max_body_bytes, hdrs.get("content-length"))
+        body = await read_body(receive, source.max_body_bytes, hdrs.get("content-length"), source.limit_reason)
         source.authenticator.check(hdrs, body)
 
         headers = {h: v for h in source.kept_headers if (v := hdrs.get(h)) is not None}
@@ -225,8 +234,13 @@ class WebhookEndpoint:
         )
         key = routing_id(source.provider, body, lambda exc: self._unroutable(name, request_id, exc)) or request_id
         if source.spools and self.spool is not None and self.spool.records:
-            # Kafka was away: until the spool is drained this source's deliveries queue behind it, in order.
-            return await self._spool(source, delivery, key, "the spool is being forwarded")
+            # Order per verification (gateway/spool.py): a delivery whose key has a record in the spool
+            # queues behind it; the others go straight to Kafka while the forwarder drains, unless the
+            # forwarder just found Kafka away (then waiting spool_after_s for a timeout helps nobody).
+            if self.spool.holds(key.encode()):
+                return await self._spool(source, delivery, key, "its verification has records in the spool")
+            if self.spool.kafka_away:
+                return await self._spool(source, delivery, key, "the spool forwarder cannot reach Kafka")
         self.in_flight += 1
         started = time.perf_counter()
         try:
@@ -235,6 +249,8 @@ class WebhookEndpoint:
                 await asyncio.wait_for(self.sink.write(delivery, key), self.spool_after_s)
             else:
                 await self.sink.write(delivery, key)
+        except RecordTooLarge as exc:
+            raise PayloadTooLarge(str(exc)) from exc
         except (BrokerError, TimeoutError) as exc:
             if source.spools and self.spool is not None:
                 why = str(exc) or f"Kafka did not acknowledge within {self.spool_after_s:g}s"
@@ -263,9 +279,31 @@ class WebhookEndpoint:
                 source.unavailable_status,
             )
         value, headers = self.sink.envelope(delivery)
-        await asyncio.to_thread(self.spool.append, Spooled(key.encode(), value, tuple(headers), time.time()))
+        try:
+            self.sink.check(key.encode(), value, headers)  # never spool what can never be forwarded
+        except RecordTooLarge as exc:
+            raise PayloadTooLarge(str(exc)) from exc
+        try:
+            await asyncio.to_thread(self.spool.append, Spooled(key.encode(), value, tuple(headers), time.time()))
+        except OSError as exc:
+            log.error("spool_write_failed", source=source.name, request_id=delivery.request_id, error=str(exc))
+            raise SpoolFailed(
+                f"Kafka is unavailable ({why}) and the spool could not be written; the delivery was not "
+                "accepted, retry later",
+                {"retry-after": self.retry_after},
+                source.unavailable_status,
+            ) from exc
         self.metrics.spooled.labels(source.name).inc()
         return 200, orjson.dumps({"status": "accepted", "request_id": delivery.request_id, "spooled": True}), {}
+
+
+def _fitted(source: Source, sink: RawSink) -> Source:
+    """The source with its body limit lowered to what a raw record can hold, when that is less."""
+    largest = sink.largest_body(source.name, source.provider)
+    if largest >= source.max_body_bytes:
+        return source
+    reason = "the largest body a Kafka record holds with this source's envelope (kafka message.max.bytes)"
+    return dataclasses.replace(source, max_body_bytes=largest, limit_reason=reason)
 
 
 _random = bytearray()  # random bytes not used yet; a forked child starts with none of its parent's
@@ -295,10 +333,11 @@ def error_response(exc: GatewayError, request_id: str | None) -> Response:
     )
 
 
-async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes:
+async def read_body(receive: Receive, limit: int, declared: str | None, reason: str = "") -> bytes:
     """The request body from the ASGI `receive`, refused (413) past `limit` bytes, declared or sent."""
+    why = f" ({reason})" if reason else ""
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes{why}")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -308,7 +347,7 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes{why}")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -31,7 +31,8 @@ def build(settings: GatewaySettings) -> tuple[uvicorn.Config, KafkaRawSink]:
         spooled = forwarder.stop(server.spool.drain_on_exit_s) if forwarder is not None else 0
         log.info("gateway_stopped", undelivered=left, left_in_spool=spooled)
 
-    app = create_app(settings, sink, on_shutdown=drain, spool=spool, metrics=metrics)
+    forwarding = (lambda: forwarder.running) if forwarder is not None else None
+    app = create_app(settings, sink, on_shutdown=drain, spool=spool, metrics=metrics, forwarding=forwarding)
     config = uvicorn.Config(
         app,
         host=server.host,
@@ -58,7 +59,11 @@ def _spool(settings: GatewaySettings, metrics: GatewayMetrics) -> tuple[Spool | 
             "give the gateway a writable directory on a volume that outlives it, KYCSTREAM_GATEWAY__SPOOL_DIR)"
         ) from exc
     forwarder = SpoolForwarder(
-        spool, settings.kafka, settings.topics.raw, on_forwarded=metrics.spool_forwarded.inc
+        spool,
+        settings.kafka,
+        settings.topics.raw,
+        on_forwarded=metrics.spool_forwarded.inc,
+        on_failed=lambda error, n: metrics.spool_forward_failures.labels(error).inc(n),
     ).start()
     log.info("spool_open", directory=str(server.spool_dir), sources=settings.spooling, records=spool.records)
     return spool, forwarder

@@ -10,6 +10,17 @@ mid-append leaves at most a torn last record. Opening the spool reads every segm
 checksum fails, and torn tails, are logged with the bytes lost and dropped; the valid records on
 either side are kept (the scan resynchronizes on the next frame that checks out).
 
+Order per verification: a record's key is `provider:verification_id`, and the spool counts the
+records it holds per key. A delivery whose key has a record here is spooled behind it (never sent
+around it); any other goes straight to Kafka while the forwarder drains, unless the forwarder has
+just found Kafka away (`kafka_away`), when it is spooled at once instead of waiting for a timeout.
+A key leaves the count only when Kafka acknowledged its last spooled record, so a delivery sent
+directly always lands after every spooled one of its verification.
+
+A record Kafka refuses for good (e.g. over its size limit: spooled by a version that did not check)
+is moved to `quarantine/` beside the segments, in the same framing, and counted: it no longer
+blocks the records behind it, and an operator decides what to do with it (docs/operations.md).
+
 Why files and not SQLite: the records are written once, read once in order and deleted a segment
 at a time, and a flipped byte must cost one record, not make the whole store unreadable (SQLite
 reports such a database as malformed). The frame check is zlib.crc32, the same as Kafka's own
@@ -23,8 +34,9 @@ import struct
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -126,6 +138,7 @@ class _Segment:
     records: int = 0
     size: int = 0
     oldest: float | None = None
+    keys: Counter[bytes] = field(default_factory=Counter)
 
 
 class Spool:
@@ -143,7 +156,11 @@ class Spool:
         self._active: _Segment | None = None
         self._fd: int | None = None
         self._next = 0
+        self._keys: Counter[bytes] = Counter()  # records held per key, over every segment
         self.damage: list[Damage] = []
+        self.quarantined = 0  # records in quarantine/ (found at start or moved there since)
+        # The forwarder's last word: Kafka did not answer it. Deliveries then spool without trying.
+        self.kafka_away = False
 
     # --- start --------------------------------------------------------------------------------
 
@@ -164,8 +181,15 @@ class Spool:
                 path.unlink()
                 continue
             size = path.stat().st_size
-            self._sealed.append(_Segment(path, len(records), size, min(r.spooled_at for r in records)))
+            keys = Counter(r.key for r in records)
+            self._sealed.append(_Segment(path, len(records), size, min(r.spooled_at for r in records), keys))
+            self._keys.update(keys)
             self._next = max(self._next, int(path.stem.split("-")[1]) + 1)
+        quarantine = self.directory / "quarantine"
+        if quarantine.is_dir():
+            self.quarantined = sum(len(scan(q.read_bytes())[0]) for q in quarantine.glob("*.spool"))
+        if self.quarantined:
+            log.error("spool_quarantine_found", records=self.quarantined, directory=str(quarantine))
         if self._sealed:
             log.warning("spool_found", records=self.records, bytes=self.bytes, segments=len(self._sealed))
         return self
@@ -190,19 +214,42 @@ class Spool:
                 return f"the spool's oldest record is over {self.max_age_s:g}s old (gateway.spool.max_age_s)"
         return None
 
+    def holds(self, key: bytes) -> bool:
+        """Whether a record of this key waits here (a delivery of that key must queue behind it)."""
+        with self._lock:
+            return key in self._keys
+
     def append(self, record: Spooled) -> None:
-        """Write and fsync: when this returns the record survives a crash of this process."""
+        """Write and fsync: when this returns the record survives a crash of this process. Raises
+        OSError when it may not (a full disk, a short write): the delivery must then be refused."""
         data = frame(record)
         with self._lock:
             if self._active is None or self._active.size >= _SEGMENT_BYTES:
                 self._start_segment()
-            assert self._active is not None and self._fd is not None
-            os.write(self._fd, data)
-            os.fsync(self._fd)
-            self._active.records += 1
-            self._active.size += len(data)
-            if self._active.oldest is None:
-                self._active.oldest = record.spooled_at
+            active, fd = self._active, self._fd
+            assert active is not None and fd is not None
+            try:
+                written = os.write(fd, data)
+                if written != len(data):  # a full disk may take part of it without raising
+                    raise OSError(f"short write to the spool: {written} of {len(data)} bytes")
+                os.fsync(fd)
+            except OSError:
+                self._cut_back(fd, active.size)
+                raise
+            active.records += 1
+            active.size += len(data)
+            active.keys[record.key] += 1
+            self._keys[record.key] += 1
+            if active.oldest is None:
+                active.oldest = record.spooled_at
+
+    def _cut_back(self, fd: int, size: int) -> None:
+        """Remove a failed append's bytes, or, when even that fails, seal the segment where it is
+        (its valid records stay; the torn tail is dropped, and logged, when it is read)."""
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            self._seal()
 
     def _start_segment(self) -> None:
         self._seal()
@@ -223,8 +270,8 @@ class Spool:
                 self._active.path.unlink(missing_ok=True)
             self._active = None
 
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
+    def _fsync_dir(self, directory: Path | None = None) -> None:
+        fd = os.open(directory or self.directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -247,8 +294,39 @@ class Spool:
     def remove(self, path: Path) -> None:
         """Every record of this segment was acknowledged by Kafka."""
         with self._lock:
+            for segment in self._sealed:
+                if segment.path == path:
+                    self._keys -= segment.keys
             self._sealed = [s for s in self._sealed if s.path != path]
             path.unlink(missing_ok=True)
+
+    def quarantine(self, path: Path, refused: list[Spooled], kept: list[Spooled]) -> None:
+        """Move the records Kafka refuses for good out of a taken segment, into quarantine/; the
+        segment keeps the others, in order."""
+        quarantine = self.directory / "quarantine"
+        quarantine.mkdir(exist_ok=True)
+        fd = os.open(quarantine / path.name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            data = b"".join(frame(r) for r in refused)
+            if os.write(fd, data) != len(data):
+                raise OSError(f"short write to {quarantine / path.name}")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._fsync_dir(quarantine)
+        with self._lock:
+            segment = next(s for s in self._sealed if s.path == path)
+            self._keys -= segment.keys
+            if kept:
+                self._rewrite(path, kept)
+                segment.records, segment.size = len(kept), path.stat().st_size
+                segment.keys = Counter(r.key for r in kept)
+                segment.oldest = min(r.spooled_at for r in kept)
+                self._keys.update(segment.keys)
+            else:
+                self._sealed.remove(segment)
+                path.unlink(missing_ok=True)
+            self.quarantined += len(refused)
 
     # --- what it holds ------------------------------------------------------------------------
 

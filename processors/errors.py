@@ -15,3 +15,7 @@ class SerdeError(KycstreamError):
 
 class BrokerError(KycstreamError):
     """Kafka could not be reached, or refused an operation."""
+
+
+class RecordTooLarge(KycstreamError):
+    """A record is over what Kafka takes (the producer's message.max.bytes): it can never be written."""

@@ -202,6 +202,8 @@ class DeadLetter:
     request_id: str | None = None
     source: str | None = None
     provider: str | None = None
+    # Set when original_value is only a prefix (the original was too large for a dead letter).
+    original_size: int | None = None
 
 
 @value

@@ -28,6 +28,9 @@ REMEDIES: dict[str, str] = {
     "empty_body": _BAD_INPUT,
     "invalid_json": _BAD_INPUT,
     "not_an_object": _BAD_INPUT,
+    "original_not_held": "the letter kept a prefix of a record too large to copy, and the raw topic no longer holds "
+    f"the record (retention): it cannot be re-driven. `{REDRIVE}` re-sends such letters from the raw topic while "
+    "it holds them",
     # fetches the reconciler gave up on (source: the events topic; the record is the notice event)
     "fetch_unauthorized": f"fix the source's poll credentials, {_RESTART_THEN}: it re-queues the fetch",
     "fetch_failed": f"once the provider's API answers again, run `{REDRIVE}`: it re-queues the fetch",

@@ -168,6 +168,7 @@ def dead_letter_to_record(d: DeadLetter) -> dict[str, Any]:
         "request_id": d.request_id,
         "source": d.source,
         "provider": d.provider,
+        "original_size": d.original_size,
     }
 
 
@@ -184,6 +185,7 @@ def dead_letter_from_record(r: Mapping[str, Any]) -> DeadLetter:
         request_id=r.get("request_id"),
         source=r.get("source"),
         provider=r.get("provider"),
+        original_size=r.get("original_size"),
     )
 
 

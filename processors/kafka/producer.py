@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -228,6 +229,12 @@ def produce(
             producer.poll(_QUEUE_FULL_POLL_S)
 
 
+# A dead letter copies its original record so it can be redriven; one whose copy would not fit in a
+# record (raw records up to the producer's limit, plus the letter's own fields) keeps this prefix,
+# its original's size (DeadLetter.original_size) and where it is (source_topic, partition, offset).
+_ORIGINAL_PREFIX = 16 * 1024
+
+
 def produce_dead_letter(
     producer: Producer,
     codec: Codec,
@@ -237,11 +244,26 @@ def produce_dead_letter(
     on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
 ) -> None:
     """A dead letter, Avro-encoded, its reason also in the `kycstream-reason` header (for filters)."""
-    produce(
-        producer,
-        topic,
-        codec.encode("DeadLetter", dead_letter_to_record(letter), topic),
-        key,
-        headers=[("kycstream-reason", letter.reason.encode())],
-        on_delivery=on_delivery,
-    )
+    try:
+        produce(
+            producer,
+            topic,
+            codec.encode("DeadLetter", dead_letter_to_record(letter), topic),
+            key,
+            headers=[("kycstream-reason", letter.reason.encode())],
+            on_delivery=on_delivery,
+        )
+    except KafkaException as exc:  # librdkafka measures the record before queueing it
+        if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or letter.original_size is not None:
+            raise
+        size = len(letter.original_value)
+        log.warning(
+            "dead_letter_original_cut",
+            topic=letter.source_topic,
+            partition=letter.partition,
+            offset=letter.offset,
+            original_size=size,
+            kept=_ORIGINAL_PREFIX,
+        )
+        cut = dataclasses.replace(letter, original_value=letter.original_value[:_ORIGINAL_PREFIX], original_size=size)
+        produce_dead_letter(producer, codec, topic, cut, key, on_delivery)

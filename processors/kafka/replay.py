@@ -310,6 +310,8 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
         # Read up to the end before writing anything: re-appended letters must wait for the next run.
         letters, last = _letters_since_last_redrive(consumer, codec, topics.dlq)
         for partition, offset, key, letter in letters:
+            if letter.original_size is not None and letter.source_topic == topics.raw:
+                letter = _whole(settings, letter)  # the letter kept a prefix: the record is in the raw topic
             verdict = _verdict(letter, codec, topics, datetime.now(UTC))
             if verdict == "skip":
                 tally[f"skipped:{letter.reason}"] += 1
@@ -346,6 +348,20 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
         consumer.close()
 
 
+def _whole(settings: ProcessorSettings, letter: DeadLetter) -> DeadLetter:
+    """`letter` holding its whole original again, read from where it points in the raw topic (a
+    letter too large to copy its original keeps a prefix); unchanged when the record is gone."""
+    consumer = Consumer(config.consumer(settings.kafka, None, **{"enable.partition.eof": True}))
+    try:
+        consumer.assign([TopicPartition(letter.source_topic, letter.partition, letter.offset)])
+        for msg in consumer.consume(1, 10.0):
+            if msg.error() is None and msg.offset() == letter.offset and msg.value() is not None:
+                return dataclasses.replace(letter, original_value=msg.value() or b"", original_size=None)
+        return letter
+    finally:
+        consumer.close()
+
+
 @dataclasses.dataclass(frozen=True)
 class _Resend:
     """Where a dead letter's record goes back to, and what the tally calls it."""
@@ -363,6 +379,9 @@ def _verdict(
     is sent back if it normalizes now (else why it still fails); a fetch letter's notice event and a
     poll letter's expectation always are; anything else is skipped."""
     if letter.source_topic == topics.raw:
+        if letter.original_size is not None:  # a prefix only, and its record is gone from the raw topic
+            where = f"{letter.source_topic} partition {letter.partition} offset {letter.offset}"
+            return Rejection("original_not_held", f"the original ({letter.original_size} bytes) was at {where}")
         try:
             outcome = normalize(delivery_from_record(codec.decode("RawDelivery", letter.original_value, topics.raw)))
         except (SerdeError, KeyError, TypeError) as exc:

@@ -41,6 +41,7 @@ from processors.probes import LIVENESS_PATH, READINESS_PATH
 from processors.providers import REGISTRY
 from processors.secretfile import read_lines
 from processors.settings import KAFKA_ENV, ProcessorSettings, ReconcileSettings, Settings
+from tests.unit.test_gateway_app import Sink
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -464,7 +465,7 @@ def _port(c: Doc, ref: int | str) -> int:
 def test_gateway_probes_and_ports(overlay: list[Doc], gateway_settings: GatewaySettings) -> None:
     c = container(workload(overlay, "gateway"))
     assert [p["containerPort"] for p in c["ports"]] == [gateway_settings.gateway.port]
-    routes = create_app(gateway_settings, sink=object()).paths  # type: ignore[arg-type]
+    routes = create_app(gateway_settings, sink=Sink()).paths
     probes = {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     for probe, path in probes.items():
         get = c[probe]["httpGet"]

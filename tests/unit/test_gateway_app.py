@@ -42,6 +42,15 @@ class Sink:
     async def write_expectation(self, expectation: Expectation) -> Delivered:
         return Delivered("expected", 0, 0)
 
+    def envelope(self, delivery: RawDelivery) -> tuple[bytes, list[tuple[str, bytes]]]:
+        return delivery.body, [("kycstream-request-id", delivery.request_id.encode())]
+
+    def largest_body(self, source: str, provider: str) -> int:
+        return 1 << 30
+
+    def check(self, key: bytes, value: bytes, headers: object) -> None:
+        pass
+
     async def not_ready(self) -> str | None:
         return None
 
@@ -170,3 +179,25 @@ def _log_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
     """The JSON log lines written meanwhile (structlog prints to stdout until `logs.configure`)."""
     captured = capsys.readouterr()
     return [line for line in (captured.out + captured.err).splitlines() if line.startswith("{")]
+
+
+def test_a_spool_that_cannot_be_written_refuses_with_the_source_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka away and the spool's disk full (a short write): the source's refusal, never a 200."""
+    from gateway.spool import Spool
+    from processors.errors import BrokerError
+
+    sink = Sink()
+    sink.fail = BrokerError("Kafka is away")
+    spool = Spool(tmp_path, 1 << 30, 3600).open()
+    config = GatewaySettings(
+        sources=dev_sources(xendit={"on_kafka_unavailable": "spool"}),
+        kafka={"bootstrap_servers": "127.0.0.1:1"},
+    )
+    real_write = os.write
+    monkeypatch.setattr("gateway.spool.os.write", lambda fd, data: real_write(fd, data[:10]))
+    with serving_app(create_app(config, sink, spool=spool)) as url:
+        answer = post(f"{url}/webhooks/xendit", XENDIT, TOKEN)
+    assert (answer.status_code, answer.json()["error"]) == (503, "spool_failed"), answer.text
+    assert answer.headers["retry-after"] and spool.records == 0

@@ -290,3 +290,27 @@ def test_every_retired_generation_keeps_its_fingerprint() -> None:
     records already in the topics stop decoding: these are the prefixes earlier versions wrote."""
     known = {s.fingerprint.hex() for s in retired_schemas(SCHEMA_DIR)}
     assert {"2a2120bc472a5453", "3dca4dc45bdfe695", "dccd78a463d3f0cb"} <= known
+
+
+def test_a_dead_letter_written_before_original_size_reads_with_none() -> None:
+    """schemas/history keeps the DeadLetter schema from before original_size (a cut original)."""
+    definitions = {p.name.removesuffix(".avsc"): json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.avsc")}
+    definitions["kycstream.DeadLetter"] = json.loads(
+        (SCHEMA_DIR / "history" / "before-original-size" / "kycstream.DeadLetter.avsc").read_text()
+    )
+    old = fastavro.parse_schema(expand_schema("DeadLetter", definitions))
+    fingerprint = fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(old), "CRC-64-AVRO")
+    letter = DeadLetter("invalid_json", "bad", T1, "raw", 1, 7, b"\xc3\x01raw", b"k", "r-1", "esign", "esign")
+    record = serde.dead_letter_to_record(letter)
+    del record["original_size"]
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, old, record)
+    decoded = Codec().decode("DeadLetter", b"\xc3\x01" + bytes.fromhex(fingerprint) + body.getvalue())
+    assert serde.dead_letter_from_record(decoded) == letter and letter.original_size is None
+    cut = DeadLetter("invalid_json", "bad", T1, "raw", 1, 7, b"\xc3\x01r", original_size=1_000_000)
+    assert (
+        serde.dead_letter_from_record(
+            Codec().decode("DeadLetter", Codec().encode("DeadLetter", serde.dead_letter_to_record(cut)))
+        )
+        == cut
+    )

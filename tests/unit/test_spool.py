@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,50 @@ def test_full_by_size_or_by_age(tmp_path: Path) -> None:
     assert old.full() is None
     old.append(_record(0, at=1000.0))
     assert "max_age_s" in (old.full() or "")
+
+
+def test_a_short_write_is_an_error_and_leaves_the_segment_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk may take part of a record without raising: the append fails (the delivery is
+    refused, never a 200) and the part written is cut off, so the records around it stay whole."""
+    spool = _spool(tmp_path)
+    spool.append(_record(0))
+    real_write = os.write
+    monkeypatch.setattr("gateway.spool.os.write", lambda fd, data: real_write(fd, data[: len(data) // 2]))
+    with pytest.raises(OSError, match="short write"):
+        spool.append(_record(1))
+    monkeypatch.undo()
+    assert spool.records == 1 and not spool.holds(b"esign:s-1")
+    spool.append(_record(2))
+    spool.close()
+    again = _spool(tmp_path)
+    assert again.damage == []
+    assert [r.key for p in again.take() for r in again.read(p)] == [b"esign:s-0", b"esign:s-2"]
+
+
+def test_keys_are_held_until_kafka_acknowledged_their_segment(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    spool.append(_record(0))
+    spool.append(_record(0))
+    [taken] = spool.take()
+    spool.append(_record(1))
+    assert spool.holds(b"esign:s-0") and spool.holds(b"esign:s-1") and not spool.holds(b"esign:s-2")
+    spool.remove(taken)
+    assert not spool.holds(b"esign:s-0") and spool.holds(b"esign:s-1")
+    assert _spool(tmp_path).holds(b"esign:s-1"), "a new process knows the keys of what it found"
+
+
+def test_quarantined_records_leave_the_segment_and_are_kept_aside(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    for i in range(3):
+        spool.append(_record(i))
+    [taken] = spool.take()
+    records = spool.read(taken)
+    spool.quarantine(taken, [records[1]], [records[0], records[2]])
+    assert spool.records == 2 and spool.quarantined == 1 and not spool.holds(b"esign:s-1")
+    assert [r.key for r in spool.read(taken)] == [b"esign:s-0", b"esign:s-2"]
+    [aside] = (tmp_path / "quarantine").glob("*.spool")
+    assert scan(aside.read_bytes()) == ([records[1]], [])
+    again = _spool(tmp_path)
+    assert again.quarantined == 1 and again.records == 2
