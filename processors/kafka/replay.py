@@ -47,7 +47,7 @@ def ensure_targets(kafka: KafkaSettings, live: TopicSettings, target: TopicSetti
     Refuses before creating anything when an existing target disagrees (partitions, cleanup policy).
     Returns the names created.
     """
-    admin = AdminClient(config.admin(kafka))
+    admin = AdminClient(config.admin(kafka, role="replay"))
     counts = topics.partition_counts(admin, timeout=10)
     raw = target.raw
     if raw not in counts:
@@ -111,7 +111,9 @@ def replay(settings: ProcessorSettings, since: datetime | None, progress: Progre
     """
     engine = _ReplayEngine(settings)
     raw = settings.topics.raw
-    consumer = Consumer(config.consumer(settings.kafka, f"{settings.processor.group_id}-replay-{uuid.uuid4().hex[:8]}"))
+    consumer = Consumer(
+        config.consumer(settings.kafka, f"{settings.processor.group_id}-replay-{uuid.uuid4().hex[:8]}", role="replay")
+    )
     try:
         partitions = list(range(engine.check_partitions()))
         engine.held = _dead_letters_held(settings, engine.codec)
@@ -232,8 +234,8 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
     """
     topics = settings.topics
     codec = Codec(config.schema_registry(settings.kafka))
-    consumer = Consumer(config.consumer(settings.kafka, f"{settings.processor.group_id}-redrive"))
-    producer = Producer(config.producer(settings.kafka))
+    consumer = Consumer(config.consumer(settings.kafka, f"{settings.processor.group_id}-redrive", role="redrive"))
+    producer = Producer(config.producer(settings.kafka, role="redrive"))
     tally: Counter[str] = Counter()
     failures: list[str] = []
 

@@ -63,7 +63,7 @@ class Engine:
         else:
             overrides["message.timeout.ms"] = int(p.delivery_timeout_s * 1000)
             strategy = AtLeastOnce
-        conf = config.producer(settings.kafka, **overrides)
+        conf = config.producer(settings.kafka, role="processor", **overrides)
         self.outputs = Outputs(conf, self.codec, settings.topics, p, self.metrics.retries)
         self.owner = PartitionOwner(settings, self.outputs, self.metrics, clock, repairs=strategy.repairs)
         self.commit: CommitStrategy = strategy(self.outputs, self.owner, self.metrics.retries)
@@ -208,6 +208,7 @@ class Normalizer:
             config.consumer(
                 settings.kafka,
                 p.group_id,
+                role="processor",
                 **{"session.timeout.ms": p.session_timeout_ms, "enable.partition.eof": False},
             )
         )

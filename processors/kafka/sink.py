@@ -44,6 +44,7 @@ class KafkaRawSink:
         self._producer = AsyncProducer(
             config.producer(
                 kafka,
+                role="gateway",
                 **{
                     "linger.ms": linger_ms,
                     # Past the deadline the caller has answered 503 and the sender will retry.
@@ -119,7 +120,9 @@ class SpoolForwarder:
         self.topic = topic
         self.timeout_s = timeout_s
         self.on_forwarded = on_forwarded
-        self._conf = config.producer(kafka, **{"message.timeout.ms": int(timeout_s * 1000), "linger.ms": 5})
+        self._conf = config.producer(
+            kafka, role="spool-forwarder", **{"message.timeout.ms": int(timeout_s * 1000), "linger.ms": 5}
+        )
         self._producer = Producer(self._conf)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spool-forwarder", daemon=True)
