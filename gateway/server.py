@@ -58,7 +58,12 @@ def _spool(settings: GatewaySettings, metrics: GatewayMetrics) -> tuple[Spool | 
             "give the gateway a writable directory on a volume that outlives it, KYCSTREAM_GATEWAY__SPOOL_DIR)"
         ) from exc
     forwarder = SpoolForwarder(
-        spool, settings.kafka, settings.topics.raw, on_forwarded=metrics.spool_forwarded.inc
+        spool,
+        settings.kafka,
+        settings.topics.raw,
+        on_forwarded=metrics.spool_forwarded.inc,
+        dedup_window_s=settings.gateway.spool.dedup_window_s,
+        on_past_dedup_window=metrics.spool_forwarded_past_dedup_window.inc,
     ).start()
     log.info("spool_open", directory=str(server.spool_dir), sources=settings.spooling, records=spool.records)
     return spool, forwarder
