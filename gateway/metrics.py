@@ -92,6 +92,11 @@ class GatewayMetrics:
             "quarantine/ directory: answered 200, not in Kafka. An operator must act (docs/operations.md).",
             registry=self.registry,
         )
+        self.spool_forwarded_past_dedup_window = Counter(
+            "kycstream_gateway_spool_forwarded_past_dedup_window",
+            "Spooled records forwarded later than gateway.spool.dedup_window_s after they were spooled.",
+            registry=self.registry,
+        )
         self.spool_damaged_bytes = Counter(
             "kycstream_gateway_spool_damaged_bytes",
             "Bytes of the spool found corrupt or torn at start (their records are lost; see the log).",

@@ -64,6 +64,8 @@ def _spool(settings: GatewaySettings, metrics: GatewayMetrics) -> tuple[Spool | 
         settings.topics.raw,
         on_forwarded=metrics.spool_forwarded.inc,
         on_failed=lambda error, n: metrics.spool_forward_failures.labels(error).inc(n),
+        dedup_window_s=settings.gateway.spool.dedup_window_s,
+        on_past_dedup_window=metrics.spool_forwarded_past_dedup_window.inc,
     ).start()
     log.info("spool_open", directory=str(server.spool_dir), sources=settings.spooling, records=spool.records)
     return spool, forwarder

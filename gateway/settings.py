@@ -136,6 +136,12 @@ class SpoolSettings(Section):
     max_bytes: int = Field(1024**3, ge=1024 * 1024, description="past this the spooling sources refuse")
     max_age_s: float = Field(24 * 3600, gt=0, description="a spool whose oldest record is older refuses more")
     drain_on_exit_s: float = Field(20.0, ge=0, description="on SIGTERM, forward the spool for up to this long")
+    dedup_window_s: float = Field(
+        7 * 24 * 3600,
+        gt=0,
+        description="the processors' processor.dedup_window_s: a record forwarded later than this after it was "
+        "spooled is past their dedup (a repeat of it could become a second event): forwarded, warned and counted",
+    )
 
 
 class ServerSettings(Section):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import threading
+import time
 import weakref
+from collections.abc import Callable
 from typing import Any, TextIO, cast
 
 import orjson
@@ -62,3 +66,68 @@ def get(name: str) -> structlog.typing.FilteringBoundLogger:
     logger = structlog.get_logger(name)
     _LOGGERS.add(logger)
     return logger  # type: ignore[no-any-return]
+
+
+# librdkafka repeats a line while a broker is away (FAIL twice a second per client): the same line
+# of the same client is written once per REPEAT_S, then again with how many were left out.
+REPEAT_S = 60.0
+# What changes between two repeats of one line: times ("after 0ms in state CONNECT") and
+# librdkafka's own count of the lines it left out.
+_VARYING = re.compile(r"\d+\s*ms\b|, \d+ identical error\(s\) suppressed")
+_ROLE_LOGGERS: dict[str, logging.Logger] = {}
+_ROLE_LOCK = threading.Lock()
+
+
+def librdkafka(role: str) -> logging.Logger:
+    """The logging.Logger a Kafka client of `role` is given (confluent-kafka's `logger`): its lines
+    become structured `kafka_client` lines with the role, repeats held back (see RepeatFilter)."""
+    with _ROLE_LOCK:
+        if role not in _ROLE_LOGGERS:
+            logger = logging.Logger(f"kycstream.librdkafka.{role}", logging.DEBUG)  # not in the stdlib tree
+            logger.propagate = False
+            logger.addHandler(_ClientLines(role))
+            _ROLE_LOGGERS[role] = logger
+        return _ROLE_LOGGERS[role]
+
+
+class RepeatFilter:
+    """Whether a line is written now: the first of its kind is, a repeat within `window_s` is counted
+    instead, and the first repeat after the window is written with that count (`repeated`)."""
+
+    def __init__(self, window_s: float = REPEAT_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self.held: dict[tuple[str, ...], tuple[float, int]] = {}  # kind -> (written at, repeats held since)
+
+    def admit(self, kind: tuple[str, ...]) -> int | None:
+        """None to hold the line back, else how many of its kind were held back before it."""
+        now = self.clock()
+        written_at, held = self.held.get(kind, (now - self.window_s, 0))
+        if now - written_at < self.window_s:
+            self.held[kind] = (written_at, held + 1)
+            return None
+        if len(self.held) > 1000:  # lines that vary without end (debug contexts): forget the old ones
+            self.held = {k: v for k, v in self.held.items() if now - v[0] < self.window_s}
+        self.held[kind] = (now, 0)
+        return held
+
+
+class _ClientLines(logging.Handler):
+    """confluent-kafka calls logger.log(level, "%s [%s] %s", facility, client name, message)."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+        self.repeats = RepeatFilter()
+        self._log = get("kycstream.kafka")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) and len(record.args) == 3 else None
+        facility, client, message = (str(a) for a in args) if args else ("", "", record.getMessage())
+        held = self.repeats.admit((facility, client, _VARYING.sub("", message)))
+        if held is None:
+            return
+        fields: dict[str, Any] = {"role": self.role, "client": client, "facility": facility, "message": message}
+        if held:
+            fields["repeated"] = held
+        self._log.log(record.levelno, "kafka_client", **fields)

@@ -6,8 +6,10 @@ Also the base of every settings section, `Section`: processors.settings imports 
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -36,9 +38,7 @@ class OAuth2Settings(Section):
     @field_validator("token_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} must start with https:// (or http:// for a local test server)")
-        return value
+        return secure_url(value)
 
     @model_validator(mode="after")
     def _one_secret(self) -> Self:
@@ -155,9 +155,32 @@ class PollSettings(Section):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} must start with https:// (or http:// for a local test server)")
-        return value.rstrip("/")
+        return secure_url(value).rstrip("/")
+
+
+def secure_url(value: str) -> str:
+    """`value` if it is https://, or http:// to a loopback host (a local stand-in); these URLs carry
+    API keys, passwords and client secrets, which plain HTTP would send in clear text."""
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return value
+    if parts.scheme == "http" and parts.hostname and _loopback(parts.hostname):
+        return value
+    if parts.scheme == "http":
+        raise ValueError(
+            f"{value!r} is plain http:// to a host off this machine: the API credential would cross the network "
+            "in clear text. Use https:// (http:// is for a stand-in on 127.0.0.1, ::1 or localhost only)"
+        )
+    raise ValueError(f"{value!r} must start with https:// (or http:// for a stand-in on 127.0.0.1, ::1 or localhost)")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _secret(value: SecretStr | None, file: Path | None) -> str | None:

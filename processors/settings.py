@@ -41,6 +41,45 @@ KAFKA_ENV = {
 }
 
 
+_ACKS = "kycstream answers 200 only once every in-sync replica has the record (acks=all)"
+_IDEMPOTENT = "retries must never duplicate or reorder a verification's records (idempotent producer)"
+_OFFSETS = "offsets move only after a record's outputs are acknowledged: kycstream stores and commits them"
+_OWN = "set it with its own setting: {}"
+# The librdkafka properties kafka.extra cannot change, and why: kycstream's guarantees rest on
+# them, or a setting of its own sets them (per role where roles differ).
+EXTRA_REFUSED: dict[str, str] = {
+    "acks": _ACKS,
+    "request.required.acks": _ACKS,
+    "enable.idempotence": _IDEMPOTENT,
+    "transactional.id": _OWN.format("processor.transactional_id (processor.processing_guarantee: exactly_once)"),
+    "enable.auto.commit": _OFFSETS,
+    "auto.commit.enable": _OFFSETS,
+    "enable.auto.offset.store": _OFFSETS,
+    "isolation.level": "kycstream reads only committed records (read_committed), so aborted transactions never count",
+    "enable.partition.eof": "restores and readers stop at each partition's end, and the processor does not",
+    "auto.offset.reset": "a group without a committed offset starts at the earliest record, so none is skipped",
+    "group.id": _OWN.format("processor.group_id, reconcile.group_id (the other groups are derived from them)"),
+    "group.instance.id": "one value in a config every pod shares would fence all members but one",
+    "partition.assignment.strategy": "the processor restores whole assignments as an eager rebalance hands them out",
+    "group.protocol": "the processor restores whole assignments as an eager rebalance hands them out",
+    "session.timeout.ms": _OWN.format("processor.session_timeout_ms, reconcile.session_timeout_ms"),
+    "linger.ms": _OWN.format("gateway.linger_ms, processor.linger_ms"),
+    "queue.buffering.max.ms": _OWN.format("gateway.linger_ms, processor.linger_ms"),
+    "bootstrap.servers": _OWN.format("kafka.bootstrap_servers"),
+    "metadata.broker.list": _OWN.format("kafka.bootstrap_servers"),
+    "client.id": _OWN.format("kafka.client_id"),
+    "security.protocol": _OWN.format("kafka.security_protocol"),
+    "sasl.mechanism": _OWN.format("kafka.sasl_mechanism"),
+    "sasl.mechanisms": _OWN.format("kafka.sasl_mechanism"),
+    "sasl.username": _OWN.format("kafka.sasl_username"),
+    "sasl.password": _OWN.format("kafka.sasl_password (or KAFKA_SASL_PASSWORD_FILE): a secret, never in extra"),
+    "ssl.ca.location": _OWN.format("kafka.ssl_ca_location"),
+    "ssl.certificate.location": _OWN.format("kafka.ssl_certificate_location"),
+    "ssl.key.location": _OWN.format("kafka.ssl_key_location"),
+    "log.queue": "kycstream serves librdkafka's log lines through its structured logger, from the log queue",
+}
+
+
 class KafkaSettings(Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "kycstream"
@@ -53,8 +92,18 @@ class KafkaSettings(Section):
     ssl_key_location: str | None = None
     schema_registry_url: str | None = None
     schema_registry_basic_auth: SecretStr | None = Field(None, description="user:password")
-    # Any other librdkafka property, passed through as is (e.g. {"socket.keepalive.enable": "true"}).
+    # Any other librdkafka property (e.g. {"socket.keepalive.enable": "true"}): it overrides kycstream's
+    # own value, and goes only to the clients it applies to (a consumer property to consumers). The
+    # properties of EXTRA_REFUSED cannot be changed here: refused at start, with the reason.
     extra: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("extra")
+    @classmethod
+    def _changeable(cls, value: dict[str, str]) -> dict[str, str]:
+        refused = [f"{key}: {EXTRA_REFUSED[key]}" for key in value if key in EXTRA_REFUSED]
+        if refused:
+            raise ValueError("cannot be set in kafka.extra: " + "; ".join(refused))
+        return value
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -73,11 +122,31 @@ class TopicSettings(Section):
     dlq: str = "kyc.webhooks.dlq.v1"
     expected: str = "kyc.verification.expected.v1"
     partitions: int = Field(6, ge=1, le=10_000)
-    replication_factor: int = Field(1, ge=1)
-    min_insync_replicas: int | None = Field(None, ge=1)
+    replication_factor: int = Field(
+        3, ge=1, description="1 on a single-broker cluster (the embedded broker); `topics create` refuses 1 on more"
+    )
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="default: 2 when replication_factor is 3 or more, else the broker's default"
+    )
     raw_retention_ms: int = Field(30 * DAY_MS, ge=-1)
     dlq_retention_ms: int = Field(30 * DAY_MS, ge=-1)
     events_retention_ms: int = Field(30 * DAY_MS, ge=-1)
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Self:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas {self.min_insync_replicas} is over replication_factor "
+                f"{self.replication_factor}: every acks=all write would fail; set it at most {self.replication_factor}"
+            )
+        return self
+
+    @property
+    def insync_replicas(self) -> int | None:
+        """min.insync.replicas for the topics: 2 of 3 replicas by default (one broker may be down)."""
+        if self.min_insync_replicas is not None:
+            return self.min_insync_replicas
+        return 2 if self.replication_factor >= 3 else None
 
 
 class Settings(BaseSettings):
@@ -209,10 +278,14 @@ class ReconcileSource(BaseModel):
         return self
 
 
+# Kafka's default since 3.0, as cloud brokers recommend: a GC pause or a broker roll costs no rebalance.
+_SESSION = "a member that dies without leaving the group holds its partitions this long"
+
+
 class ReconcileSection(Section):
     group_id: str = "kycstream-reconciler"
     tick_s: float = Field(5.0, gt=0)
-    session_timeout_ms: int = Field(6000, ge=1000)
+    session_timeout_ms: int = Field(45_000, ge=1000, description=_SESSION)
     metrics_port: int | None = Field(9109, ge=0, le=65535, description="0 or null: no metrics server")
     liveness_timeout_s: float = Field(
         600.0, gt=0, description="/livez answers 503 when the run loop has not gone round for this long"
@@ -228,7 +301,7 @@ class ProcessorSection(Section):
     group_id: str = "kycstream-normalizer"
     batch_size: int = Field(500, ge=1, le=100_000)
     poll_timeout_s: float = Field(0.05, gt=0, description="how long a batch waits to fill: latency vs batching")
-    session_timeout_ms: int = Field(6000, ge=1000)
+    session_timeout_ms: int = Field(45_000, ge=1000, description=_SESSION)
     linger_ms: float = Field(5.0, ge=0)
     flush_timeout_s: float = Field(30.0, gt=0)
     delivery_timeout_s: float = Field(

@@ -50,15 +50,24 @@ def broker(
 def topics_create(
     config: ConfigOpt = None,
     partitions: Annotated[int | None, typer.Option(help="Partitions per topic.")] = None,
+    allow_single_replica: Annotated[
+        bool,
+        typer.Option(
+            "--allow-single-replica",
+            help="Accept topics.replication_factor 1 on a cluster of several brokers: one broker's loss "
+            "then loses deliveries already answered 200.",
+        ),
+    ] = False,
 ) -> None:
-    """Create the six topics with their configs; topics that exist are left as they are."""
+    """Create the six topics with their configs; topics that exist are left as they are. Three replicas
+    (two in sync) by default; one on a single-broker cluster such as the embedded broker."""
     from processors.kafka import topics
 
     settings = _load(Settings, config)
     if partitions is not None:
         settings = _override(settings, topics={"partitions": partitions})
     try:
-        outcome = topics.create_all(settings.kafka, settings.topics)
+        outcome = topics.create_all(settings.kafka, settings.topics, allow_single_replica)
     except KycstreamError as exc:
         raise _fail(str(exc)) from exc
     for name, what in outcome.items():

@@ -57,7 +57,7 @@ def find(
     partitioner = str(config.common(kafka).get("partitioner", DEFAULT))
     # A fetch of a partition with nothing new waits fetch.wait.max.ms (500 ms) for records: an
     # interactive read of a few partitions to their end would spend most of its time waiting.
-    consumer = Consumer(config.consumer(kafka, None, **{"fetch.wait.max.ms": 10}))
+    consumer = Consumer(config.consumer(kafka, None, role="inspect", **{"fetch.wait.max.ms": 10}))
     try:
         raw_count = len(reader.topic_partitions(consumer, topics.raw))
         raw_partition = partition_for(wanted_key, raw_count, partitioner)

@@ -58,6 +58,7 @@ class PartitionOwner:
             config.consumer(
                 settings.kafka,
                 f"{self.p.group_id}-restore",
+                role="processor-restore",
                 **recovery.RESTORE_CONSUMER,  # bulk reads: never wait for data, fetch far ahead
             )
         )

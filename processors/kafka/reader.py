@@ -57,7 +57,7 @@ def follow(
 
     Stops after `idle_timeout` seconds without a record (None: never).
     """
-    consumer = Consumer(config.consumer(kafka, f"kycstream-reader-{uuid.uuid4()}"))
+    consumer = Consumer(config.consumer(kafka, f"kycstream-reader-{uuid.uuid4()}", role="reader"))
     try:
         partitions = topic_partitions(consumer, topic)
         consumer.assign([_start(consumer, topic, p, start) for p in partitions])
@@ -160,7 +160,7 @@ def committed_offsets(kafka: KafkaSettings, group: str, topic: str, partitions: 
 
 def unprocessed(kafka: KafkaSettings, group: str, topic: str, timeout: float = 30.0) -> int:
     """How many records of `topic` lie past the group's committed offsets (read to partition EOF)."""
-    consumer = Consumer(config.consumer(kafka, group))
+    consumer = Consumer(config.consumer(kafka, group, role="reader"))
     try:
         partitions = topic_partitions(consumer, topic)
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)

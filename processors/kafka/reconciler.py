@@ -102,7 +102,7 @@ class Reconciler:
         self.metrics = ReconcileMetrics()
         r = settings.reconcile
         self.tables = Tables(settings, self.codec, self.metrics.undecodable, self.metrics.open)
-        self._out = RenewableProducer(config.producer(settings.kafka))  # shared with the fetcher
+        self._out = RenewableProducer(config.producer(settings.kafka, role="reconciler"))  # shared with the fetcher
         self.ticks = 0  # ticks that acted on whole tables
         self.health = Health(r.liveness_timeout_s)  # beaten by the run loop; ready once its tables are whole
         for source in settings.sources.values():  # every series exists from the start, for alerts
@@ -118,6 +118,7 @@ class Reconciler:
             config.consumer(
                 settings.kafka,
                 f"{r.group_id}-fetch",
+                role="reconciler-fetch",
                 **{"session.timeout.ms": r.session_timeout_ms, "enable.partition.eof": False},
             )
         )

@@ -94,7 +94,7 @@ def ensure_targets(kafka: KafkaSettings, live: TopicSettings, target: TopicSetti
     Refuses before creating anything when an existing target disagrees (partitions, cleanup policy).
     Returns the names created.
     """
-    admin = AdminClient(config.admin(kafka))
+    admin = AdminClient(config.admin(kafka, role="replay"))
     counts = topics.partition_counts(admin, timeout=10)
     raw = target.raw
     if raw not in counts:
@@ -169,7 +169,7 @@ def replay(
         settings = settings.with_overrides(processor={"transactional_id": run})
     engine = _ReplayEngine(settings)
     raw = settings.topics.raw
-    consumer = Consumer(config.consumer(settings.kafka, run))
+    consumer = Consumer(config.consumer(settings.kafka, run, role="replay"))
     try:
         partitions = list(range(engine.check_partitions()))
         # Read before the restore: the dedup records of everything below them are written by then.
@@ -297,8 +297,8 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
     """
     topics = settings.topics
     codec = Codec(config.schema_registry(settings.kafka))
-    consumer = Consumer(config.consumer(settings.kafka, f"{settings.processor.group_id}-redrive"))
-    producer = Producer(config.producer(settings.kafka))
+    consumer = Consumer(config.consumer(settings.kafka, f"{settings.processor.group_id}-redrive", role="redrive"))
+    producer = Producer(config.producer(settings.kafka, role="redrive"))
     tally: Counter[str] = Counter()
     failures: list[str] = []
 
@@ -351,7 +351,7 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
 def _whole(settings: ProcessorSettings, letter: DeadLetter) -> DeadLetter:
     """`letter` holding its whole original again, read from where it points in the raw topic (a
     letter too large to copy its original keeps a prefix); unchanged when the record is gone."""
-    consumer = Consumer(config.consumer(settings.kafka, None, **{"enable.partition.eof": True}))
+    consumer = Consumer(config.consumer(settings.kafka, None, role="redrive"))
     try:
         consumer.assign([TopicPartition(letter.source_topic, letter.partition, letter.offset)])
         for msg in consumer.consume(1, 10.0):

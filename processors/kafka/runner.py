@@ -65,7 +65,7 @@ class Engine:
         else:
             overrides["message.timeout.ms"] = int(p.delivery_timeout_s * 1000)
             strategy = AtLeastOnce
-        conf = config.producer(settings.kafka, **overrides)
+        conf = config.producer(settings.kafka, role="processor", **overrides)
         limits.check_batch_size(p, conf)
         self.health = Health(limits.liveness_deadline(p))  # beaten by the run loop and each restore
         self.outputs = Outputs(conf, self.codec, settings.topics, p, self.metrics.retries)
@@ -218,7 +218,10 @@ class Normalizer:
         self.metrics = self.engine.metrics
         p = settings.processor
         conf = config.consumer(
-            settings.kafka, p.group_id, **{"session.timeout.ms": p.session_timeout_ms, "enable.partition.eof": False}
+            settings.kafka,
+            p.group_id,
+            role="processor",
+            **{"session.timeout.ms": p.session_timeout_ms, "enable.partition.eof": False},
         )
         limits.check_restore_timeout(p, conf)
         self.health = self.engine.health

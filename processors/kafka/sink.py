@@ -77,6 +77,7 @@ class KafkaRawSink:
         self._codec = codec or Codec(config.schema_registry(kafka))
         conf = config.producer(
             kafka,
+            role="gateway",
             **{
                 "linger.ms": linger_ms,
                 # Past the deadline the caller has answered 503 and the sender will retry.
@@ -186,13 +187,19 @@ class SpoolForwarder:
         timeout_s: float = 10.0,
         on_forwarded: Callable[[int], None] = lambda n: None,
         on_failed: Callable[[str, int], None] = lambda error, n: None,
+        dedup_window_s: float | None = None,
+        on_past_dedup_window: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.spool = spool
         self.topic = topic
         self.timeout_s = timeout_s
         self.on_forwarded = on_forwarded
         self.on_failed = on_failed
-        self._conf = config.producer(kafka, **{"message.timeout.ms": int(timeout_s * 1000), "linger.ms": 5})
+        self._conf = config.producer(
+            kafka, role="spool-forwarder", **{"message.timeout.ms": int(timeout_s * 1000), "linger.ms": 5}
+        )
+        self.dedup_window_s = dedup_window_s
+        self.on_past_dedup_window = on_past_dedup_window
         self._producer = Producer(self._conf)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spool-forwarder", daemon=True)
@@ -275,6 +282,7 @@ class SpoolForwarder:
             self._producer.flush(0)
             self._producer = Producer(self._conf)  # an idempotent producer whose records expired may be fenced
             return False
+        self._past_dedup_window(path.name, records)  # counted before the spool says it is empty
         self.spool.remove(path)
         self.on_forwarded(len(records) - len(refused))
         log.info("spool_forwarded", segment=path.name, records=len(records) - len(refused))
@@ -294,6 +302,23 @@ class SpoolForwarder:
             errors=sorted({errors[i].str() for i in refused}),
             directory=str(self.spool.directory / "quarantine"),
         )
+
+    def _past_dedup_window(self, segment: str, records: list[Spooled]) -> None:
+        """Warn of records the processors' dedup no longer remembers: had the provider delivered one
+        of them again meanwhile, it could become a second event (docs/operations.md)."""
+        if self.dedup_window_s is None:
+            return
+        now = time.time()  # the spool's clock: spooled_at is wall time
+        ages = [now - r.spooled_at for r in records if now - r.spooled_at > self.dedup_window_s]
+        if ages:
+            log.warning(
+                "spool_forwarded_past_dedup_window",
+                segment=segment,
+                records=len(ages),
+                oldest_age_s=round(max(ages)),
+                dedup_window_s=self.dedup_window_s,
+            )
+            self.on_past_dedup_window(len(ages))
 
     def stop(self, drain_s: float) -> int:
         """Stop; forward what is spooled for up to `drain_s` first. Returns the records left."""

@@ -52,9 +52,12 @@ class Tables:
         self.open_gauge = open_gauge
         r = settings.reconcile
         self.expected = Consumer(
-            config.consumer(settings.kafka, r.group_id, **{"session.timeout.ms": r.session_timeout_ms})
+            config.consumer(
+                settings.kafka, r.group_id, role="reconciler", **{"session.timeout.ms": r.session_timeout_ms}
+            )
         )
-        self.others = Consumer(config.consumer(settings.kafka, f"{r.group_id}-state"))  # state and DLQ
+        # state and DLQ
+        self.others = Consumer(config.consumer(settings.kafka, f"{r.group_id}-state", role="reconciler-state"))
         self.tracked: dict[str, Tracked] = {}
         self.states: dict[str, tuple[VerificationStatus, datetime]] = {}
         self.lettered: set[tuple[int, int]] = set()  # (partition, offset) of expectations with a letter

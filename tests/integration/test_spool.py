@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -273,3 +274,25 @@ def test_the_spool_drains_under_steady_load_while_new_deliveries_go_straight_to_
         wait_until(lambda: committed_to_end(kafka, group, names.raw), 120, "the raw topic processed")
     events = read(kafka, names.events, codec, "VerificationEvent", at_least=total)
     assert sorted(e["verification_id"] for e in events) == [f"p-{i:05d}" for i in range(total)]
+
+
+def test_a_record_spooled_longer_than_the_dedup_window_is_forwarded_with_a_warning(
+    kafka: KafkaSettings, codec: Codec, tmp_path: Path
+) -> None:
+    names = TopicSettings(partitions=1)
+    topics.create_all(kafka, names)
+    spool_dir = tmp_path / "spool"
+    sink = KafkaRawSink(kafka, names)
+    old, new = (raw_delivery("signicat", _signicat(f"p-{i}")) for i in range(2))
+    spool = Spool(spool_dir, 1 << 30, 3600).open()
+    for delivery, spooled_at in ((old, time.time() - 8 * 24 * 3600), (new, time.time())):
+        value, headers = sink.envelope(delivery)
+        spool.append(Spooled(f"signicat:{delivery.request_id}".encode(), value, tuple(headers), spooled_at))
+    spool.close()
+    sink.close(1)
+    settings = _settings(kafka, names, spool_dir)  # the default window: 7 days, as the processors'
+    with gateway(settings) as url:
+        wait_until(lambda: _metric(url, "kycstream_gateway_spool_records") == 0, 60, "the spool forwarded")
+        assert _metric(url, "kycstream_gateway_spool_forwarded_past_dedup_window_total") == 1
+    raw = read(kafka, names.raw, codec, "RawDelivery")
+    assert [r["request_id"] for r in raw] == [old.request_id, new.request_id], "forwarded all the same, in order"
