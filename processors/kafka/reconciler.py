@@ -25,7 +25,6 @@ dead letter and its tombstone is covered by reading the DLQ back (tables.py).
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
 import functools
@@ -43,20 +42,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processors import logs
 from processors.avro.records import delivery_to_record, expectation_to_record
-from processors.calls import CallThread
+from processors.calls import ProviderCalls
 from processors.kafka import config
 from processors.kafka.fetcher import Fetcher, FetchJob
 from processors.kafka.producer import RenewableProducer, produce_dead_letter
 from processors.kafka.serde import Codec
 from processors.kafka.tables import Tables, Tracked
-from processors.model import DeadLetter, Expectation, RawDelivery
+from processors.model import DeadLetter, RawDelivery
 from processors.pipeline import raised_at, routing_id
-from processors.polling import Poller, PollOutcome, Verdict
-from processors.providers import REGISTRY
+from processors.polling import PollOutcome, Verdict
 from processors.settings import ReconcileSettings
 
 log = logs.get("kycstream.reconcile")
-_T = typing.TypeVar("_T")
 
 
 class ReconcileMetrics:
@@ -131,13 +128,7 @@ class Reconciler:
             if source.poll is not None:
                 for outcome in (*typing.get_args(Verdict), "poll_unauthorized", "poll_expired"):
                     self.metrics.polls.labels(source.provider, outcome)
-        # One event loop (on the call thread) and one HTTP client for the reconciler's life:
-        # connections (and TLS sessions) to each provider are reused from tick to tick. The client,
-        # pollers and gates are used on that loop only.
-        self._calls: CallThread | None = None
-        self._client: httpx.AsyncClient | None = None
-        self._pollers: dict[str, Poller] = {}  # by source; their rate limits hold across ticks
-        self._gates: dict[str, asyncio.Semaphore] = {}  # by source: polls let into its poller at once
+        self.calls = ProviderCalls(settings, self.metrics.token_requests, transport)
         self._polls: dict[concurrent.futures.Future[PollOutcome | None], Tracked] = {}  # this tick's
         self._fetches: dict[concurrent.futures.Future[httpx.Response | PollOutcome], FetchJob] = {}
         fetch_consumer = Consumer(
@@ -217,7 +208,7 @@ class Reconciler:
         deadline = time.monotonic() + self.settings.reconcile.max_tick_s
         for tracked in to_poll:
             tracked.polling = True
-            self._polls[self._call(self._poll(tracked.expectation, deadline))] = tracked
+            self._polls[self.calls.poll(tracked.expectation, deadline)] = tracked
         self.ticks += 1
 
     def _tick_due(self, last_tick: float) -> bool:
@@ -251,46 +242,12 @@ class Reconciler:
         if left:  # their reports come later (producer.poll); until then those expectations wait
             log.warning("reconcile_writes_not_acknowledged_yet", records=left)
 
-    def _call(self, call: typing.Coroutine[typing.Any, typing.Any, _T]) -> concurrent.futures.Future[_T]:
-        if self._calls is None:
-            self._calls = CallThread()
-        return self._calls.submit(call)
-
-    async def _poll(self, expectation: Expectation, deadline: float) -> PollOutcome | None:
-        """On the call thread. None when the source's gate did not let it in before `deadline`.
-        The gate keeps at most the source's concurrency of polls in its poller, so a fetch for that
-        source waits behind those few, never behind a whole tick."""
-        source = self.settings.sources[expectation.source]
-        assert source.poll is not None
-        gate = self._gates.setdefault(expectation.source, asyncio.Semaphore(source.poll.concurrency))
-        async with gate:
-            if time.monotonic() > deadline:
-                return None
-            return await self._poller(expectation.source).poll(expectation)
-
-    def _poller(self, name: str) -> Poller:
-        """The source's poller (its rate limit and concurrency), shared by polls and fetches. On the
-        call thread."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(transport=self.transport)
-        if name not in self._pollers:
-            source = self.settings.sources[name]
-            assert source.poll is not None
-            self._pollers[name] = Poller(
-                REGISTRY[source.provider],
-                source.poll,
-                self._client,
-                token_requests=self.metrics.token_requests,
-                transport=self.transport,
-            )
-        return self._pollers[name]
-
     def fetch_due(self) -> None:
         """Start every fetch due now, write or reschedule each answered one, and commit what is
         finished. Fetches do not wait for a tick: they are started on the loop's every turn."""
         for job in self.fetcher.due(self.clock()):
             job.fetching = True
-            self._fetches[self._call(self._fetch(job))] = job
+            self._fetches[self.calls.call(job.event.source, functools.partial(self.fetcher.fetch, job))] = job
         for future in [f for f in self._fetches if f.done()]:
             job = self._fetches.pop(future)
             job.fetching = False
@@ -300,23 +257,9 @@ class Reconciler:
         self.producer.poll(0)  # delivery reports finish fetch jobs and polls
         self.fetcher.commit()
 
-    async def _fetch(self, job: FetchJob) -> httpx.Response | PollOutcome:
-        return await self.fetcher.fetch(job, self._poller(job.event.source))
-
-    def _close_http(self) -> None:
-        """Cancel the calls still running (their work is due again for the next owner) and close the
-        HTTP client and credentials."""
-        if self._calls is None:
-            return
-        self._calls.close(self._aclose())
-        self._calls, self._polls, self._fetches = None, {}, {}
-
-    async def _aclose(self) -> None:
-        for poller in self._pollers.values():
-            await poller.aclose()
-        if self._client is not None:
-            await self._client.aclose()
-        self._client, self._pollers, self._gates = None, {}, {}
+    def _stop_calls(self) -> None:
+        self.calls.close()
+        self._polls, self._fetches = {}, {}
 
     def _act(self, tracked: Tracked, outcome: PollOutcome, now: datetime) -> None:
         e = tracked.expectation
@@ -488,7 +431,7 @@ class Reconciler:
                     last_tick = time.monotonic()
                     self.tick()
         finally:
-            self._close_http()
+            self._stop_calls()
             if left := self.producer.flush(self._FLUSH_TIMEOUT_S):  # not counted: polled again by the next owner
                 log.warning("reconciler_stopped_with_writes_unacknowledged", records=left)
             self.fetcher.commit()
