@@ -170,7 +170,8 @@ def test_old_writer_schema_reads_with_the_new_reader(tmp_path: Path) -> None:
 
 def test_an_expectation_written_before_poll_times_were_kept_reads_as_never_polled() -> None:
     """The previous Expectation schema is kept in schemas/history: its records still decode."""
-    old = json.loads((SCHEMA_DIR / "history" / "kycstream.Expectation.avsc").read_text())
+    (retired,) = (SCHEMA_DIR / "history").rglob("kycstream.Expectation.avsc")
+    old = json.loads(retired.read_text())
     old_parsed = fastavro.parse_schema(old)
     fingerprint = fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(old_parsed), "CRC-64-AVRO")
     record = serde.expectation_to_record(Expectation("esign", "esign", "s-1", T0, {"userId": "u-1"}, 600))
