@@ -216,10 +216,24 @@ class Expectation:
     expected_at: datetime
     lookup: dict[str, str] = field(default_factory=dict)
     window_s: int | None = None
+    # Written back by the reconciler when it polls, so a restart does not poll everything again.
+    last_polled_at: datetime | None = None
+    polls: int = 0
 
     @property
     def key(self) -> str:
         return f"{self.provider}:{self.verification_id}"
+
+    def same_request(self, other: Expectation) -> bool:
+        """The same integrator's expectation, whatever the reconciler wrote back about its polls."""
+        return (self.source, self.provider, self.verification_id, self.expected_at, self.lookup, self.window_s) == (
+            other.source,
+            other.provider,
+            other.verification_id,
+            other.expected_at,
+            other.lookup,
+            other.window_s,
+        )
 
 
 @value

@@ -285,11 +285,29 @@ _SESSION = "a member that dies without leaving the group holds its partitions th
 class ReconcileSection(Section):
     group_id: str = "kycstream-reconciler"
     tick_s: float = Field(5.0, gt=0)
+    max_polls_per_tick: int = Field(
+        200, ge=1, description="a tick starts at most this many polls, oldest due first; the rest wait for the next"
+    )
+    max_tick_s: float = Field(
+        30.0, gt=0, description="a poll of a tick not started within this is left for the next tick (still due)"
+    )
     session_timeout_ms: int = Field(45_000, ge=1000, description=_SESSION)
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1000, description="the reconciler's groups (expectations, fetches): max.poll.interval.ms"
+    )
     metrics_port: int | None = Field(9109, ge=0, le=65535, description="0 or null: no metrics server")
     liveness_timeout_s: float = Field(
         600.0, gt=0, description="/livez answers 503 when the run loop has not gone round for this long"
     )
+
+    @model_validator(mode="after")
+    def _poll_interval_holds_a_session(self) -> Self:
+        if self.max_poll_interval_ms < self.session_timeout_ms:
+            raise ValueError(
+                f"max_poll_interval_ms: {self.max_poll_interval_ms} is below session_timeout_ms "
+                f"({self.session_timeout_ms}); Kafka needs it at least as long: raise it or lower session_timeout_ms"
+            )
+        return self
 
 
 class ReconcileSettings(Settings):

@@ -185,14 +185,19 @@ def processing(kafka: KafkaSettings, topic_settings: TopicSettings, **section: A
 
 @contextmanager
 def reconciling(
-    kafka: KafkaSettings, topic_settings: TopicSettings, sources: dict[str, Any], group: str | None = None
+    kafka: KafkaSettings,
+    topic_settings: TopicSettings,
+    sources: dict[str, Any],
+    group: str | None = None,
+    **section: Any,
 ) -> Iterator[Reconciler]:
-    """`kycstream reconcile` in a thread (polls and fetches), ticking every 0.3 s."""
+    """`kycstream reconcile` in a thread (polls and fetches), ticking every 0.3 s; `section`: more
+    `reconcile:` settings."""
     settings = ReconcileSettings(
         kafka=kafka,
         topics=topic_settings,
         sources=sources,
-        reconcile={"group_id": group or unique("rec"), "tick_s": 0.3, "metrics_port": None, **FAST_GROUP},
+        reconcile={"group_id": group or unique("rec"), "tick_s": 0.3, "metrics_port": None, **FAST_GROUP, **section},
     )
     reconciler = Reconciler(settings)
     stop = threading.Event()

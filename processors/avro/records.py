@@ -223,6 +223,8 @@ def expectation_to_record(e: Expectation) -> dict[str, Any]:
         "lookup": dict(e.lookup),
         "expected_at": _utc(e.expected_at),
         "window_s": e.window_s,
+        "last_polled_at": _utc(e.last_polled_at),
+        "polls": e.polls,
     }
 
 
@@ -234,4 +236,6 @@ def expectation_from_record(r: Mapping[str, Any]) -> Expectation:
         expected_at=r["expected_at"],
         lookup=dict(r.get("lookup") or {}),
         window_s=r.get("window_s"),
+        last_polled_at=r.get("last_polled_at"),
+        polls=r.get("polls", 0),
     )

@@ -60,6 +60,7 @@ class FetchJob:
     next_at: datetime
     tries: int = 0
     writing: bool = False  # produced, waiting for its delivery report
+    fetching: bool = False  # its call was started and its answer not acted on yet
 
 
 def fetcher_sources(settings: ReconcileSettings) -> dict[str, Fetching]:
@@ -94,8 +95,10 @@ class Fetcher:
         producer: RenewableProducer,
         fetches: Counter,
         clock: Callable[[], datetime],
+        revoked: Counter | None = None,
     ) -> None:
-        """`consumer`: of group `<reconcile.group_id>-fetch`; `fetches`: by provider and outcome."""
+        """`consumer`: of group `<reconcile.group_id>-fetch`; `fetches`: by provider and outcome;
+        `revoked`: partitions taken from this member, by group (`fetch` here)."""
         self.settings = settings
         self.topics = settings.topics
         self.codec = codec
@@ -103,6 +106,7 @@ class Fetcher:
         self._out = producer  # the reconciler's: replaced when it is gone
         self.fetches = fetches
         self.clock = clock
+        self.revoked = revoked
         self.sources = fetcher_sources(settings)
         for name in self.sources:
             for outcome in OUTCOMES:  # every series exists from the start, for alerts
@@ -131,6 +135,8 @@ class Fetcher:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Unfinished jobs are uncommitted: the partition's next owner fetches them again.
         gone = {tp.partition for tp in partitions}
+        if self.revoked is not None:
+            self.revoked.labels("fetch").inc(len(gone))
         self.jobs = {at: job for at, job in self.jobs.items() if at[0] not in gone}
         for partition in gone:
             self._seen.pop(partition, None)
@@ -173,7 +179,7 @@ class Fetcher:
     # --- fetching ------------------------------------------------------------------------------
 
     def due(self, now: datetime) -> list[FetchJob]:
-        return [job for job in self.jobs.values() if not job.writing and job.next_at <= now]
+        return [job for job in self.jobs.values() if not (job.writing or job.fetching) and job.next_at <= now]
 
     async def fetch(self, job: FetchJob, poller: Poller) -> httpx.Response | PollOutcome:
         fetcher, e = self.sources[job.event.source], job.event

@@ -1,6 +1,15 @@
 """`kycstream reconcile`: find expected verifications without a final result and poll their provider;
 fetch the results that callbacks only announce (processors.kafka.fetcher).
 
+The main loop owns the Kafka clients and never waits for a provider: polls and fetches run on the
+call thread (processors.calls) and are acted on when they are answered. A tick starts at most
+`reconcile.max_polls_per_tick` polls, oldest due first, and a poll it could not start within
+`reconcile.max_tick_s` (the source's rate and concurrency) is left for the next tick; the next
+tick starts once this one's polls are answered. Meanwhile the loop keeps reading its tables and
+the events topic (so it stays in its groups) and fetches notices' results as soon as they come.
+When a poll is done, its time is written back to the expectation (`last_polled_at`), so a
+restart or a new owner of the partition polls it only when it is due again.
+
 Expectations (kyc.verification.expected.v1) are a table split across reconcilers by the consumer
 group; the state table (kyc.verification.state.v1) is read whole. A poll answer enters the raw
 topic as a delivery with origin `poll`, so it goes through the same normalizer, dedup and state
@@ -16,7 +25,8 @@ dead letter and its tombstone is covered by reading the DLQ back (tables.py).
 
 from __future__ import annotations
 
-import asyncio
+import concurrent.futures
+import dataclasses
 import functools
 import threading
 import time
@@ -31,9 +41,8 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processors import logs
-from processors.avro.records import (
-    delivery_to_record,
-)
+from processors.avro.records import delivery_to_record, expectation_to_record
+from processors.calls import ProviderCalls
 from processors.kafka import config
 from processors.kafka.fetcher import Fetcher, FetchJob
 from processors.kafka.producer import RenewableProducer, produce, produce_dead_letter
@@ -41,9 +50,8 @@ from processors.kafka.serde import Codec
 from processors.kafka.tables import Tables, Tracked
 from processors.model import DeadLetter, RawDelivery
 from processors.pipeline import raised_at, routing_id
-from processors.polling import Poller, PollOutcome, Verdict
+from processors.polling import PollOutcome, Verdict
 from processors.probes import Health
-from processors.providers import REGISTRY
 from processors.remedies import explain
 from processors.settings import ReconcileSettings
 
@@ -82,6 +90,17 @@ class ReconcileMetrics:
             ["provider", "outcome"],
             registry=self.registry,
         )
+        self.revoked = Counter(
+            "kycstream_reconcile_partitions_revoked",
+            "Partitions taken from this reconciler by a rebalance or a lost membership, by group (expected, fetch).",
+            ["group"],
+            registry=self.registry,
+        )
+        self.due = Gauge(
+            "kycstream_reconcile_polls_due",
+            "Polls due at the last tick that it did not start (over reconcile.max_polls_per_tick): the next ones.",
+            registry=self.registry,
+        )
 
 
 class Reconciler:
@@ -101,28 +120,35 @@ class Reconciler:
         self.codec = Codec(config.schema_registry(settings.kafka))
         self.metrics = ReconcileMetrics()
         r = settings.reconcile
-        self.tables = Tables(settings, self.codec, self.metrics.undecodable, self.metrics.open)
+        self.tables = Tables(settings, self.codec, self.metrics.undecodable, self.metrics.open, self.metrics.revoked)
         self._out = RenewableProducer(config.producer(settings.kafka, role="reconciler"))  # shared with the fetcher
         self.ticks = 0  # ticks that acted on whole tables
+        self._more_due = False  # the last tick left due polls for the next one
+        # A tick's flushes hold up the loop: well under the groups' poll interval.
+        self._flush_budget_s = min(self._FLUSH_TIMEOUT_S, r.max_poll_interval_ms / 1000 / 3)
         self.health = Health(r.liveness_timeout_s)  # beaten by the run loop; ready once its tables are whole
         for source in settings.sources.values():  # every series exists from the start, for alerts
             if source.poll is not None:
                 for outcome in (*typing.get_args(Verdict), "poll_unauthorized", "poll_expired"):
                     self.metrics.polls.labels(source.provider, outcome)
-        # One event loop and one HTTP client for the reconciler's life: connections (and TLS
-        # sessions) to each provider are reused from tick to tick.
-        self._runner: asyncio.Runner | None = None
-        self._client: httpx.AsyncClient | None = None
-        self._pollers: dict[str, Poller] = {}  # by source; their rate limits hold across ticks
+        self.calls = ProviderCalls(settings, self.metrics.token_requests, transport)
+        self._polls: dict[concurrent.futures.Future[PollOutcome | None], Tracked] = {}  # this tick's
+        self._fetches: dict[concurrent.futures.Future[httpx.Response | PollOutcome], FetchJob] = {}
         fetch_consumer = Consumer(
             config.consumer(
                 settings.kafka,
                 f"{r.group_id}-fetch",
                 role="reconciler-fetch",
-                **{"session.timeout.ms": r.session_timeout_ms, "enable.partition.eof": False},
+                **{
+                    "session.timeout.ms": r.session_timeout_ms,
+                    "max.poll.interval.ms": r.max_poll_interval_ms,
+                    "enable.partition.eof": False,
+                },
             )
         )
-        self.fetcher = Fetcher(settings, self.codec, fetch_consumer, self._out, self.metrics.fetches, clock)
+        self.fetcher = Fetcher(
+            settings, self.codec, fetch_consumer, self._out, self.metrics.fetches, clock, self.metrics.revoked
+        )
 
     # --- the producer ------------------------------------------------------------------------------
 
@@ -138,8 +164,9 @@ class Reconciler:
     # --- decisions ----------------------------------------------------------------------------------
 
     def due(self, now: datetime) -> tuple[list[Tracked], list[Tracked]]:
-        """(to poll now, to give up on now)."""
-        poll, expire = [], []
+        """(to poll now, to give up on now), each the longest due first."""
+        poll: list[tuple[datetime, Tracked]] = []
+        expire: list[tuple[datetime, Tracked]] = []
         still_open = 0
         for key, tracked in self.tables.tracked.items():
             source = self.settings.sources.get(tracked.expectation.source)
@@ -149,24 +176,31 @@ class Reconciler:
             if tracked.closed or self.tables.settled(key):
                 continue
             still_open += 1
-            if tracked.writing or source is None or source.poll is None:
+            if tracked.writing or tracked.polling or source is None or source.poll is None:
                 continue
             e = tracked.expectation
-            if now - e.expected_at >= timedelta(seconds=source.poll.give_up_after_s):
-                expire.append(tracked)
+            give_up_at = e.expected_at + timedelta(seconds=source.poll.give_up_after_s)
+            if now >= give_up_at:
+                expire.append((give_up_at, tracked))
                 continue
             window = timedelta(seconds=e.window_s or source.poll.window_s)
             since = max(t for t in (e.expected_at, state[1] if state else None, tracked.last_poll) if t is not None)
             if now - since >= window:
-                poll.append(tracked)
+                poll.append((since + window, tracked))
         self.metrics.open.set(still_open)
-        return poll, expire
+        return _oldest_first(poll), _oldest_first(expire)
 
     def tick(self) -> None:
+        """Give up on what is past its time and start the polls due now: at most
+        `max_polls_per_tick` of the two together, the longest due first; the rest next tick."""
         if not self.tables.whole():
             return
-        now = self.clock()
-        to_poll, to_expire = self.due(now)
+        to_poll, to_expire = self.due(self.clock())
+        bound = self.settings.reconcile.max_polls_per_tick
+        self._more_due = len(to_poll) + len(to_expire) > bound
+        self.metrics.due.set(max(0, len(to_poll) + len(to_expire) - bound))
+        to_expire = to_expire[:bound]
+        to_poll = to_poll[: bound - len(to_expire)]
         for tracked in to_expire:
             self._dead_letter(
                 tracked,
@@ -174,22 +208,35 @@ class Reconciler:
                 f"no final result from {tracked.expectation.provider} after {tracked.polls} polls since "
                 f"{tracked.expectation.expected_at.isoformat()}; giving up",
             )
-        if to_expire:  # closed before this tick's polls, which may take minutes (timeouts, retries)
-            self._write_closings()
-        if to_poll:
-            if self._runner is None:
-                self._runner = asyncio.Runner()
-            outcomes = self._runner.run(self._poll_all(to_poll))
-            for tracked, outcome in zip(to_poll, outcomes, strict=True):
-                self._act(tracked, outcome, now)
         self._write_closings()
+        deadline = time.monotonic() + self.settings.reconcile.max_tick_s
+        for tracked in to_poll:
+            tracked.polling = True
+            self._polls[self.calls.poll(tracked.expectation, deadline)] = tracked
         self.ticks += 1
 
+    def _tick_due(self, last_tick: float) -> bool:
+        """Once this tick's polls are all answered: at once when it left due polls, else every tick_s."""
+        if self._polls:
+            return False
+        return self._more_due or time.monotonic() - last_tick >= self.settings.reconcile.tick_s
+
+    def _act_on_polls(self) -> None:
+        """Act on the polls answered since the last turn (or not started within the tick's time)."""
+        for future in [f for f in self._polls if f.done()]:
+            tracked = self._polls.pop(future)
+            tracked.polling = False
+            outcome = future.result()
+            if outcome is not None and self.tables.tracked.get(tracked.expectation.key) is tracked:
+                self._act(tracked, outcome, self.clock())
+
     def _write_closings(self) -> None:
-        """Wait for what was produced, then tombstone what that finished and wait for those. One
-        flush budget, shared with the tombstones of the dead letters acknowledged in the first
-        flush: written at once, they leave a crash the narrowest window to repeat a letter."""
-        deadline = time.monotonic() + self._FLUSH_TIMEOUT_S
+        """Wait for what was produced, then tombstone what that finished (and write back poll times)
+        and wait for those. One flush budget, shared with the tombstones of the dead letters
+        acknowledged in the first flush: written at once, they leave a crash the narrowest window to
+        repeat a letter. The budget is well under the groups' poll interval: what is not acknowledged
+        by then is finished by its delivery report, and tombstoned at the next tick."""
+        deadline = time.monotonic() + self._flush_budget_s
         self._flush(deadline)
         self._tombstone_finished()
         self._flush(deadline)
@@ -199,55 +246,32 @@ class Reconciler:
         if left:  # their reports come later (producer.poll); until then those expectations wait
             log.warning("reconcile_writes_not_acknowledged_yet", records=left)
 
-    async def _poll_all(self, due: list[Tracked]) -> list[PollOutcome]:
-        """Runs on self._runner's loop, where the pollers' shared client lives."""
-        return list(await asyncio.gather(*(self._poller(t.expectation.source).poll(t.expectation) for t in due)))
-
-    def _poller(self, name: str) -> Poller:
-        """The source's poller (its rate limit and concurrency), shared by polls and fetches."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(transport=self.transport)
-        if name not in self._pollers:
-            source = self.settings.sources[name]
-            assert source.poll is not None
-            self._pollers[name] = Poller(
-                REGISTRY[source.provider],
-                source.poll,
-                self._client,
-                token_requests=self.metrics.token_requests,
-                transport=self.transport,
-            )
-        return self._pollers[name]
-
     def fetch_due(self) -> None:
-        """Fetch every result due now, write or reschedule each, and commit what is finished."""
-        jobs = self.fetcher.due(self.clock())
-        if jobs:
-            if self._runner is None:
-                self._runner = asyncio.Runner()
-            answers = self._runner.run(self._fetch_all(jobs))
-            for job, answer in zip(jobs, answers, strict=True):
+        """Start every fetch due now, write or reschedule each answered one, and commit what is
+        finished. Fetches do not wait for a tick: they are started on the loop's every turn."""
+        for job in self.fetcher.due(self.clock()):
+            job.fetching = True
+            self._fetches[self.calls.call(job.event.source, functools.partial(self.fetcher.fetch, job))] = job
+        for future in [f for f in self._fetches if f.done()]:
+            job = self._fetches.pop(future)
+            job.fetching = False
+            answer = future.result()
+            if self.fetcher.jobs.get((job.partition, job.offset)) is job:  # not revoked meanwhile
                 self.fetcher.act(job, answer)
         self.producer.poll(0)  # delivery reports finish fetch jobs and polls
         self.fetcher.commit()
 
-    async def _fetch_all(self, jobs: list[FetchJob]) -> list[httpx.Response | PollOutcome]:
-        return list(await asyncio.gather(*(self.fetcher.fetch(j, self._poller(j.event.source)) for j in jobs)))
-
-    def _close_http(self) -> None:
-        if self._runner is None:
-            return
-        for poller in self._pollers.values():
-            self._runner.run(poller.aclose())
-        if self._client is not None:
-            self._runner.run(self._client.aclose())
-        self._runner.close()
-        self._runner, self._client, self._pollers = None, None, {}
+    def _stop_calls(self) -> None:
+        self.calls.close()
+        self._polls, self._fetches = {}, {}
 
     def _act(self, tracked: Tracked, outcome: PollOutcome, now: datetime) -> None:
         e = tracked.expectation
         log.info("polled", provider=e.provider, source=e.source, outcome=outcome.verdict, http=outcome.http_status)
-        done = functools.partial(self._polled, tracked, outcome.verdict, now)
+
+        def done() -> None:
+            self._polled(tracked, outcome.verdict, now)
+
         if outcome.verdict == "unauthorized":
             self._dead_letter(
                 tracked,
@@ -263,6 +287,7 @@ class Reconciler:
     def _polled(self, tracked: Tracked, verdict: Verdict, now: datetime) -> None:
         tracked.polls += 1
         tracked.last_poll = now
+        tracked.saved = False
         self.metrics.polls.labels(tracked.expectation.provider, verdict).inc()
 
     def _write_answer(
@@ -296,7 +321,7 @@ class Reconciler:
             self.codec.encode("RawDelivery", delivery_to_record(delivery), self.topics.raw),
             key.encode(),
             headers=[("kycstream-origin", b"poll")],
-            on_delivery=self._delivery_report(tracked, "poll_answer", done),
+            on_delivery=self._delivery_report(tracked, "poll_answer", lambda _msg: done()),
         )
 
     def _dead_letter(
@@ -318,7 +343,7 @@ class Reconciler:
             provider=e.provider,
         )
 
-        def written() -> None:
+        def written(_msg: Message) -> None:
             if poll_done is not None:
                 poll_done()
             self._close(tracked, reason)
@@ -334,9 +359,12 @@ class Reconciler:
 
     def _tombstone_finished(self) -> None:
         """Delete the settled and the closed from the expected topic: whoever reads it next (this
-        reconciler, a restarted one, a new owner of the partition) no longer tracks them."""
+        reconciler, a restarted one, a new owner of the partition) no longer tracks them. Write the
+        others' poll times back, so that whoever reads it next knows when each was last polled."""
         for key, tracked in list(self.tables.tracked.items()):
-            if not tracked.writing and (tracked.closed or self.tables.settled(key)):
+            if tracked.writing:
+                continue
+            if tracked.closed or self.tables.settled(key):
                 forget = functools.partial(self._forget, key, tracked)
                 produce(
                     self.producer,
@@ -345,25 +373,45 @@ class Reconciler:
                     key.encode(),
                     on_delivery=self._delivery_report(tracked, "tombstone", forget),
                 )
+            elif not tracked.saved:
+                self._save_poll_time(key, tracked)
 
-    def _forget(self, key: str, tracked: Tracked) -> None:
+    def _save_poll_time(self, key: str, tracked: Tracked) -> None:
+        record = dataclasses.replace(tracked.expectation, last_polled_at=tracked.last_poll, polls=tracked.polls)
+        value = self.codec.encode("Expectation", expectation_to_record(record), self.topics.expected)
+
+        def saved(msg: Message) -> None:
+            # A dead letter names the table's latest record: this one now.
+            tracked.expectation, tracked.raw = record, value
+            tracked.partition, tracked.offset = msg.partition() or 0, msg.offset() or 0
+            tracked.saved = tracked.last_poll == record.last_polled_at  # else polled again meanwhile
+
+        produce(
+            self.producer,
+            self.topics.expected,
+            value,
+            key.encode(),
+            on_delivery=self._delivery_report(tracked, "poll_time", saved),
+        )
+
+    def _forget(self, key: str, tracked: Tracked, _msg: Message) -> None:
         # Reading the tombstone back drops it too; until then it must not be tombstoned again. A
         # newer expectation read meanwhile under the same key is not this one.
         if self.tables.tracked.get(key) is tracked:
             del self.tables.tracked[key]
 
     def _delivery_report(
-        self, tracked: Tracked, record: str, done: Callable[[], None]
+        self, tracked: Tracked, record: str, done: Callable[[Message], None]
     ) -> Callable[[KafkaError | None, Message], None]:
         """The delivery report of a record written for `tracked`, which counts as writing until it
         comes: `done` once Kafka has the record. A refused record changes nothing, so the next tick
         does the same work again."""
         tracked.writing = True
 
-        def report(err: KafkaError | None, _msg: Message) -> None:
+        def report(err: KafkaError | None, msg: Message) -> None:
             tracked.writing = False
             if err is None:
-                done()
+                done(msg)
             else:
                 log.warning("reconcile_write_failed", key=tracked.expectation.key, record=record, error=err.str())
                 self._out.note(err)
@@ -390,14 +438,19 @@ class Reconciler:
                 self.fetcher.read()
                 self.tables.read()
                 self.fetch_due()
-                if time.monotonic() - last_tick >= self.settings.reconcile.tick_s:
+                self._act_on_polls()
+                if self._tick_due(last_tick):
                     last_tick = time.monotonic()
                     self.tick()
         finally:
-            self._close_http()
+            self._stop_calls()
             if left := self.producer.flush(self._FLUSH_TIMEOUT_S):  # not counted: polled again by the next owner
                 log.warning("reconciler_stopped_with_writes_unacknowledged", records=left)
             self.fetcher.commit()
             self.fetcher.close()
             self.tables.close()
             log.info("reconciler_stopped")
+
+
+def _oldest_first(due: list[tuple[datetime, Tracked]]) -> list[Tracked]:
+    return [tracked for _, tracked in sorted(due, key=lambda d: d[0])]

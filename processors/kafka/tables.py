@@ -2,7 +2,9 @@
 states, and the dead letters it wrote.
 
 Expectations (kyc.verification.expected.v1) are split across reconcilers by the consumer group and
-each assigned partition is read whole from the beginning, never committed. The state table and the
+each assigned partition is read whole from the beginning, never committed. The reconciler writes
+an expectation back with its `last_polled_at` and `polls` after each poll, so a restart or a new
+owner of the partition knows when each was last polled. The state table and the
 DLQ are read whole by every reconciler (assigned, never committed): the states say which
 verifications are settled, the DLQ which expectations were already dead-lettered (a crash between
 a letter and its tombstone must not write the letter again). Every partition is read to its end
@@ -40,20 +42,29 @@ class Tracked:
     raw: bytes
     polls: int = 0  # polls done: their answer, if any, acknowledged by Kafka
     last_poll: datetime | None = None
+    saved: bool = True  # the table's latest record holds last_poll (else the reconciler writes it back)
+    polling: bool = False  # a poll of it was started and has not been acted on yet
     writing: bool = False  # a record for it was produced and its delivery report is not in yet
     closed: bool = False  # its dead letter is acknowledged: never polled again; a tombstone follows
 
 
 class Tables:
-    def __init__(self, settings: ReconcileSettings, codec: Codec, undecodable: Counter, open_gauge: Gauge) -> None:
+    def __init__(
+        self, settings: ReconcileSettings, codec: Codec, undecodable: Counter, open_gauge: Gauge, revoked: Counter
+    ) -> None:
+        """`revoked`: partitions taken from this member, by group (`expected` here)."""
         self.topics = settings.topics
         self.codec = codec
         self.undecodable = undecodable
         self.open_gauge = open_gauge
+        self.revoked = revoked
         r = settings.reconcile
         self.expected = Consumer(
             config.consumer(
-                settings.kafka, r.group_id, role="reconciler", **{"session.timeout.ms": r.session_timeout_ms}
+                settings.kafka,
+                r.group_id,
+                role="reconciler",
+                **{"session.timeout.ms": r.session_timeout_ms, "max.poll.interval.ms": r.max_poll_interval_ms},
             )
         )
         # state and DLQ
@@ -124,6 +135,7 @@ class Tables:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {tp.partition for tp in partitions}
+        self.revoked.labels("expected").inc(len(gone))
         self._assigned -= gone
         self._unread -= gone
         self.tracked = {k: t for k, t in self.tracked.items() if t.partition not in gone}
@@ -149,8 +161,27 @@ class Tables:
         except SerdeError as exc:
             self._undecodable("expected", msg, exc)
             return
-        if key not in self.tracked or self.tracked[key].expectation != expectation:
-            self.tracked[key] = Tracked(expectation, msg.partition() or 0, msg.offset() or 0, msg.value() or b"")
+        at = (msg.partition() or 0, msg.offset() or 0, msg.value() or b"")
+        current = self.tracked.get(key)
+        if current is not None and current.expectation.same_request(expectation):
+            self._polled_before(current, expectation, *at)
+        elif current is not None and _written_back_over(current.expectation, expectation):
+            current.saved = False  # written again, to be the table's latest
+        else:
+            self.tracked[key] = Tracked(expectation, *at, polls=expectation.polls, last_poll=expectation.last_polled_at)
+
+    @staticmethod
+    def _polled_before(tracked: Tracked, record: Expectation, partition: int, offset: int, raw: bytes) -> None:
+        """The same expectation written back with its poll time (by this or an earlier reconciler)."""
+        if offset < tracked.offset:  # read back after a later one was acknowledged (_save_poll_time)
+            return
+        tracked.expectation, tracked.partition, tracked.offset, tracked.raw = record, partition, offset, raw
+        newer = record.last_polled_at is not None and (
+            tracked.last_poll is None or record.last_polled_at > tracked.last_poll
+        )
+        if newer:
+            tracked.last_poll, tracked.polls = record.last_polled_at, record.polls
+        tracked.saved = record.last_polled_at == tracked.last_poll
 
     def _remember_state(self, msg: Message) -> None:
         key = (msg.key() or b"").decode()
@@ -177,3 +208,9 @@ class Tables:
             return
         if letter.source_topic == self.topics.expected:
             self.lettered.add((letter.partition, letter.offset))
+
+
+def _written_back_over(newer: Expectation, record: Expectation) -> bool:
+    """`record` is a reconciler's poll time for the request `newer` replaced, written as `newer`
+    came: the newer request stays."""
+    return record.last_polled_at is not None and record.expected_at < newer.expected_at

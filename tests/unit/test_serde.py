@@ -80,7 +80,7 @@ OBJECTS = [
     ("DedupRecord", DedupRecord("k", "e-1", T0, T1), serde.dedup_to_record, serde.dedup_from_record),
     (
         "Expectation",
-        Expectation("esign", "esign", "s-1", T0, {"userId": "u-1", "userIdType": "nik"}, 600),
+        Expectation("esign", "esign", "s-1", T0, {"userId": "u-1", "userIdType": "nik"}, 600, T1, 3),
         serde.expectation_to_record,
         serde.expectation_from_record,
     ),
@@ -168,6 +168,23 @@ def test_old_writer_schema_reads_with_the_new_reader(tmp_path: Path) -> None:
     decoded = Codec(schema_dir=tmp_path / "schemas").decode("VerificationEvent", data)
     assert decoded["attributes"] == {} and decoded["event_type"] is None
     assert decoded["checks"] == record["checks"]
+
+
+def test_an_expectation_written_before_poll_times_were_kept_reads_as_never_polled() -> None:
+    """The previous Expectation schema is kept in schemas/history: its records still decode."""
+    (retired,) = (SCHEMA_DIR / "history").rglob("kycstream.Expectation.avsc")
+    old = json.loads(retired.read_text())
+    old_parsed = fastavro.parse_schema(old)
+    fingerprint = fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(old_parsed), "CRC-64-AVRO")
+    record = serde.expectation_to_record(Expectation("esign", "esign", "s-1", T0, {"userId": "u-1"}, 600))
+    body = io.BytesIO()
+    old_record = {k: v for k, v in record.items() if k not in ("last_polled_at", "polls")}
+    fastavro.schemaless_writer(body, old_parsed, old_record)
+    data = b"\xc3\x01" + bytes.fromhex(fingerprint) + body.getvalue()
+
+    decoded = serde.expectation_from_record(Codec().decode("Expectation", data))
+    assert decoded == Expectation("esign", "esign", "s-1", T0, {"userId": "u-1"}, 600)
+    assert (decoded.last_polled_at, decoded.polls) == (None, 0)
 
 
 def test_a_schema_the_compiler_does_not_support_is_encoded_by_fastavro(tmp_path: Path) -> None:
