@@ -40,6 +40,7 @@ from processors.model import (
 
 _RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
 FUZZ_PER_CASE = 40
+SIGNATURES = "signatures.json"  # a provider's signature vectors, next to its cases: not a case
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Case:
 def load_cases(folder: Path, provider: str) -> list[Case]:
     cases = []
     for path in sorted(folder.glob("*.json")):
+        if path.name == SIGNATURES:
+            continue
         raw = json.loads(path.read_text())
         body = raw["body_text"].encode() if "body_text" in raw else json.dumps(raw["body"]).encode()
         cases.append(Case(provider, path.stem, body, raw.get("headers", {}), raw["expect"], raw.get("poll_answer")))
