@@ -202,7 +202,9 @@ def poll_result(verification_id: str, lookup: Mapping[str, str], answer: Mapping
         return None
     if lookup.get("resource_type") == "check":
         action = _CHECK_ACTIONS.get(word.lower(), "check.started")
-        return {"payload": {"resource_type": "check", "action": action, "object": {"id": verification_id, "status": word}}}
+        return {
+            "payload": {"resource_type": "check", "action": action, "object": {"id": verification_id, "status": word}}
+        }
     resource = {k: answer[k] for k in ("applicant_id", "workflow_id", "updated_at", "reasons", "error") if k in answer}
     return {
         "payload": {

@@ -111,7 +111,10 @@ def test_a_signed_webhook_becomes_its_event_and_a_tampered_one_never_reaches_kaf
     assert events[run]["status"] == "APPROVED"
     assert events[run]["idempotency_key"] == f"onfido:{run}:workflow_run:approved"
     assert "Jane" not in json.dumps(events[run], default=str)
-    assert (events[SDK_CHECK]["status"], events[SDK_CHECK]["provider_status"]) == ("PENDING", "check.completed/complete")
+    assert (events[SDK_CHECK]["status"], events[SDK_CHECK]["provider_status"]) == (
+        "PENDING",
+        "check.completed/complete",
+    )
     states = latest_states(kafka, settings.topics.state, codec)
     assert states[f"onfido:{run}"]["status"] == "APPROVED"
 
@@ -132,21 +135,27 @@ def test_a_classic_check_is_decided_by_the_check_fetched_after_check_completed(
         sources = {"onfido": {"provider": "onfido", "poll": {"base_url": api_url, **poll}}}
         with reconciling(kafka, settings.topics, sources, rec_group):
             wait_until(
-                lambda: {
-                    vid: latest_states(kafka, settings.topics.state, codec).get(f"onfido:{vid}", {}).get("status")
-                    for vid in ids
-                }
-                == ids,
+                lambda: (
+                    {
+                        vid: latest_states(kafka, settings.topics.state, codec).get(f"onfido:{vid}", {}).get("status")
+                        for vid in ids
+                    }
+                    == ids
+                ),
                 60,
                 "every check decided by its fetched result",
             )
             wait_until(
-                lambda: committed_to_end(kafka, f"{rec_group}-fetch", settings.topics.events)
-                and committed_to_end(kafka, group, settings.topics.raw),
+                lambda: (
+                    committed_to_end(kafka, f"{rec_group}-fetch", settings.topics.events)
+                    and committed_to_end(kafka, group, settings.topics.raw)
+                ),
                 60,
                 "every fetch written and processed",
             )
-    decisions = [e for e in read(kafka, settings.topics.events, codec, "VerificationEvent") if e["event_type"] == "check"]
+    decisions = [
+        e for e in read(kafka, settings.topics.events, codec, "VerificationEvent") if e["event_type"] == "check"
+    ]
     assert Counter((e["verification_id"], e["status"]) for e in decisions) == Counter(ids.items())
     # Onfido's check has no completion time: the result is dated by its check.completed notice.
     assert {e["occurred_at"].isoformat() for e in decisions} == {"2026-01-01T10:05:00+00:00"}
