@@ -79,6 +79,16 @@ _CHECK_STATUS = {
     "withdrawn": VerificationStatus.EXPIRED,  # withdrawn by the client: this check will have no result
 }
 _STATUS = {"workflow_run": _RUN_STATUS, "workflow_task": _TASK_STATUS, "check": _CHECK_STATUS}
+# The status an action implies, when object.status (optional in Onfido's schema) is left out; a
+# run's status is its decision and is never implied.
+_IMPLIED = {
+    "check.started": "in_progress",
+    "check.completed": "complete",
+    "check.reopened": "reopened",
+    "check.withdrawn": "withdrawn",
+    "workflow_task.started": "started",
+    "workflow_task.completed": "completed",
+}
 _NOTICE_TYPES = frozenset(
     {"report", "audit_log", "watchlist_monitor", "workflow_timeline_file", "workflow_run_evidence_folder"}
 )
@@ -111,7 +121,7 @@ def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized 
         where = "object.workflow_run_id" if kind == "workflow_task" else "object.id"
         return Rejection("missing_verification_id", f"onfido {action} has no payload.{where}")
     found = obj(payload.get("object"))
-    word = text(found.get("status"))
+    word = text(found.get("status")) or _IMPLIED.get(action)
     if word is None:
         return Rejection("unrecognized_event", f"onfido {action} has no payload.object.status")
     status = statuses.get(word.lower())
