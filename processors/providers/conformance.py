@@ -40,7 +40,7 @@ from processors.model import (
 
 _RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
 FUZZ_PER_CASE = 40
-SIGNATURES = "signatures.json"  # a provider's signature vectors, next to its cases: not a case
+SIGNATURES = "signatures.json"  # published signature vectors, beside the cases
 
 
 @dataclass(frozen=True)
