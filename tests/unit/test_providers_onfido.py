@@ -1,5 +1,6 @@
-"""Onfido's signature vectors (from its official SDK) against the gateway's check, its API calls,
-and what a poll or a fetch of it becomes."""
+"""Onfido's API calls and what a poll of it becomes. (Its signature vectors, signatures.json, are
+checked by the conformance kit's signing check and, the SDK's own, through the real gateway in
+tests/integration/test_providers_onfido.py.)"""
 
 from __future__ import annotations
 
@@ -7,36 +8,14 @@ import dataclasses
 import json
 from typing import Any
 
-import pytest
-
-from gateway.auth import Authenticator
-from gateway.errors import Unauthorized
 from processors.model import ApiCredentials, VerificationEvent
 from processors.pipeline import normalize
 from processors.providers import REGISTRY, fetching, onfido
 from tests import cases
 from tests.conftest import raw_delivery
 
-VECTORS = json.loads((cases.CASES_DIR / "onfido" / "signatures.json").read_text())
 RUN = "bc77c6e5-753a-4580-96a6-aaed3e5a8d19"
 CHECK = "f2302f45-227d-413d-ad61-09ec077a086a"
-
-
-def _authenticator(*secrets: str) -> Authenticator:
-    spec = onfido.DEFAULT_AUTH
-    return Authenticator(spec.scheme, spec.header, tuple(s.encode() for s in secrets))
-
-
-@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["description"][:60])
-def test_the_sdk_signature_vectors(vector: dict[str, Any]) -> None:
-    headers = {name.lower(): value for name, value in vector["headers"].items()}
-    body = vector["body_text"].encode()
-    for check in (_authenticator(vector["secret"]), _authenticator("an-older-token", vector["secret"])):
-        if vector["valid"]:
-            check.check(headers, body)
-        else:
-            with pytest.raises(Unauthorized):
-                check.check(headers, body)
 
 
 def test_it_is_registered_and_fetches_the_check_after_check_completed_only() -> None:
