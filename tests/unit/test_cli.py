@@ -72,7 +72,7 @@ def test_providers_lists_each_installed_provider_with_the_kit_verdict() -> None:
     assert result.exit_code == 0, result.output
     for name in ("esign", "signicat", "incode", "metamap", "xendit"):
         assert f"{name}  kycstream " in result.output
-    assert result.output.count("kit: passes") == 5
+    assert result.output.count("kit: passes") == result.output.count("  kit: ") >= 5, "every provider passes its kit"
     assert "fetches: ONBOARDING_FINISHED → score" in result.output
 
 
