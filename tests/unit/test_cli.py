@@ -11,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 from processors.cli import app
-from processors.providers import REGISTRY
 from tests import cases
 
 KYCSTREAM = [sys.executable, "-m", "processors.cli"]
@@ -73,7 +72,7 @@ def test_providers_lists_each_installed_provider_with_the_kit_verdict() -> None:
     assert result.exit_code == 0, result.output
     for name in ("esign", "signicat", "incode", "metamap", "xendit"):
         assert f"{name}  kycstream " in result.output
-    assert result.output.count("kit: passes") == len(REGISTRY)  # every installed provider, plug-ins too
+    assert result.output.count("kit: passes") == result.output.count("  kit: ") >= 5, "every provider passes its kit"
     assert "fetches: ONBOARDING_FINISHED → score" in result.output
 
 
