@@ -140,7 +140,8 @@ def test_a_missing_event_is_polled_and_the_late_verified_event_adds_nothing(
     stand_in, api_url = stripe_api
     vid = unique("vs")
     expected = json.dumps({"verification_id": vid, "lookup": {}}).encode()
-    assert post(f"{url}/expectations/{SOURCE}", expected, {"authorization": f"Bearer {EXPECTATIONS_API_KEY}"}).is_success
+    expecting = post(f"{url}/expectations/{SOURCE}", expected, {"authorization": f"Bearer {EXPECTATIONS_API_KEY}"})
+    assert expecting.status_code == 200, expecting.text
     sources = {SOURCE: {"provider": SOURCE, "poll": {"base_url": api_url, "token": "sk_test_123", "window_s": 1}}}
     group = unique("proc")
     with processing(kafka, settings.topics, group_id=group), reconciling(kafka, settings.topics, sources):
