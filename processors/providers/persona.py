@@ -124,7 +124,9 @@ def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized 
     event = obj(data.get("attributes"))
     raw_name = text(event.get("name"))
     if (kind is not None and kind.lower() != "event") or raw_name is None:
-        return Rejection("unrecognized_event", "persona payload is not an event (data.type event, data.attributes.name)")
+        return Rejection(
+            "unrecognized_event", "persona payload is not an event (data.type event, data.attributes.name)"
+        )
     name = raw_name.lower()
     if not _EVENT_NAME.fullmatch(name):
         return Rejection("unrecognized_event", f"persona event name {raw_name[:80]!r} is not an event name")
@@ -216,8 +218,8 @@ def poll_result(verification_id: str, lookup: Mapping[str, str], answer: Mapping
     if word is None or text(inquiry.get("id")) not in (None, verification_id):
         return None
     name = _STATUS_EVENT.get(word.lower())
-    if name is None:  # a status word this module does not know: as an event name, it dead-letters
-        name = f"inquiry.{word.lower()}"
+    if name is None:  # a status word this module does not know: its event dead-letters unknown_status
+        name = "inquiry." + re.sub(r"[^a-z0-9_-]", "-", word.lower())[:40]
     moment = text(attributes.get(_STATUS_TIME.get(name, ""))) or text(attributes.get("updated-at"))
     kept = {k: attributes[k] for k in ("status", "reference-id", *_STATUS_TIME.values()) if k in attributes}
     event: dict[str, Any] = {"name": name, "payload": {"data": {"type": "inquiry", "id": verification_id}}}

@@ -44,7 +44,13 @@ WORDS = {"inquiry.approved": "approved", "inquiry.declined": "declined", "inquir
 def _event(inquiry: str, name: str, created_at: str) -> dict[str, Any]:
     attributes = {"status": WORDS[name], "reference-id": "user-8842", "name-first": "Jane", "birthdate": "1994-04-12"}
     payload = {"data": {"type": "inquiry", "id": inquiry, "attributes": attributes}}
-    return {"data": {"type": "event", "id": unique("evt"), "attributes": {"name": name, "payload": payload, "created-at": created_at}}}
+    return {
+        "data": {
+            "type": "event",
+            "id": unique("evt"),
+            "attributes": {"name": name, "payload": payload, "created-at": created_at},
+        }
+    }
 
 
 def _signature(body: bytes, secret: bytes, t: int) -> str:
@@ -147,7 +153,9 @@ def test_a_polled_inquiry_and_its_late_callback_give_one_event(
     expected = json.dumps({"verification_id": inquiry, "window_s": 1}).encode()
     response = post(f"{url}/expectations/persona", expected, {"authorization": f"Bearer {EXPECTATIONS_API_KEY}"})
     assert response.status_code == 200, response.text
-    sources = {"persona": {"provider": "persona", "poll": {"base_url": api_url, "token": "persona-api-key", "window_s": 1}}}
+    sources = {
+        "persona": {"provider": "persona", "poll": {"base_url": api_url, "token": "persona-api-key", "window_s": 1}}
+    }
     group = unique("proc")
     with processing(kafka, settings.topics, group_id=group), reconciling(kafka, settings.topics, sources):
         events = read(kafka, settings.topics.events, codec, "VerificationEvent", at_least=1, timeout=30)
