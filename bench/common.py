@@ -173,7 +173,7 @@ def broker(cpus: set[int] | None = None) -> Iterator[Any]:
         # Kafka clients the phase dropped but that sit in reference cycles are destroyed now, while
         # their broker still answers: otherwise librdkafka logs "Connection refused" for each until
         # the collector happens to run, long after this broker is gone. An Engine that restored
-        # partitions froze itself, its producer included (gc.freeze in processors/kafka/owner.py):
+        # partitions froze itself, its producer included (gc.freeze in processors/normalizer/owner.py):
         # unfrozen first (the bench's phases freeze again what they need frozen).
         gc.unfreeze()
         gc.collect()

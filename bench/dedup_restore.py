@@ -5,7 +5,7 @@ DedupRecords (Avro, keyed by realistic ~80-char idempotency keys, expiries sprea
 window), then measures in the same run:
 
   baseline   the same records read raw to partition EOF with a confluent-kafka Consumer (no decoding)
-  restore    processors.kafka.recovery.restore into a MemoryDedupStore, as Engine.restore calls it
+  restore    processors.normalizer.recovery.restore into a MemoryDedupStore, as Engine.restore calls it
              (dedup and an empty state partition read together; recovery.restore_dedup on versions
              before it, where the dedup changelog was read alone)
 
@@ -52,9 +52,10 @@ try:
 except ImportError:  # before it
     expiry_reader = None  # type: ignore[assignment]
 from processors.dedup import MemoryDedupStore
-from processors.kafka import config, embedded, recovery
+from processors.kafka import config, embedded
 from processors.kafka.serde import Codec
 from processors.model import DedupRecord
+from processors.normalizer import recovery
 from processors.pipeline import event_id_for
 from processors.settings import KafkaSettings
 

@@ -110,13 +110,13 @@ class _NoConsumer:
 
 def measure(records: int, process: int | None) -> tuple[float, int]:
     """(CPU seconds, records processed) of Engine.process over the bench records."""
-    import processors.kafka.owner as owner_module
     import processors.kafka.producer as producer_module
+    import processors.normalizer.owner as owner_module
     from bench.processor import records as bench_records
     from processors.avro.records import delivery_to_record
     from processors.dedup import MemoryDedupStore
-    from processors.kafka import recovery
-    from processors.kafka.runner import Engine
+    from processors.normalizer import recovery
+    from processors.normalizer.runner import Engine
     from processors.pipeline import routing_id
     from processors.settings import KafkaSettings, ProcessorSection, ProcessorSettings, TopicSettings
 

@@ -5,7 +5,7 @@ config's), sends one verification through the real processor (a delivery, its re
 a state), then writes N raw records of other verifications. Measured in the same run:
 
   baseline   the whole raw topic read to EOF, keeping the key's records (what `tail --key` does)
-  lookup     processors.kafka.lookup.find + timeline.assemble: the key's partitions only
+  lookup     processors.operate.lookup.find + timeline.assemble: the key's partitions only
   command    `kycstream inspect KEY --json` as a process: start-up, config, read, print
   start-up   `kycstream --help` as a process: Python and the CLI's imports, the floor of any command
 
@@ -32,9 +32,10 @@ if __package__ in (None, ""):  # run as a script: the repo root first, never ben
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
-from processors import logs, timeline
-from processors.kafka import lookup, reader, topics
+from processors import logs
+from processors.kafka import reader, topics
 from processors.kafka.serde import Codec
+from processors.operate import lookup, timeline
 from processors.settings import KafkaSettings
 from tests.conftest import committed_to_end, processing, produce_noise, produce_raw, raw_delivery, wait_until
 

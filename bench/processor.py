@@ -11,7 +11,7 @@ under-report):
   passthrough  confluent-kafka consume -> produce of the same records to another topic, the same
                producer settings as the normalizer (acks=all, idempotence, lz4, linger.ms 5): the
                client's ceiling
-  kycstream    processors.kafka.runner.Engine, driven like `kycstream process` drives it (consume
+  kycstream    processors.normalizer.runner.Engine, driven like `kycstream process` drives it (consume
                500, Engine.process, commit): decode, normalize, dedup against its store, state,
                Avro events / states / dedup changelog / dead letters, produce, commit
   quix         bench/quix_app.py in its own virtualenv (bench/.venv-quix: Quix Streams pins its
@@ -204,7 +204,7 @@ def run_passthrough(bootstrap: str, topics: Any, expected: int) -> dict[str, Any
 
 
 def run_engine(bootstrap: str, topics: Any, expected: int, **section: Any) -> dict[str, Any]:
-    from processors.kafka.runner import Engine
+    from processors.normalizer.runner import Engine
 
     settings = ProcessorSettings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap),

@@ -21,7 +21,7 @@ from gateway.expectations import ExpectationsEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.routes import RawSink, WebhookEndpoint
 from gateway.settings import GatewaySettings
-from gateway.spool import Spool
+from gateway.spool.journal import Spool
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 

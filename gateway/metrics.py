@@ -13,7 +13,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
-    from gateway.spool import Spool
+    from gateway.spool.journal import Spool
 
 
 class LoopHistogram:

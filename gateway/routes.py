@@ -30,14 +30,14 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings, SourceSettings
-from gateway.spool import Spool, Spooled
+from gateway.spool.journal import Spool, Spooled
 from processors import logs, tracing
 from processors.errors import BrokerError, RecordTooLarge
 from processors.kafka.producer import Delivered
 from processors.model import Expectation, RawDelivery
 from processors.pipeline import raised_at, routing_id, uuid_text
 from processors.providers import REGISTRY
-from processors.ratelimit import TokenBucket
+from processors.reconcile.ratelimit import TokenBucket
 from processors.secretfile import SecretFile
 
 log = logs.get("kycstream.gateway")
@@ -234,7 +234,7 @@ class WebhookEndpoint:
         )
         key = routing_id(source.provider, body, lambda exc: self._unroutable(name, request_id, exc)) or request_id
         if source.spools and self.spool is not None and self.spool.records:
-            # Order per verification (gateway/spool.py): a delivery whose key has a record in the spool
+            # Order per verification (gateway/spool/journal.py): a delivery whose key has a record in the spool
             # queues behind it; the others go straight to Kafka while the forwarder drains, unless the
             # forwarder just found Kafka away (then waiting spool_after_s for a timeout helps nobody).
             if self.spool.holds(key.encode()):

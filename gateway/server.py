@@ -9,10 +9,11 @@ import uvicorn
 from gateway.app import create_app
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
-from gateway.spool import Spool
+from gateway.sink import KafkaRawSink
+from gateway.spool.forwarder import SpoolForwarder
+from gateway.spool.journal import Spool
 from processors import logs, tracing
 from processors.errors import ConfigError
-from processors.kafka.sink import KafkaRawSink, SpoolForwarder
 
 log = logs.get("kycstream.gateway")
 

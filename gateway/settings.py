@@ -10,8 +10,8 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from processors import signing
-from processors.pollsettings import PollSettings, Section
 from processors.providers import REGISTRY, providers_known
+from processors.reconcile.pollsettings import PollSettings, Section
 from processors.settings import Settings
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from processors.errors import ConfigError
-from processors.pollsettings import PollSettings, Section
+from processors.reconcile.pollsettings import PollSettings, Section
 from processors.secretfile import read_lines
 
 CONFIG_ENV = "KYCSTREAM_CONFIG"

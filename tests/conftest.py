@@ -16,12 +16,12 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings, SourceSettings
+from gateway.sink import KafkaRawSink
 from processors.kafka import embedded, reader, topics
-from processors.kafka.reconciler import Reconciler
-from processors.kafka.runner import Normalizer
 from processors.kafka.serde import Codec
-from processors.kafka.sink import KafkaRawSink
+from processors.normalizer.runner import Normalizer
 from processors.providers import REGISTRY
+from processors.reconcile.reconciler import Reconciler
 from processors.settings import KafkaSettings, ProcessorSection, ProcessorSettings, ReconcileSettings, TopicSettings
 from tests.tcpproxy import TcpProxy
 

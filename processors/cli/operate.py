@@ -65,7 +65,7 @@ def replay(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from processors.kafka import replay as replay_
+    from processors.operate import replay as replay_
 
     if from_beginning == (since is not None):
         raise _fail("give exactly one of --from-beginning or --since TIME")
@@ -131,7 +131,7 @@ def redrive(
     new reason); fetch letters' notices return to the events topic, fetched again by the reconciler;
     poll letters' expectations are posted again.
     """
-    from processors.kafka.replay import redrive as run_redrive
+    from processors.operate.replay import redrive as run_redrive
 
     settings = _load(ProcessorSettings, config)
     try:
@@ -166,10 +166,9 @@ def inspect_(
     Reads only the partitions that can hold the key, from --since on."""
     from datetime import timedelta
 
-    from processors import timeline
     from processors.kafka import config as kconfig
-    from processors.kafka import lookup
     from processors.kafka.serde import Codec
+    from processors.operate import lookup, timeline
     from processors.providers import REGISTRY
 
     provider, sep, vid = key.partition(":")

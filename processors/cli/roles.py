@@ -99,7 +99,7 @@ def process(
 ) -> None:
     """Run the normalizer: raw deliveries in, events and dead letters out. SIGTERM stops it cleanly."""
     from processors import tracing
-    from processors.kafka.runner import Normalizer
+    from processors.normalizer.runner import Normalizer
 
     settings = _load(ProcessorSettings, config)
     if group:
@@ -117,7 +117,7 @@ def process(
 @app.command()
 def reconcile(config: ConfigOpt = None) -> None:
     """Poll provider status APIs for expected verifications that have no final result in time."""
-    from processors.kafka.reconciler import Reconciler
+    from processors.reconcile.reconciler import Reconciler
     from processors.settings import ReconcileSettings
 
     settings = _load(ReconcileSettings, config)
@@ -224,7 +224,7 @@ def _exit_status(code: int) -> str:
 def _undelivered(config: Path | None, env: dict[str, str]) -> str:
     """What the stopped roles left undelivered: the gateway's spool, raw records not processed yet."""
     from gateway.settings import GatewaySettings
-    from gateway.spool import scan
+    from gateway.spool.journal import scan
     from processors.kafka import reader
 
     try:
@@ -247,12 +247,12 @@ def _undelivered(config: Path | None, env: dict[str, str]) -> str:
 
 
 def _serve_standin(settings: Any) -> Any:
-    """The local Incode stand-in (processors.standin), at the incode source's poll.base_url."""
+    """The local Incode stand-in (processors.reconcile.standin), at the incode source's poll.base_url."""
     from urllib.parse import urlsplit
 
     import uvicorn
 
-    from processors.standin import IncodeStandIn
+    from processors.reconcile.standin import IncodeStandIn
 
     source = next((s for s in settings.sources.values() if s.provider == "incode" and s.poll is not None), None)
     if source is None:

@@ -11,7 +11,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -267,3 +267,35 @@ def produce_dead_letter(
         )
         cut = dataclasses.replace(letter, original_value=letter.original_value[:_ORIGINAL_PREFIX], original_size=size)
         produce_dead_letter(producer, codec, topic, cut, key, on_delivery)
+
+
+# librdkafka's reckoning of a record against the producer's `message.max.bytes`
+# (rd_kafka_msg_max_wire_size): a v2 record's largest framing (length 5, attributes 1, timestamp
+# delta 10, offset delta 5, key length 5, value length 5, header count 5) plus key, value and each
+# header's varint-framed name and value. Past it produce() refuses with MSG_SIZE_TOO_LARGE, so a
+# delivery measured with it is refused (413) before anything is produced or spooled.
+_RECORD_FRAMING = 36
+_DEFAULT_MAX_RECORD = 1_000_000  # librdkafka's message.max.bytes
+
+
+def record_bytes(key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> int:
+    """A record's size as librdkafka checks it against `message.max.bytes`."""
+    size = _RECORD_FRAMING + len(key) + len(value)
+    for name, data in headers:
+        encoded = name.encode()
+        size += varint_size(len(encoded)) + len(encoded) + varint_size(len(data)) + len(data)
+    return size
+
+
+def max_record_bytes(conf: dict[str, Any]) -> int:
+    """The largest record a producer built from `conf` sends (kafka.extra may set message.max.bytes)."""
+    return int(conf.get("message.max.bytes", _DEFAULT_MAX_RECORD))
+
+
+def varint_size(n: int) -> int:
+    """Bytes of n as a zigzag varint (Kafka's record fields and Avro's lengths alike)."""
+    z, size = n << 1, 1
+    while z >= 0x80:
+        z >>= 7
+        size += 1
+    return size

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from processors.errors import BrokerError
-from processors.kafka import config, recovery
+from processors.kafka import config
 from processors.settings import KafkaSettings
 
 Start = Literal["beginning", "end"] | int  # int: the last N records of each partition
@@ -165,7 +165,7 @@ def unprocessed(kafka: KafkaSettings, group: str, topic: str, timeout: float = 3
         partitions = topic_partitions(consumer, topic)
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
         starts = [(topic, tp.partition, tp.offset) for tp in committed]  # a negative offset: from the beginning
-        return sum(1 for _ in recovery.read_partitions(consumer, starts, timeout))
+        return sum(1 for _ in read_partitions(consumer, starts, timeout))
     except KafkaException as exc:
         raise BrokerError(f"Kafka did not answer: {exc.args[0].str()}") from exc
     finally:
@@ -176,3 +176,27 @@ def _header_list(headers: object) -> list[tuple[str, str | bytes | None]]:
     if isinstance(headers, dict):
         return list(headers.items())
     return list(headers) if isinstance(headers, list) else []
+
+
+def read_partitions(consumer: Consumer, starts: list[tuple[str, int, int]], timeout: float) -> Iterator[Message]:
+    """Every record of each (topic, partition) from its start offset up to its end (partition EOF),
+    all read at once."""
+    if not starts:
+        return
+    consumer.assign([TopicPartition(t, p, s if s >= 0 else OFFSET_BEGINNING) for t, p, s in starts])
+    pending = {(t, p) for t, p, _ in starts}
+    deadline = time.monotonic() + timeout
+    try:
+        while pending:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"reading {sorted(pending)} did not reach the end within {timeout:g}s")
+            for msg in consumer.consume(10_000, 0.2):
+                error = msg.error()
+                if error is None:
+                    yield msg
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard((msg.topic() or "", msg.partition() or 0))
+                else:
+                    raise BrokerError(f"reading {msg.topic()}[{msg.partition()}] failed: {error.str()}")
+    finally:
+        consumer.unassign()

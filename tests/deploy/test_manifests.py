@@ -28,17 +28,17 @@ from gateway.app import create_app
 from gateway.expectations import ExpectationsEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from gateway.spool.forwarder import SpoolForwarder
 from processors.errors import ConfigError
 from processors.kafka import access
-from processors.kafka import reconciler as reconciler_module
-from processors.kafka.fetcher import fetcher_sources
-from processors.kafka.metrics import ProcessorMetrics
-from processors.kafka.reconciler import ReconcileMetrics
-from processors.kafka.sink import SpoolForwarder
 from processors.kafka.topics import specs
-from processors.polling import Verdict
+from processors.normalizer.metrics import ProcessorMetrics
 from processors.probes import LIVENESS_PATH, READINESS_PATH
 from processors.providers import REGISTRY
+from processors.reconcile import reconciler as reconciler_module
+from processors.reconcile.fetcher import fetcher_sources
+from processors.reconcile.polling import Verdict
+from processors.reconcile.reconciler import ReconcileMetrics
 from processors.secretfile import read_lines
 from processors.settings import KAFKA_ENV, ProcessorSettings, ReconcileSettings, Settings
 from tests.unit.test_gateway_app import Sink
@@ -716,7 +716,7 @@ def _reconciler_groups(settings: ReconcileSettings, monkeypatch: pytest.MonkeyPa
     """The consumer groups the reconciler's code really joins (its Kafka clients, recorded)."""
     confs: list[dict[str, Any]] = []
     import processors.kafka.producer as producer_module
-    import processors.kafka.tables as tables_module
+    import processors.reconcile.tables as tables_module
 
     clients = ((reconciler_module, "Consumer"), (tables_module, "Consumer"), (producer_module, "Producer"))
     for module, client in clients:

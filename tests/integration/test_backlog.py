@@ -17,8 +17,8 @@ from processors.avro.records import dedup_record
 from processors.errors import ConfigError
 from processors.kafka import config, reader
 from processors.kafka.producer import produce
-from processors.kafka.runner import Engine
 from processors.kafka.serde import Codec
+from processors.normalizer.runner import Engine
 from processors.settings import KafkaSettings, ProcessorSettings, TopicSettings
 from tests.conftest import unique
 

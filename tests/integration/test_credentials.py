@@ -18,15 +18,15 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from processors.credentials import ClientCredentials, ExecutiveLogin, _jwt_lifetime
 from processors.errors import ConfigError
-from processors.kafka.fetcher import fetcher_sources
 from processors.model import Expectation
-from processors.polling import Poller, PollOutcome
-from processors.pollsettings import PollSettings
 from processors.providers import REGISTRY, incode
+from processors.reconcile.credentials import ClientCredentials, ExecutiveLogin, _jwt_lifetime
+from processors.reconcile.fetcher import fetcher_sources
+from processors.reconcile.polling import Poller, PollOutcome
+from processors.reconcile.pollsettings import PollSettings
+from processors.reconcile.standin import DEV_API_KEY, IncodeStandIn
 from processors.settings import ReconcileSettings
-from processors.standin import DEV_API_KEY, IncodeStandIn
 from tests.conftest import serving_app, wait_until
 from tests.credentials import CLIENT, FakeOAuth
 

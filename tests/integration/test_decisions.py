@@ -15,8 +15,8 @@ import pytest
 
 from gateway.settings import GatewaySettings
 from processors.kafka.serde import Codec
+from processors.reconcile.standin import DEV_ADMIN_TOKEN, DEV_API_KEY, IncodeStandIn
 from processors.settings import KafkaSettings
-from processors.standin import DEV_ADMIN_TOKEN, DEV_API_KEY, IncodeStandIn
 from tests.conftest import (
     committed_to_end,
     latest_states,

@@ -18,8 +18,8 @@ import pytest
 
 from gateway.settings import GatewaySettings
 from processors.kafka import reader
-from processors.kafka.runner import Normalizer
 from processors.kafka.serde import Codec
+from processors.normalizer.runner import Normalizer
 from processors.settings import KafkaSettings, TopicSettings
 from tests import cases
 from tests.conftest import (
@@ -163,7 +163,7 @@ def test_dedup_and_raw_partition_counts_must_match(
     make_topics: Callable[..., TopicSettings], kafka: KafkaSettings
 ) -> None:
     from processors.errors import ConfigError
-    from processors.kafka.runner import Engine
+    from processors.normalizer.runner import Engine
     from processors.settings import ProcessorSettings
 
     three, two = make_topics(3), make_topics(2)

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from gateway.settings import GatewaySettings
-from processors.kafka.reconciler import Reconciler
 from processors.kafka.serde import Codec
+from processors.reconcile.reconciler import Reconciler
+from processors.reconcile.standin import DEV_ADMIN_TOKEN, DEV_API_KEY, IncodeStandIn
 from processors.settings import KafkaSettings, TopicSettings
-from processors.standin import DEV_ADMIN_TOKEN, DEV_API_KEY, IncodeStandIn
 from tests.conftest import (
     committed_to_end,
     latest_states,

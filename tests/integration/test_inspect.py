@@ -13,11 +13,11 @@ import pytest
 from confluent_kafka import Producer
 
 from gateway.settings import GatewaySettings
-from processors import timeline
 from processors.avro.records import delivery_to_record
-from processors.kafka import config, lookup
+from processors.kafka import config
 from processors.kafka.partitioner import partition_for
 from processors.kafka.serde import Codec
+from processors.operate import lookup, timeline
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import (
     EXPECTATIONS_API_KEY,

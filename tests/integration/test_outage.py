@@ -13,8 +13,8 @@ from collections import Counter
 import pytest
 
 from processors.kafka import topics
-from processors.kafka.runner import Normalizer
 from processors.kafka.serde import Codec
+from processors.normalizer.runner import Normalizer
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import committed_to_end, processing, produce_raw, read, unique, wait_until
 from tests.integration.test_exactly_once import _stream

@@ -21,9 +21,9 @@ from starlette.routing import Route
 from gateway.settings import GatewaySettings
 from processors.avro.records import expectation_to_record
 from processors.kafka import config, reader, topics
-from processors.kafka.reconciler import Reconciler
 from processors.kafka.serde import Codec
 from processors.model import Expectation
+from processors.reconcile.reconciler import Reconciler
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import (
     EXPECTATIONS_API_KEY,

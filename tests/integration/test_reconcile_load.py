@@ -24,11 +24,11 @@ from starlette.routing import Route
 
 from processors.avro.records import event_to_record, expectation_from_record, expectation_to_record
 from processors.kafka import config, reader
-from processors.kafka.reconciler import Reconciler
 from processors.kafka.serde import Codec
 from processors.model import Expectation, VerificationEvent, VerificationStatus
+from processors.reconcile.reconciler import Reconciler
+from processors.reconcile.standin import DEV_ADMIN_TOKEN, DEV_API_KEY, IncodeStandIn
 from processors.settings import KafkaSettings, TopicSettings
-from processors.standin import DEV_ADMIN_TOKEN, DEV_API_KEY, IncodeStandIn
 from tests.conftest import committed_to_end, reconciling, serving_app, unique, wait_until
 
 pytestmark = pytest.mark.broker

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.sink import KafkaRawSink
 from processors.kafka import topics
 from processors.kafka.serde import Codec
-from processors.kafka.sink import KafkaRawSink
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import committed_to_end, post, processing, read, unique, wait_until
 from tests.credentials import auth_headers
@@ -107,7 +107,7 @@ def test_a_spooled_record_kafka_refuses_for_good_is_quarantined_and_the_rest_go_
 ) -> None:
     """A spool left by a version that did not measure records: the oversized one is moved aside
     (counted, for an alert), the records before and after it are forwarded."""
-    from gateway.spool import Spool, Spooled
+    from gateway.spool.journal import Spool, Spooled
     from tests.conftest import raw_delivery
 
     names = make_topics(partitions=1)

@@ -16,8 +16,8 @@ from gateway.settings import GatewaySettings
 from processors.cli import app
 from processors.kafka.serde import Codec
 from processors.model import Expectation
+from processors.reconcile.standin import IncodeStandIn
 from processors.settings import KafkaSettings, TopicSettings
-from processors.standin import IncodeStandIn
 from tests.conftest import (
     latest_states,
     processing,

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from processors.kafka.runner import Normalizer
 from processors.kafka.serde import Codec
+from processors.normalizer.runner import Normalizer
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import (
     committed_to_end,
@@ -126,7 +126,7 @@ def test_replay_since_a_time_skips_older_deliveries(
 def test_redrive_sends_fixed_letters_back_and_keeps_the_rest_with_their_new_reason(
     topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from processors.kafka.replay import redrive
+    from processors.operate.replay import redrive
     from processors.providers import REGISTRY, esign
     from processors.settings import ProcessorSettings
 
@@ -223,7 +223,7 @@ def test_replay_refuses_before_creating_anything_when_a_target_disagrees(
 def test_replay_progress_totals_what_it_reads_and_live_dead_letters_are_not_written_twice(
     topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
 ) -> None:
-    from processors.kafka.replay import replay
+    from processors.operate.replay import replay
     from processors.settings import ProcessorSettings
 
     deliveries = [raw_delivery("esign", _esign(i)) for i in range(40)] + [raw_delivery("esign", b"{,}")] * 3

@@ -18,10 +18,10 @@ import uvicorn
 
 from gateway.server import build
 from gateway.settings import GatewaySettings, SourceSettings
-from gateway.spool import Spool, Spooled
+from gateway.sink import KafkaRawSink
+from gateway.spool.journal import Spool, Spooled
 from processors.kafka import embedded, topics
 from processors.kafka.serde import Codec
-from processors.kafka.sink import KafkaRawSink
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import DEV_SECRET, committed_to_end, processing, raw_delivery, read, unique, wait_until
 from tests.credentials import auth_headers

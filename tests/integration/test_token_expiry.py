@@ -17,8 +17,8 @@ import pytest
 
 from gateway.settings import GatewaySettings
 from processors.kafka import reader
-from processors.kafka.reconciler import Reconciler
 from processors.kafka.serde import Codec
+from processors.reconcile.reconciler import Reconciler
 from processors.settings import KafkaSettings
 from tests.conftest import EXPECTATIONS_API_KEY, post, read, reconciling, serving_app, wait_until
 from tests.credentials import CLIENT, FakeOAuth

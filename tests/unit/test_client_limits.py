@@ -1,4 +1,4 @@
-"""processors.kafka.limits: the processor's settings checked against its Kafka clients' limits at start."""
+"""processors.normalizer.limits: the processor's settings checked against its Kafka clients' limits at start."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from processors.errors import ConfigError
-from processors.kafka import limits
+from processors.normalizer import limits
 from processors.settings import ProcessorSection
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from processors.credentials import BACKOFF_MAX_S, CredentialError, _CachedToken, backoff_s
+from processors.reconcile.credentials import BACKOFF_MAX_S, CredentialError, _CachedToken, backoff_s
 
 
 class Endpoint:

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from processors.avro.records import dedup_to_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
-from processors.kafka import recovery
 from processors.kafka.serde import Codec
 from processors.model import DedupRecord
+from processors.normalizer import recovery
 
 KEY = "esign:4f6d9a1e-2b7c-4c1d-9a55-0e6f1b2c3d4e:COMPLETED:VALID:2026-05-08T10:30:00Z"
 BASE = 1_778_236_200  # 2026-05-08T10:30:00Z, a minute boundary

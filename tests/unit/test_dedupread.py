@@ -20,9 +20,9 @@ from processors.avro.dedupread import MAX_MS, MIN_MS, expiry_reader
 from processors.avro.records import dedup_from_record, dedup_to_record
 from processors.dedup import MemoryDedupStore
 from processors.errors import SerdeError
-from processors.kafka import recovery
 from processors.kafka.serde import Codec
 from processors.model import DedupRecord
+from processors.normalizer import recovery
 from schemas import SCHEMA_DIR
 
 CODEC = Codec()

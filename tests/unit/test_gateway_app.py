@@ -185,7 +185,7 @@ def test_a_spool_that_cannot_be_written_refuses_with_the_source_status(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Kafka away and the spool's disk full (a short write): the source's refusal, never a 200."""
-    from gateway.spool import Spool
+    from gateway.spool.journal import Spool
     from processors.errors import BrokerError
 
     sink = Sink()
@@ -196,7 +196,7 @@ def test_a_spool_that_cannot_be_written_refuses_with_the_source_status(
         kafka={"bootstrap_servers": "127.0.0.1:1"},
     )
     real_write = os.write
-    monkeypatch.setattr("gateway.spool.os.write", lambda fd, data: real_write(fd, data[:10]))
+    monkeypatch.setattr("gateway.spool.journal.os.write", lambda fd, data: real_write(fd, data[:10]))
     with serving_app(create_app(config, sink, spool=spool)) as url:
         answer = post(f"{url}/webhooks/xendit", XENDIT, TOKEN)
     assert (answer.status_code, answer.json()["error"]) == (503, "spool_failed"), answer.text

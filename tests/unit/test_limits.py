@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway import clientip
-from processors.ratelimit import TokenBucket
+from processors.reconcile.ratelimit import TokenBucket
 
 TRUSTED = clientip.networks(["10.0.0.0/8", "127.0.0.1/32"])
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from processors.credentials import StaticCredentials
 from processors.errors import ConfigError
-from processors.pollsettings import PollSettings
+from processors.reconcile.credentials import StaticCredentials
+from processors.reconcile.pollsettings import PollSettings
 from processors.secretfile import SecretFile
 from processors.settings import ProcessorSettings
 from tests.conftest import wait_until

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from processors.kafka.sink import record_bytes
+from processors.kafka.producer import record_bytes
 
 LIMIT = 10_000
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.spool import Spool, Spooled, frame, scan
+from gateway.spool.journal import Spool, Spooled, frame, scan
 
 
 def _record(i: int, at: float = 1000.0) -> Spooled:
@@ -101,7 +101,7 @@ def test_a_short_write_is_an_error_and_leaves_the_segment_clean(
     spool = _spool(tmp_path)
     spool.append(_record(0))
     real_write = os.write
-    monkeypatch.setattr("gateway.spool.os.write", lambda fd, data: real_write(fd, data[: len(data) // 2]))
+    monkeypatch.setattr("gateway.spool.journal.os.write", lambda fd, data: real_write(fd, data[: len(data) // 2]))
     with pytest.raises(OSError, match="short write"):
         spool.append(_record(1))
     monkeypatch.undo()

@@ -16,7 +16,7 @@ from processors.model import (
     VerificationState,
     VerificationStatus,
 )
-from processors.timeline import Found, Scanned, Undecodable, assemble, to_json, to_table
+from processors.operate.timeline import Found, Scanned, Undecodable, assemble, to_json, to_table
 
 T0 = datetime(2026, 5, 8, 10, 30, tzinfo=UTC)
 KEY = "esign:sub-1"

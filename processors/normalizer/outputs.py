@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 from opentelemetry.trace import Span
 from prometheus_client import Counter
 
 from processors import logs, tracing
 from processors.avro.records import event_to_record, state_to_record
 from processors.errors import BrokerError
+from processors.kafka import KafkaError, Message, Producer, TopicPartition
 from processors.kafka.producer import RenewableProducer, produce, produce_dead_letter
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, VerificationEvent, VerificationState

@@ -8,18 +8,16 @@ never rely on the broker having compacted anything: tombstones and expiry are ap
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
-
 from processors.avro.dedupread import expiry_reader
 from processors.avro.records import dedup_from_record, event_from_record, state_from_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
-from processors.errors import BrokerError
+from processors.kafka import OFFSET_BEGINNING, Consumer
+from processors.kafka.reader import read_partitions
 from processors.kafka.serde import Codec
 from processors.model import VerificationEvent, VerificationState
 
@@ -51,30 +49,6 @@ def new_store(kind: str, state_dir: Path, topic: str, partition: int) -> DedupSt
     if kind == "sqlite":
         return SqliteDedupStore(state_dir / f"dedup-{topic}-{partition}.sqlite")
     return MemoryDedupStore()
-
-
-def read_partitions(consumer: Consumer, starts: list[tuple[str, int, int]], timeout: float) -> Iterator[Message]:
-    """Every record of each (topic, partition) from its start offset up to its end (partition EOF),
-    all read at once."""
-    if not starts:
-        return
-    consumer.assign([TopicPartition(t, p, s if s >= 0 else OFFSET_BEGINNING) for t, p, s in starts])
-    pending = {(t, p) for t, p, _ in starts}
-    deadline = time.monotonic() + timeout
-    try:
-        while pending:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {sorted(pending)} did not reach the end within {timeout:g}s")
-            for msg in consumer.consume(10_000, 0.2):
-                error = msg.error()
-                if error is None:
-                    yield msg
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard((msg.topic() or "", msg.partition() or 0))
-                else:
-                    raise BrokerError(f"reading {msg.topic()}[{msg.partition()}] failed: {error.str()}")
-    finally:
-        consumer.unassign()
 
 
 def restore(

@@ -22,8 +22,8 @@ import httpx
 from prometheus_client import Counter
 
 from processors.model import Expectation
-from processors.polling import Poller, PollOutcome
 from processors.providers import REGISTRY
+from processors.reconcile.polling import Poller, PollOutcome
 from processors.settings import ReconcileSettings
 
 _T = TypeVar("_T")

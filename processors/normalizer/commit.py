@@ -25,12 +25,12 @@ import time
 from collections.abc import Callable
 from typing import ClassVar, Protocol
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import Counter
 
 from processors import logs
-from processors.kafka.outputs import Batch, Outputs
-from processors.kafka.owner import PartitionOwner
+from processors.kafka import Consumer, KafkaException, TopicPartition
+from processors.normalizer.outputs import Batch, Outputs
+from processors.normalizer.owner import PartitionOwner
 
 log = logs.get("kycstream.processor")
 

@@ -1,6 +1,6 @@
 """The gateway's local journal for `on_kafka_unavailable: spool` sources: while Kafka is away, a
 delivery is answered 200 once its exact raw record is appended here and fsynced; a forwarder
-(processors.kafka.sink.SpoolForwarder) sends the journal to the raw topic, in order, once Kafka
+(gateway.sink.SpoolForwarder) sends the journal to the raw topic, in order, once Kafka
 answers, and removes only what Kafka acknowledged.
 
 Segment files of framed records, append-only: `KS` + payload length + CRC-32 + payload. A segment

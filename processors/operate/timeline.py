@@ -1,6 +1,6 @@
 """One verification's story, from the records that carry its key: pure assembly and rendering.
 
-`kycstream inspect` reads the records (processors.kafka.lookup); this module orders them and says
+`kycstream inspect` reads the records (processors.operate.lookup); this module orders them and says
 what each one means. Bodies, headers and expectation lookups hold personal data: they appear only
 when asked for (`show_bodies`).
 """

@@ -20,12 +20,12 @@ from datetime import datetime, timedelta
 
 import httpx
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter
 
 from processors import logs
 from processors.avro.records import delivery_to_record, event_from_record
 from processors.errors import ConfigError, SerdeError
+from processors.kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from processors.kafka.producer import RenewableProducer, produce, produce_dead_letter
 from processors.kafka.serde import Codec
 from processors.model import (
@@ -37,8 +37,8 @@ from processors.model import (
     RawDelivery,
     VerificationEvent,
 )
-from processors.polling import Poller, PollOutcome
 from processors.providers import REGISTRY, Fetching, fetching
+from processors.reconcile.polling import Poller, PollOutcome
 from processors.remedies import explain
 from processors.settings import ReconcileSettings
 

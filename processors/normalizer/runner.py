@@ -18,19 +18,19 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
 from processors import logs, state, tracing
 from processors.avro.records import delivery_from_record
 from processors.errors import SerdeError
-from processors.kafka import config, limits
-from processors.kafka.commit import AtLeastOnce, CommitStrategy, ExactlyOnce
-from processors.kafka.metrics import ProcessorMetrics
-from processors.kafka.outputs import Batch, Outputs
-from processors.kafka.owner import PartitionOwner
+from processors.kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition, config
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, Notice, RawDelivery, RawRef, Rejection, VerificationEvent
+from processors.normalizer import limits
+from processors.normalizer.commit import AtLeastOnce, CommitStrategy, ExactlyOnce
+from processors.normalizer.metrics import ProcessorMetrics
+from processors.normalizer.outputs import Batch, Outputs
+from processors.normalizer.owner import PartitionOwner
 from processors.pipeline import normalize, reversal
 from processors.probes import Health
 from processors.remedies import explain

@@ -1,8 +1,8 @@
 """`kycstream reconcile`: find expected verifications without a final result and poll their provider;
-fetch the results that callbacks only announce (processors.kafka.fetcher).
+fetch the results that callbacks only announce (processors.reconcile.fetcher).
 
 The main loop owns the Kafka clients and never waits for a provider: polls and fetches run on the
-call thread (processors.calls) and are acted on when they are answered. A tick starts at most
+call thread (processors.reconcile.calls) and are acted on when they are answered. A tick starts at most
 `reconcile.max_polls_per_tick` polls, oldest due first, and a poll it could not start within
 `reconcile.max_tick_s` (the source's rate and concurrency) is left for the next tick; the next
 tick starts once this one's polls are answered. Meanwhile the loop keeps reading its tables and
@@ -37,21 +37,20 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processors import logs
 from processors.avro.records import delivery_to_record, expectation_to_record
-from processors.calls import ProviderCalls
-from processors.kafka import config
-from processors.kafka.fetcher import Fetcher, FetchJob
+from processors.kafka import Consumer, KafkaError, Message, Producer, config
 from processors.kafka.producer import RenewableProducer, produce, produce_dead_letter
 from processors.kafka.serde import Codec
-from processors.kafka.tables import Tables, Tracked
 from processors.model import DeadLetter, RawDelivery
 from processors.pipeline import raised_at, routing_id
-from processors.polling import PollOutcome, Verdict
 from processors.probes import Health
+from processors.reconcile.calls import ProviderCalls
+from processors.reconcile.fetcher import Fetcher, FetchJob
+from processors.reconcile.polling import PollOutcome, Verdict
+from processors.reconcile.tables import Tables, Tracked
 from processors.remedies import explain
 from processors.settings import ReconcileSettings
 

@@ -13,8 +13,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException
-
 from processors.avro.codec import RecordType
 from processors.avro.records import (
     dead_letter_from_record,
@@ -24,12 +22,12 @@ from processors.avro.records import (
     state_from_record,
 )
 from processors.errors import BrokerError, SerdeError
-from processors.kafka import config, reader
+from processors.kafka import Consumer, KafkaException, config, reader
 from processors.kafka.partitioner import DEFAULT, partition_for
-from processors.kafka.recovery import read_partitions
+from processors.kafka.reader import read_partitions
 from processors.kafka.serde import Codec
+from processors.operate.timeline import ROLES, Found, Role, Scanned, Undecodable, Value
 from processors.settings import KafkaSettings, TopicSettings
-from processors.timeline import ROLES, Found, Role, Scanned, Undecodable, Value
 
 _TYPES: dict[Role, RecordType] = {
     "expected": "Expectation",

@@ -30,7 +30,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from processors.errors import KycstreamError
 from processors.model import ApiCredentials
-from processors.pollsettings import ExecutiveLoginSettings, OAuth2Settings, PollSettings
+from processors.reconcile.pollsettings import ExecutiveLoginSettings, OAuth2Settings, PollSettings
 from processors.secretfile import SecretFile
 
 _LEEWAY_S = 30.0  # fetch a new token this long before the current one expires (a tenth of short ones)

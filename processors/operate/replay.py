@@ -10,17 +10,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    ConsumerGroupState,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 from typing_extensions import override
 
 from processors import logs
@@ -31,11 +20,25 @@ from processors.avro.records import (
     expectation_to_record,
 )
 from processors.errors import BrokerError, ConfigError, SerdeError
-from processors.kafka import config, reader, topics
+from processors.kafka import (
+    OFFSET_BEGINNING,
+    AdminClient,
+    ConfigResource,
+    Consumer,
+    ConsumerGroupState,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+    config,
+    reader,
+    topics,
+)
 from processors.kafka.producer import produce, produce_dead_letter
-from processors.kafka.runner import Engine
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, RawDelivery, Rejection
+from processors.normalizer.runner import Engine
 from processors.pipeline import normalize
 from processors.remedies import explain
 from processors.settings import KafkaSettings, ProcessorSettings, TopicSettings

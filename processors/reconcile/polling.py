@@ -14,11 +14,11 @@ import orjson
 from prometheus_client import Counter
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from processors.credentials import CredentialError, Credentials, credentials_for
 from processors.model import ApiCredentials, Expectation, PollRequest
-from processors.pollsettings import PollSettings
 from processors.providers import Provider
-from processors.ratelimit import TokenBucket
+from processors.reconcile.credentials import CredentialError, Credentials, credentials_for
+from processors.reconcile.pollsettings import PollSettings
+from processors.reconcile.ratelimit import TokenBucket
 
 Verdict = Literal["result", "unrecognized", "unauthorized", "not_found", "failed", "credential_failed"]
 

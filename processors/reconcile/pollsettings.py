@@ -114,7 +114,7 @@ class PollSettings(Section):
 
     def credentials(self) -> ApiCredentials:
         """The credentials as configured now (files read; with oauth2 the token is fetched instead:
-        processors.credentials keeps them current)."""
+        processors.reconcile.credentials keeps them current)."""
         return ApiCredentials(
             _secret(self.token, self.token_file) or "", _secret(self.admin_token, self.admin_token_file)
         )

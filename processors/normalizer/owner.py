@@ -14,15 +14,14 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from confluent_kafka import Consumer, KafkaException
-
 from processors import logs, state
 from processors.avro.records import dedup_record
 from processors.errors import BrokerError, ConfigError
-from processors.kafka import config, recovery
-from processors.kafka.metrics import ProcessorMetrics
-from processors.kafka.outputs import Batch, DedupOutput, Outputs
+from processors.kafka import Consumer, KafkaException, config
 from processors.model import VerificationEvent, VerificationState
+from processors.normalizer import recovery
+from processors.normalizer.metrics import ProcessorMetrics
+from processors.normalizer.outputs import Batch, DedupOutput, Outputs
 from processors.probes import Health
 from processors.settings import ProcessorSettings
 

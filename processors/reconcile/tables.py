@@ -16,13 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from processors import logs
 from processors.avro.records import dead_letter_from_record, expectation_from_record, state_from_record
 from processors.errors import SerdeError
-from processors.kafka import config, reader
+from processors.kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition, config, reader
 from processors.kafka.serde import Codec
 from processors.model import Expectation, VerificationStatus
 from processors.settings import ReconcileSettings

@@ -1,0 +1,1 @@
+"""Operator commands over the topics: replay, redrive, inspect (lookup and timeline)."""
