@@ -15,9 +15,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway import errors
 from gateway.auth import AcceptedCredentials
 from gateway.errors import GatewayError, InvalidRequest, KafkaUnavailable, MethodNotAllowed, UnknownSource
-from gateway.routes import RawSink, error_response, read_body
+from gateway.routes import RawSink, read_body
 from gateway.settings import GatewaySettings
 from processors import logs, signing
 from processors.errors import BrokerError
@@ -44,7 +45,7 @@ class ExpectationsEndpoint:
         try:
             return await self._expect(request)
         except GatewayError as exc:
-            return error_response(exc, None)
+            return errors.response(exc)
 
     async def _expect(self, request: Request) -> Response:
         name = request.path_params["source"]

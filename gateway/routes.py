@@ -13,10 +13,9 @@ from typing import Any, Protocol
 
 import orjson
 from starlette.requests import ClientDisconnect
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway import clientip
+from gateway import clientip, errors
 from gateway.auth import AcceptedCredentials
 from gateway.errors import (
     Forbidden,
@@ -105,7 +104,7 @@ class WebhookEndpoint:
     """`/webhooks/{source}` as a plain ASGI app, dispatched to by gateway.app before Starlette.
 
     The hot path of the product: no Request/Response objects, no middleware, no routing table
-    (together ~15% of the event loop per webhook under load). Refusals answer as error_response.
+    (together ~15% of the event loop per webhook under load). Refusals answer as errors.body renders them.
     """
 
     def __init__(
@@ -147,7 +146,7 @@ class WebhookEndpoint:
         try:
             status, body, headers = await self._receive(scope, receive, name, request_id)
         except GatewayError as exc:
-            status, body, headers = exc.status, error_body(exc, request_id), exc.headers
+            status, body, headers = exc.status, errors.body(exc, request_id), exc.headers
         except ClientDisconnect:
             status, body, headers = 499, b"", {}  # nobody to answer; counted and logged as 499
         except Exception as exc:  # a bug: answer 500 (nothing was accepted) and say where, not what
@@ -318,19 +317,6 @@ def _request_id() -> str:
     b = _random[-16:]
     del _random[-16:]
     return uuid_text(b, 4)
-
-
-def error_body(exc: GatewayError, request_id: str | None) -> bytes:
-    content = {"error": exc.code, "detail": exc.detail}
-    if request_id is not None:
-        content["request_id"] = request_id
-    return orjson.dumps(content)
-
-
-def error_response(exc: GatewayError, request_id: str | None) -> Response:
-    return Response(
-        error_body(exc, request_id), status_code=exc.status, headers=exc.headers, media_type="application/json"
-    )
 
 
 async def read_body(receive: Receive, limit: int, declared: str | None, reason: str = "") -> bytes:

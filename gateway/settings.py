@@ -11,7 +11,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from processors import signing
 from processors.providers import REGISTRY, providers_known
-from processors.reconcile.pollsettings import PollSettings, Section
+from processors.reconcile.pollsettings import PollSettings
+from processors.section import Section
 from processors.settings import Settings
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -23,8 +23,9 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from processors.errors import ConfigError
-from processors.reconcile.pollsettings import PollSettings, Section
+from processors.reconcile.pollsettings import PollSettings
 from processors.secretfile import read_lines
+from processors.section import Section
 
 CONFIG_ENV = "KYCSTREAM_CONFIG"
 DAY_MS = 24 * 3600 * 1000

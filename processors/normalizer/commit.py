@@ -5,8 +5,8 @@ at_least_once (default, any broker), per batch:
   1. produce events, states and dead letters; wait for every acknowledgement. Any failure rewinds
      the consumer to the batch start and takes the batch's partitions over again, as after a crash.
   2. remember the batch's idempotency keys and states, then produce their dedup records (each
-     carrying "every event below offset X of this partition has its record"); retried until
-     acknowledged.
+     carrying the anchor: "every event below offset X of this partition has its record",
+     anchor.py); retried until acknowledged.
   3. the caller commits the offsets.
 A crash between 1 and 2 leaves events without dedup records; the next owner of the partition
 finds them by reading the events partition from X on restore (PartitionOwner.repair), so a
@@ -93,7 +93,7 @@ class AtLeastOnce(_Strategy):
                 self.outputs.note(err)
             self._take_over_again(batch, consumer, f"outputs failed: {batch.failures[:3]}")
             return None
-        self.owner.apply(batch)
+        self.owner.learn(batch)
         if not self.outputs.write_dedup(self.owner.dedup_records(batch), stop):
             return None
         return batch.next_offsets()
@@ -115,7 +115,7 @@ class ExactlyOnce(_Strategy):
         producer = self.outputs.producer
         try:
             self.outputs.states(batch)
-            self.outputs.dedup(self.owner.dedup_records(batch))
+            self.outputs.dedup_in_transaction(self.owner.dedup_records(batch))
             if consumer is not None:
                 producer.send_offsets_to_transaction(batch.next_offsets(), consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(self.p.flush_timeout_s)
@@ -124,7 +124,7 @@ class ExactlyOnce(_Strategy):
                 producer.abort_transaction(30)
             self._take_over_again(batch, consumer, f"transaction aborted: {exc.args[0].str()}")
             return None
-        self.owner.apply(batch)
+        self.owner.learn(batch)
         return []
 
     def aside(self, write: Callable[[Batch], int]) -> int:

@@ -141,7 +141,7 @@ class Outputs:
                 self.producer, self.topics.dedup, None, key.encode(), partition=partition, on_delivery=batch.on_delivery
             )
 
-    def dedup(self, records: list[DedupOutput]) -> None:
+    def dedup_in_transaction(self, records: list[DedupOutput]) -> None:
         """Within a transaction: its commit says whether they landed."""
         for partition, key, value in records:
             produce(self.producer, self.topics.dedup, value, key, partition=partition)

@@ -19,7 +19,7 @@ from processors.avro.records import dedup_record
 from processors.errors import BrokerError, ConfigError
 from processors.kafka import Consumer, KafkaException, config
 from processors.model import VerificationEvent, VerificationState
-from processors.normalizer import recovery
+from processors.normalizer import anchor, recovery
 from processors.normalizer.metrics import ProcessorMetrics
 from processors.normalizer.outputs import Batch, DedupOutput, Outputs
 from processors.probes import Health
@@ -132,12 +132,15 @@ class PartitionOwner:
         return max(0.001, deadline - time.monotonic())
 
     def _repair(self, fresh: dict[int, recovery.PartitionStores], deadline: float) -> int:
-        """Events written without their dedup records (a crash between the two): remember them,
-        write their states and dedup records, and tombstone the keys found expired meanwhile."""
+        """Events written without their dedup records (a crash between the two, see anchor.py):
+        remember them, write their states and dedup records, and tombstone the keys found expired
+        meanwhile."""
         batch = Batch()
         repaired = 0
-        for partition, offset, event in recovery.unmarked_events(
-            self._restorer, self.codec, self.topics.events, fresh, self._left(deadline)
+        anchors = {p: stores.repair_from for p, stores in fresh.items()}
+        dedup = {p: stores.dedup for p, stores in fresh.items()}
+        for partition, offset, event in anchor.unmarked(
+            self._restorer, self.codec, self.topics.events, anchors, dedup, self._left(deadline)
         ):
             if event.idempotency_key in batch.keys.get(partition, {}):
                 continue
@@ -149,9 +152,8 @@ class PartitionOwner:
             self.outputs.tombstones(batch, partition, sorted(stores.expired))
         self.outputs.states(batch)
         self.outputs.flush_or_raise(batch, "restore")
-        self.apply(batch)
-        anchors = {p: stores.repair_from for p, stores in fresh.items()}
-        self.outputs.write_dedup(self.dedup_records(batch, anchors=anchors))
+        self.learn(batch)
+        self.outputs.write_dedup(self.dedup_records(batch, anchors=anchors))  # the anchors unchanged
         return repaired
 
     def release(self, partition: int) -> None:
@@ -194,7 +196,7 @@ class PartitionOwner:
     def counted(stores: recovery.PartitionStores, event: VerificationEvent) -> bool:
         return state.counted(stores.states.get(event.key), event)
 
-    def apply(self, batch: Batch) -> None:
+    def learn(self, batch: Batch) -> None:
         """Only acknowledged outputs are remembered, so a rewound batch is redone in full."""
         for partition, states in batch.states.items():
             stores = self.owned.get(partition)
@@ -209,11 +211,10 @@ class PartitionOwner:
         encode, topic = self.codec.encode, self.topics.dedup
         records = []
         for partition, keys in batch.keys.items():
-            offsets = batch.event_offsets.get(partition) or [-1]
-            anchor = anchors[partition] if anchors is not None else min(offsets)
+            at = anchors[partition] if anchors is not None else anchor.for_batch(batch.event_offsets.get(partition, ()))
             stores = self.owned.get(partition)
             for key, event in keys.items():
-                record = dedup_record(key, event.event_id, first_seen, expires, anchor)
+                record = dedup_record(key, event.event_id, first_seen, expires, at)
                 records.append((partition, key.encode(), encode("DedupRecord", record, topic)))
                 if stores is not None:
                     stores.dedup.add(key, expires // 1000)

@@ -8,18 +8,18 @@ never rely on the broker having compacted anything: tombstones and expiry are ap
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from processors.avro.dedupread import expiry_reader
-from processors.avro.records import dedup_from_record, event_from_record, state_from_record
+from processors.avro.records import dedup_from_record, state_from_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
 from processors.kafka import OFFSET_BEGINNING, Consumer
 from processors.kafka.reader import read_partitions
 from processors.kafka.serde import Codec
-from processors.model import VerificationEvent, VerificationState
+from processors.model import VerificationState
+from processors.normalizer import anchor
 
 # The restoring consumer's librdkafka settings (beside the usual ones of config.consumer): read to
 # the end, never wait for more data, and keep up to a million records a partition fetched ahead
@@ -41,7 +41,7 @@ class PartitionStores:
     dedup: DedupStore
     states: dict[str, VerificationState] = field(default_factory=dict)
     expired: set[str] = field(default_factory=set)  # found expired while restoring: to tombstone
-    repair_from: int = -1  # events-topic offset from which events may lack their dedup record
+    repair_from: int = anchor.NONE  # events-topic offset from which events may lack their dedup record
     restored_keys: int = 0
 
 
@@ -85,8 +85,7 @@ def restore(
             else:
                 expires_ms, events_offset = read
                 expires_s = expires_ms // 1000 if expires_ms >= 0 else -(-expires_ms // 1000)  # as timestamp()
-            if events_offset > target.repair_from:
-                target.repair_from = events_offset
+            target.repair_from = anchor.advance(target.repair_from, events_offset)
             if expires_s > now_s:
                 target.dedup.add_utf8(raw, expires_s)
                 if target.expired:
@@ -101,16 +100,3 @@ def restore(
             target.states[key] = state_from_record(codec.decode("VerificationState", value, state_topic))
     for target in stores.values():
         target.restored_keys = len(target.dedup)
-
-
-def unmarked_events(
-    consumer: Consumer, codec: Codec, topic: str, stores: dict[int, PartitionStores], timeout: float
-) -> Iterator[tuple[int, int, VerificationEvent]]:
-    """(partition, offset, event) of events written after the last acknowledged dedup records."""
-    starts = [(topic, p, target.repair_from) for p, target in stores.items()]
-    for msg in read_partitions(consumer, starts, timeout):
-        if msg.value() is None:
-            continue
-        event = event_from_record(codec.decode("VerificationEvent", msg.value() or b"", topic))
-        if event.idempotency_key not in stores[msg.partition() or 0].dedup:
-            yield msg.partition() or 0, msg.offset() or 0, event

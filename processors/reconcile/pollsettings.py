@@ -1,7 +1,5 @@
 """How the reconciler reaches a source's provider API (`sources.<name>.poll`): the base URL, limits
 and credentials (a static token or file, OAuth2 client credentials, Incode's executive login).
-
-Also the base of every settings section, `Section`: processors.settings imports both from here.
 """
 
 from __future__ import annotations
@@ -11,15 +9,12 @@ from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from processors.errors import ConfigError
 from processors.model import ApiCredentials
 from processors.secretfile import read_lines
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from processors.section import Section
 
 
 class OAuth2Settings(Section):

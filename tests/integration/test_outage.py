@@ -17,7 +17,7 @@ from processors.kafka.serde import Codec
 from processors.normalizer.runner import Normalizer
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import committed_to_end, processing, produce_raw, read, unique, wait_until
-from tests.integration.test_exactly_once import _stream
+from tests.integration.test_effectively_once import _stream
 from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.broker

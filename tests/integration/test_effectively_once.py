@@ -1,4 +1,5 @@
-"""Exactly one event per provider result, and a state that never regresses, whatever happens."""
+"""Effectively once (at-least-once with dedup, the default, and transactions): one event per provider
+result, and a state that never regresses, whatever happens."""
 
 from __future__ import annotations
 
@@ -257,7 +258,7 @@ def test_sigkill_mid_stream_of_20000(
     _kill_and_recover(kafka, topic_settings, codec, 20_000, second_joins)
 
 
-def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(
+def test_effectively_once_mode_commits_outputs_and_offsets_in_transactions(
     topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
 ) -> None:
     """The transactional path end to end (the embedded broker does not hide aborted transactions,
