@@ -228,7 +228,7 @@ def _hmac_matches(
     if scheme.needs_timestamp:
         for t, _ in candidates:
             _check_time(scheme, t, now)
-    signatures = [(t, _decode(scheme, text)) for t, text in candidates]
+    signatures = _decoded(scheme, candidates)
     matched = False
     for t in dict.fromkeys(t for t, _ in signatures):
         message = _message(scheme.signed, body, t)
@@ -285,6 +285,22 @@ def _check_time(scheme: Hmac, t: str, now: float) -> None:
             f"{scheme.header}: the timestamp is {abs(now - int(t)):.0f} s from now, outside the "
             f"{scheme.tolerance_s:.0f} s tolerance (a replay, or a clock to fix)"
         )
+
+
+def _decoded(scheme: Hmac, candidates: list[tuple[str, str]]) -> list[tuple[str, bytes]]:
+    """The candidates whose signature decodes. Among several (a rotation), one the scheme cannot read
+    is skipped, as Stripe's own verifier does; a header none of whose signatures decodes is refused."""
+    if len(candidates) == 1:
+        return [(candidates[0][0], _decode(scheme, candidates[0][1]))]
+    readable = []
+    for t, text in candidates:
+        try:
+            readable.append((t, _decode(scheme, text)))
+        except SignatureRefused:
+            continue
+    if not readable:
+        _decode(scheme, candidates[0][1])  # raises, saying what the signature must be
+    return readable
 
 
 def _decode(scheme: Hmac, text: str) -> bytes:

@@ -153,6 +153,20 @@ PERSONAL_KEYS = frozenset(
     }
 )
 _NOT_PERSONAL = frozenset({"PASS", "FAIL", "VALID", "INVALID", "true", "false"})
+# Persona's dashed names among them (name-first, email-address, phone-number, birthdate ...).
+PERSONAL_KEYS = PERSONAL_KEYS | {
+    "namefirst",
+    "namelast",
+    "namemiddle",
+    "emailaddress",
+    "addressstreet1",
+    "identificationnumber",
+}
+
+
+def _plain(key: object) -> str:
+    """A field name as PERSONAL_KEYS spells it: lower case, no dashes or underscores."""
+    return str(key).lower().replace("-", "").replace("_", "")
 
 
 def personal_values(body: bytes) -> set[str]:
@@ -166,9 +180,9 @@ def personal_values(body: bytes) -> set[str]:
     def walk(node: Any, personal: bool) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if personal and key in ("label", "format", "required"):
+                if personal and key in ("label", "format", "required", "type"):
                     continue  # field descriptions next to a personal value are not personal
-                walk(value, personal or str(key).lower() in PERSONAL_KEYS)
+                walk(value, personal or _plain(key) in PERSONAL_KEYS)
         elif isinstance(node, list):
             for item in node:
                 walk(item, personal)

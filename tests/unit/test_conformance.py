@@ -152,3 +152,16 @@ def test_the_kit_checks_the_declared_signing_scheme_against_published_vectors(fl
     wrong = flawed(normalize, case, DEFAULT_AUTH=signing.Hmac(header="x-sig", encoding="base64"))
     assert [f.check for f in wrong.findings] == ["signing"]
     assert "refuses the published vector 'hex, as published'" in wrong.findings[0].problem
+
+
+def test_personal_values_are_found_under_dashed_names_and_field_types_are_not() -> None:
+    body = json.dumps(
+        {
+            "attributes": {
+                "name-first": "Alexandra",
+                "email-address": "a.b@example.com",
+                "fields": {"birthdate": {"type": "date", "value": "1990-07-14"}},
+            }
+        }
+    ).encode()
+    assert conformance.personal_values(body) == {"Alexandra", "a.b@example.com", "1990-07-14"}

@@ -87,6 +87,14 @@ def test_stripe_pairs_with_two_signatures_pass_when_either_matches() -> None:
     signing.verify(signing.STRIPE, with_v0, BODY, (SECRET,), NOW)
 
 
+def test_an_unreadable_signature_beside_a_valid_one_is_skipped_as_stripes_verifier_does() -> None:
+    """stripe-python's test header carries `v1=bad_signature` beside the real one: it verifies."""
+    header = {"stripe-signature": _stripe(NOW, SECRET) + ",v1=bad_signature"}
+    signing.verify(signing.STRIPE, header, BODY, (SECRET,), NOW)
+    only_bad = {"stripe-signature": f"t={int(NOW)},v1=bad_signature,v1=zz"}
+    assert "must be the hex HMAC" in _refused(signing.STRIPE, only_bad)
+
+
 def test_stripe_refuses_a_stale_or_future_timestamp_with_the_reason() -> None:
     stale = _refused(signing.STRIPE, {"stripe-signature": _stripe(NOW - 301, SECRET)})
     assert "301 s from now" in stale and "300 s tolerance" in stale
