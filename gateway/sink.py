@@ -46,6 +46,9 @@ class KafkaRawSink:
                 "linger.ms": linger_ms,
                 # Past the deadline the caller has answered 503 and the sender will retry.
                 "message.timeout.ms": max(1000, int(produce_timeout_s * 1000)),
+                # Reconnect within a second once Kafka is back (librdkafka backs off up to 10 s):
+                # until then every delivery waits out its deadline and is refused or spooled.
+                "reconnect.backoff.max.ms": 1000,
             },
         )
         self.max_record_bytes = max_record_bytes(conf)

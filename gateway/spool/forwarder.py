@@ -30,6 +30,12 @@ _REFUSED_FOR_GOOD = frozenset(
 )
 
 
+# While Kafka is away every delivery of a spooling source is spooled, so the forwarder looks again
+# often (a probe is one metadata request): once Kafka is back the spool drains within ~1 s.
+_RETRY_FIRST_S = 0.25
+_RETRY_MAX_MS = 1000
+
+
 class SpoolForwarder:
     """Sends the gateway's spool to the raw topic, oldest segment first, each record as spooled, and
     removes a segment once Kafka acknowledged every record of it. A failed round sends the whole
@@ -55,7 +61,15 @@ class SpoolForwarder:
         self.on_forwarded = on_forwarded
         self.on_failed = on_failed
         self._conf = config.producer(
-            kafka, role="spool-forwarder", **{"message.timeout.ms": int(timeout_s * 1000), "linger.ms": 5}
+            kafka,
+            role="spool-forwarder",
+            **{
+                "message.timeout.ms": int(timeout_s * 1000),
+                "linger.ms": 5,
+                # librdkafka backs off reconnecting up to 10 s by default: Kafka back after a cut would
+                # wait that long before the spool moves, while new deliveries keep being spooled.
+                "reconnect.backoff.max.ms": _RETRY_MAX_MS,
+            },
         )
         self.dedup_window_s = dedup_window_s
         self.on_past_dedup_window = on_past_dedup_window
@@ -72,7 +86,7 @@ class SpoolForwarder:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        backoff = 0.5
+        backoff = _RETRY_FIRST_S
         while not self._stop.is_set():
             if not self.spool.records:
                 self._stop.wait(0.1)
@@ -84,10 +98,10 @@ class SpoolForwarder:
                 self.on_failed(type(exc).__name__, 1)
                 forwarded = False
             if forwarded:
-                backoff = 0.5
+                backoff = _RETRY_FIRST_S
             else:
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, _RETRY_MAX_MS / 1000)
 
     def forward(self, deadline: float) -> bool:
         """Forward every segment there is now; False at the first that Kafka did not take whole."""
