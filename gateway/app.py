@@ -96,7 +96,7 @@ _PREFIX = "/webhooks/"
 
 
 class Gateway:
-    """`/webhooks/{source}` straight to the webhook endpoint; everything else (health, readiness,
+    """`/webhooks/{source}[/{route}]` straight to the webhook endpoint; everything else (health, readiness,
     metrics, expectations, 404s, lifespan) through Starlette."""
 
     def __init__(self, webhook: WebhookEndpoint, rest: Starlette) -> None:
@@ -106,12 +106,13 @@ class Gateway:
     @property
     def paths(self) -> set[str]:
         """Every path served, in Starlette's route syntax."""
-        return {_PREFIX + "{source}", *(getattr(r, "path", "") for r in self.rest.routes)}
+        return {_PREFIX + "{source}", _PREFIX + "{source}/{route}", *(getattr(r, "path", "") for r in self.rest.routes)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith(_PREFIX) and len(path) > len(_PREFIX) and "/" not in path[len(_PREFIX) :]:
-                await self.webhook(scope, receive, send, path[len(_PREFIX) :])
+            tail = path[len(_PREFIX) :]
+            if path.startswith(_PREFIX) and tail and tail.count("/") <= 1 and not tail.startswith("/"):
+                await self.webhook(scope, receive, send, tail)  # {source} or {source}/{route}
                 return
         await self.rest(scope, receive, send)

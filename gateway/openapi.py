@@ -15,6 +15,7 @@ from gateway.errors import (
     InvalidRequest,
     KafkaUnavailable,
     MethodNotAllowed,
+    NotFound,
     PayloadTooLarge,
     RateLimited,
     Unauthorized,
@@ -27,6 +28,7 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 Refusal = tuple[type[GatewayError], str] | tuple[type[GatewayError], str, int]  # (error, when[, status])
 WEBHOOK_REFUSALS: tuple[Refusal, ...] = (
     (UnknownSource, "No source of that name is configured."),
+    (NotFound, "A `/{route}` its provider does not send to (none but those in its ROUTES)."),
     (MethodNotAllowed, "The method is not allowed for the source (`Allow` says which are)."),
     (Forbidden, "`allow_ips` is set and the client is not in it."),
     (RateLimited, "Over the source's `rate_limit` (`Retry-After`)."),
@@ -69,15 +71,15 @@ def _refusals(refusals: tuple[Refusal, ...]) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
-def _webhook_operation(method: str) -> dict[str, Any]:
+def _webhook_operation(method: str, routed: bool = False) -> dict[str, Any]:
     allowed = sorted(name for name, module in REGISTRY.items() if method in module.METHODS)
     return {
-        "operationId": f"webhook{method.capitalize()}",
+        "operationId": f"webhook{method.capitalize()}{'Routed' if routed else ''}",
         "summary": f"A provider's webhook ({method}: {', '.join(allowed)})",
         "description": "Authenticated, then produced to the raw topic with acks=all; 200 only once Kafka "
         "acknowledged (or, for a source that spools, once fsynced in the gateway's spool). Refused "
         "requests never reach Kafka. The body is kept as bytes: any content type is accepted.",
-        "parameters": [_SOURCE],
+        "parameters": [_SOURCE, _ROUTE] if routed else [_SOURCE],
         "requestBody": {"required": True, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
         "responses": {
             "200": {"description": "Accepted.", "content": _json({"$ref": "#/components/schemas/Accepted"})},
@@ -92,6 +94,16 @@ _SOURCE = {
     "in": "path",
     "required": True,
     "description": "A source configured under `sources:` (the shipped configs name each after its provider).",
+    "schema": {"type": "string"},
+}
+
+
+_ROUTE = {
+    "name": "route",
+    "in": "path",
+    "required": True,
+    "description": "For a provider that sends each kind of webhook to its own URL: one of its ROUTES "
+    "(`kycstream providers` lists them); the route reaches the normalizer as the kycstream-route header.",
     "schema": {"type": "string"},
 }
 
@@ -121,6 +133,7 @@ def _expectation_operation() -> dict[str, Any]:
 def document(version: str) -> dict[str, Any]:
     methods = sorted({m for module in REGISTRY.values() for m in module.METHODS}, key=("POST", "PUT", "PATCH").index)
     webhook = {method.lower(): _webhook_operation(method) for method in methods}
+    routed = {method.lower(): _webhook_operation(method, routed=True) for method in methods}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -132,6 +145,7 @@ def document(version: str) -> dict[str, Any]:
         },
         "paths": {
             "/webhooks/{source}": webhook,
+            "/webhooks/{source}/{route}": routed,
             "/expectations/{source}": {"post": _expectation_operation()},
             **_operational_paths(),
         },

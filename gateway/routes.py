@@ -22,6 +22,7 @@ from gateway.errors import (
     GatewayError,
     KafkaUnavailable,
     MethodNotAllowed,
+    NotFound,
     PayloadTooLarge,
     RateLimited,
     SpoolFailed,
@@ -33,7 +34,7 @@ from gateway.spool.journal import Spool, Spooled
 from processors import logs, tracing
 from processors.errors import BrokerError, RecordTooLarge
 from processors.kafka.producer import Delivered
-from processors.model import Expectation, RawDelivery
+from processors.model import ROUTE_HEADER, Expectation, RawDelivery
 from processors.pipeline import raised_at, routing_id, uuid_text
 from processors.providers import REGISTRY
 from processors.reconcile.ratelimit import TokenBucket
@@ -77,6 +78,7 @@ class Source:
     bucket: TokenBucket | None
     spools: bool
     unavailable_status: int
+    routes: frozenset[str] = frozenset()  # sub-paths the provider's webhooks may arrive on
     limit_reason: str = "sources.<name>.max_body_bytes or gateway.max_body_bytes"
 
     @classmethod
@@ -97,6 +99,7 @@ class Source:
             bucket=TokenBucket(s.rate_limit.per_second, s.rate_limit.burst) if s.rate_limit else None,
             spools=s.on_kafka_unavailable == "spool",
             unavailable_status=s.unavailable_status or 503,
+            routes=frozenset(getattr(REGISTRY[s.provider], "ROUTES", ())),
         )
 
 
@@ -132,19 +135,22 @@ class WebhookEndpoint:
         self.clock = clock
         self._requests: dict[tuple[str, int], Any] = {}  # requests_total children by (source, status)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """`path`: what follows /webhooks/, the source's name and, for a provider that sends each kind
+        of webhook to its own URL (its ROUTES), `/` and the kind."""
         request_id = _request_id()
         if not tracing.ENABLED:
-            await self._answer(scope, receive, send, name, request_id)
+            await self._answer(scope, receive, send, path, request_id)
             return
         with tracing.webhook(scope["method"], scope["headers"], request_id) as span:
-            label, status = await self._answer(scope, receive, send, name, request_id)
+            label, status = await self._answer(scope, receive, send, path, request_id)
             tracing.answered(span, label, status)
 
-    async def _answer(self, scope: Scope, receive: Receive, send: Send, name: str, request_id: str) -> tuple[str, int]:
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, path: str, request_id: str) -> tuple[str, int]:
         started = time.perf_counter()
+        name, _, route = path.partition("/")
         try:
-            status, body, headers = await self._receive(scope, receive, name, request_id)
+            status, body, headers = await self._receive(scope, receive, name, route, request_id)
         except GatewayError as exc:
             status, body, headers = exc.status, errors.body(exc, request_id), exc.headers
         except ClientDisconnect:
@@ -197,11 +203,14 @@ class WebhookEndpoint:
         )
 
     async def _receive(
-        self, scope: Scope, receive: Receive, name: str, request_id: str
+        self, scope: Scope, receive: Receive, name: str, route: str, request_id: str
     ) -> tuple[int, bytes, dict[str, str]]:
         source = self.sources.get(name)
         if source is None:
             raise UnknownSource(f"no webhook source named {name!r} is configured")
+        if route and route not in source.routes:
+            known = ", ".join(f"/webhooks/{name}/{r}" for r in sorted(source.routes)) or f"only /webhooks/{name}"
+            raise NotFound(f"source {name!r} has no route {route[:64]!r}: its provider's webhooks come to {known}")
         method = scope["method"]
         if method not in source.methods:
             allow = ", ".join(sorted(source.methods))
@@ -220,6 +229,8 @@ class WebhookEndpoint:
         source.authenticator.check(hdrs, body)
 
         headers = {h: v for h in source.kept_headers if (v := hdrs.get(h)) is not None}
+        if route:
+            headers[ROUTE_HEADER] = route  # which of the provider's URLs it came to: its kind
         delivery = RawDelivery(
             request_id=request_id,
             source=name,

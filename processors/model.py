@@ -55,6 +55,9 @@ FETCH_ID_HEADER = "kycstream-verification-id"  # ... and for which verification
 # the fetched result's time when the provider's API gives none, so that it never overrides a
 # decision that arrived after that notice (an Incode manual review after ONBOARDING_FINISHED).
 FETCH_NOTICE_AT_HEADER = "kycstream-notice-at"
+# On callbacks to /webhooks/{source}/{route}: which of its provider's URLs (ROUTES) the delivery came
+# to, for providers that send each kind of webhook to its own URL (Veriff, iDenfy) without naming it.
+ROUTE_HEADER = "kycstream-route"
 
 AuthScheme = Literal["header_token", "bearer", "basic", "api_key", "hmac_sha256", "none"]
 

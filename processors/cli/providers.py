@@ -57,7 +57,9 @@ def providers(ctx: typer.Context) -> None:
             f"{name}  {found.distribution} {found.version}  ({found.target})\n"
             f"  auth: {_scheme(module.DEFAULT_AUTH)}; methods: "
             f"{', '.join(module.METHODS)}; when Kafka is away: {module.UNAVAILABLE_STATUS}\n"
-            f"  fetches: {fetches}\n  kit: {verdict}"
+            f"  fetches: {fetches}"
+            + (f"; routes: {', '.join(routes)}" if (routes := getattr(module, "ROUTES", ())) else "")
+            + f"\n  kit: {verdict}"
         )
     for name, why in BROKEN.items():
         typer.echo(f"{name}  BROKEN: {why}")

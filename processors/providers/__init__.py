@@ -78,7 +78,10 @@ def fetching(provider: Provider) -> Fetching | None:
     return provider if provider.FETCHES else None  # type: ignore[return-value]
 
 
-# Every provider must have these; a Fetching one (non-empty FETCHES) the fetch members too.
+# Optional members: ROUTES (sub-paths its webhooks may come to, /webhooks/{source}/{route}: the route
+# reaches normalize as the kycstream-route header), CASES (golden cases' folder), MESSAGES (fixed
+# message texts an event may carry). Every provider must have these; a Fetching one (non-empty
+# FETCHES) the fetch members too.
 _REQUIRED = ("NAME", "DEFAULT_AUTH", "METHODS", "HEADERS", "UNAVAILABLE_STATUS", "FETCHES")
 _CALLABLE = ("verification_id", "normalize", "poll_request", "poll_result")
 _FETCH_CALLABLE = ("fetch_missing", "fetch_request", "normalize_fetched")

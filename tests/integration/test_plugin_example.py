@@ -104,7 +104,17 @@ def test_an_installed_external_provider_receives_a_signed_webhook_and_makes_its_
         assert tampered.status_code == 401, tampered.text
         accepted = post(f"{url}/webhooks/acme", body, {"x-acme-signature": signature})
         assert accepted.status_code == 200, accepted.text
+        # Its legacy URL: the route names the kind (ROUTES), no type in the body.
+        routed = json.dumps({"verification": {"id": "av_routed", "outcome": "fail"}}).encode()
+        routed_signature = "sha256=" + hmac.new(b"acme-secret", routed, hashlib.sha256).hexdigest()
+        unknown = post(f"{url}/webhooks/acme/started", routed, {"x-acme-signature": routed_signature})
+        assert unknown.status_code == 404 and "/webhooks/acme/finished" in unknown.text, unknown.text
+        answer = post(f"{url}/webhooks/acme/finished", routed, {"x-acme-signature": routed_signature})
+        assert answer.status_code == 200, answer.text
         wait_until(lambda: committed_to_end(kafka, group, topic_settings.raw), 60, "the processor took the delivery")
     events = read(kafka, topic_settings.events, codec, "VerificationEvent")
-    assert [(e["provider"], e["verification_id"], e["status"]) for e in events] == [("acme", "av_e2e", "APPROVED")]
-    assert len(read(kafka, topic_settings.raw, codec, "RawDelivery")) == 1, "the tampered one never reached Kafka"
+    assert sorted((e["provider"], e["verification_id"], e["status"]) for e in events) == [
+        ("acme", "av_e2e", "APPROVED"),
+        ("acme", "av_routed", "REJECTED"),
+    ]
+    assert len(read(kafka, topic_settings.raw, codec, "RawDelivery")) == 2, "the refused ones never reached Kafka"

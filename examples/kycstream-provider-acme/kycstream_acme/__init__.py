@@ -6,7 +6,8 @@ Acme ID calls back `POST /webhooks/<source>` with
      "reason_codes": ["DOC_EXPIRED"], "decided_at": "2026-05-08T10:30:00Z"}, "person": {…}}
 signed with `X-Acme-Signature: sha256=<hex HMAC-SHA256 of the raw body>`. `verification.started`
 and `verification.submitted` are progress; `verification.reminder_sent` is a notice. Acme ID
-retries a non-2xx answer every 10 minutes for a day.
+retries a non-2xx answer every 10 minutes for a day. Its legacy integration sends results to a URL
+of their own without a `type` (`/webhooks/<source>/finished`): the route names the kind (ROUTES).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from processors.model import (
+    ROUTE_HEADER,
     ApiCredentials,
     AuthSpec,
     Normalized,
@@ -32,6 +34,8 @@ HEADERS: tuple[str, ...] = ()  # request headers the normalizer reads (kept in t
 UNAVAILABLE_STATUS = 503  # Acme ID retries any non-2xx for a day: refusing while Kafka is away is safe
 FETCHES: dict[str, str] = {}  # every callback carries its result
 CASES = "cases"  # golden cases, beside this module: `kycstream providers check acme` finds them
+ROUTES = ("finished",)  # /webhooks/<source>/finished: the kind comes from the URL
+_ROUTE_KINDS = {"finished": "verification.finished"}
 
 _OUTCOMES = {
     "pass": VerificationStatus.APPROVED,
@@ -52,7 +56,7 @@ def verification_id(doc: Mapping[str, Any]) -> str | None:
 
 
 def normalize(doc: Mapping[str, Any], headers: Mapping[str, str]) -> Normalized | Notice | Rejection:
-    kind = doc.get("type")
+    kind = doc.get("type") or _ROUTE_KINDS.get(headers.get(ROUTE_HEADER, ""))
     if not isinstance(kind, str):
         return Rejection("unrecognized_event", "acme payload has no type")
     kind = kind.lower()
