@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from processors import logs
+from processors.kafka import msk
+from processors.secretfile import secret
 from processors.settings import KafkaSettings
 
 # librdkafka's CONFIGURATION.md (2.x), column C/P: the properties of one kind of client only.
@@ -95,14 +97,26 @@ def _connection(k: KafkaSettings) -> dict[str, Any]:
     }
     if k.sasl_mechanism:
         conf["sasl.mechanism"] = k.sasl_mechanism
-    if k.sasl_username:
-        conf["sasl.username"] = k.sasl_username
-    if k.sasl_password:
-        conf["sasl.password"] = k.sasl_password.get_secret_value()
+    if k.sasl_oauthbearer_method == "oidc":  # librdkafka fetches and refreshes the token itself
+        conf["sasl.oauthbearer.method"] = "oidc"
+        conf["sasl.oauthbearer.client.secret"] = secret(
+            k.sasl_oauthbearer_client_secret, k.sasl_oauthbearer_client_secret_file
+        )
+    elif k.sasl_oauthbearer_method == "msk_iam":
+        region = k.msk_region()
+        assert region is not None  # checked when the settings loaded
+        conf["oauth_cb"] = msk.token_callback(region)
     for key, value in (
+        ("sasl.username", k.sasl_username),
+        ("sasl.password", secret(k.sasl_password, k.sasl_password_file)),
+        ("sasl.oauthbearer.client.id", k.sasl_oauthbearer_client_id),
+        ("sasl.oauthbearer.token.endpoint.url", k.sasl_oauthbearer_token_endpoint_url),
+        ("sasl.oauthbearer.scope", k.sasl_oauthbearer_scope),
+        ("sasl.oauthbearer.extensions", k.sasl_oauthbearer_extensions),
         ("ssl.ca.location", k.ssl_ca_location),
         ("ssl.certificate.location", k.ssl_certificate_location),
         ("ssl.key.location", k.ssl_key_location),
+        ("ssl.key.password", secret(k.ssl_key_password, k.ssl_key_password_file)),
     ):
         if value:
             conf[key] = value
