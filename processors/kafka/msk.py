@@ -14,7 +14,7 @@ from processors.settings import MSK_SIGNER
 
 log = logs.get("kycstream.kafka.msk")
 
-TokenCallback = Callable[[str], tuple[str, float]]
+TokenCallback = Callable[[str | None], tuple[str, float]]
 
 
 def token_callback(region: str) -> TokenCallback:
@@ -26,7 +26,7 @@ def token_callback(region: str) -> TokenCallback:
             "kafka.sasl_oauthbearer_method msk_iam needs AWS's signer: pip install 'kycstream[msk]'"
         ) from exc
 
-    def oauth_cb(_oauthbearer_config: str) -> tuple[str, float]:
+    def oauth_cb(_oauthbearer_config: str | None) -> tuple[str, float]:
         try:
             token, expiry_ms = signer.generate_auth_token(region)
         except Exception as exc:  # librdkafka retries; the log says why (no AWS credentials, no role)
