@@ -293,6 +293,11 @@ def _registry_problems(k: KafkaSettings) -> list[str]:
         ]
         if missing:
             problems.append(f"schema_registry_oauth_token_endpoint_url needs {' and '.join(missing)} (or its _file)")
+    if k.schema_registry_use_latest_version and k.schema_registry_auto_register:
+        problems.append(
+            "schema_registry_use_latest_version writes with what the registry holds: set schema_registry_auto_register "
+            "false (and register with `kycstream schemas register`)"
+        )
     if bool(k.schema_registry_ssl_certificate_location) != bool(k.schema_registry_ssl_key_location):
         problems.append("schema_registry_ssl_certificate_location and schema_registry_ssl_key_location go together")
     return problems

@@ -23,7 +23,7 @@ from prometheus_client import Counter
 from processors import logs, state, tracing
 from processors.avro.records import delivery_from_record
 from processors.errors import SerdeError
-from processors.kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition, config
+from processors.kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition, config, registry
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, Notice, RawDelivery, RawRef, Rejection, VerificationEvent
 from processors.normalizer import limits
@@ -56,6 +56,8 @@ class Engine:
         self.settings = settings
         self.p = p = settings.processor
         self.codec = codec or Codec(config.schema_registry(settings.kafka))
+        outputs = ("VerificationEvent", "VerificationState", "DedupRecord", "DeadLetter")
+        registry.require(self.codec, registry.writes(settings.topics, *outputs))  # refuses to start without them
         self.metrics = metrics or ProcessorMetrics()
         self.clock = clock
         overrides: dict[str, object] = {"linger.ms": p.linger_ms}
