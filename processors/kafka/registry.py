@@ -63,8 +63,12 @@ def subjects(codec: Codec, writes: Mapping[RecordType, str]) -> list[Subject]:
     if registry is None:
         return []
     strategy = STRATEGIES[registry.subject_name_strategy]
+
+    def name(record: RecordType, topic: str) -> str:
+        return str(strategy(SerializationContext(topic, MessageField.VALUE), codec.record_name(record)))
+
     return [
-        Subject(strategy(SerializationContext(topic, MessageField.VALUE), codec.record_name(record)), record, topic)
+        Subject(name(record, topic), record, topic)
         for record, topic in writes.items()
         if not codec.single_object_for(record)
     ]
