@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from processors import logs, tracing
 from processors.avro.records import delivery_to_record, expectation_to_record
 from processors.errors import BrokerError, RecordTooLarge
-from processors.kafka import config
+from processors.kafka import config, registry
 from processors.kafka.producer import AsyncProducer, Delivered, max_record_bytes, record_bytes, varint_size
 from processors.kafka.serde import Codec
 from processors.kafka.topics import specs
@@ -39,6 +39,7 @@ class KafkaRawSink:
         self._wanted = [s.name for s in specs(topics)]
         self._timeout = produce_timeout_s
         self._codec = codec or Codec(config.schema_registry(kafka))
+        registry.require(self._codec, registry.writes(topics, "RawDelivery", "Expectation"))
         conf = config.producer(
             kafka,
             role="gateway",

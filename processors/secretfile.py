@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from processors import logs
 from processors.errors import ConfigError
 
@@ -25,6 +27,19 @@ def read_lines(path: Path) -> tuple[str, ...]:
     """The file's secrets, one per line; blank lines and lines starting with # are not secrets."""
     text = path.read_text(encoding="utf-8")
     return tuple(s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#"))
+
+
+def secret(value: SecretStr | None, file: Path | None) -> str | None:
+    """A setting given as `value`, or in `file` (its first secret line), read now."""
+    if value is not None:
+        return value.get_secret_value() or None
+    if file is not None:
+        try:
+            lines = read_lines(file)
+        except OSError as exc:
+            raise ConfigError(f"secret file {file}: {exc.strerror}: mount it or fix the path") from exc
+        return lines[0] if lines else None
+    return None
 
 
 class SecretFile:

@@ -12,6 +12,7 @@ a pydantic-settings source (`Settings.settings_customise_sources`), merged field
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -23,7 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from processors.errors import ConfigError
-from processors.reconcile.pollsettings import PollSettings
+from processors.reconcile.pollsettings import PollSettings, secure_url
 from processors.secretfile import read_lines
 from processors.section import Section
 
@@ -38,8 +39,26 @@ KAFKA_ENV = {
     "KAFKA_SASL_USERNAME": "sasl_username",
     "KAFKA_SASL_PASSWORD": "sasl_password",
     "KAFKA_SSL_CA_LOCATION": "ssl_ca_location",
+    "KAFKA_SSL_CERTIFICATE_LOCATION": "ssl_certificate_location",
+    "KAFKA_SSL_KEY_LOCATION": "ssl_key_location",
+    "KAFKA_SSL_KEY_PASSWORD": "ssl_key_password",
+    "KAFKA_SASL_OAUTHBEARER_CLIENT_ID": "sasl_oauthbearer_client_id",
+    "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": "sasl_oauthbearer_client_secret",
     "SCHEMA_REGISTRY_URL": "schema_registry_url",
+    "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "schema_registry_basic_auth",
+    "SCHEMA_REGISTRY_BEARER_TOKEN": "schema_registry_bearer_token",
+    "SCHEMA_REGISTRY_OAUTH_CLIENT_SECRET": "schema_registry_oauth_client_secret",
 }
+# The secrets of the kafka section: each is given as itself or as `<name>_file`, a file holding it.
+KAFKA_SECRETS = (
+    "sasl_password",
+    "ssl_key_password",
+    "sasl_oauthbearer_client_secret",
+    "schema_registry_basic_auth",
+    "schema_registry_bearer_token",
+    "schema_registry_oauth_client_secret",
+)
+MSK_SIGNER = "aws_msk_iam_sasl_signer"  # the module of the kycstream[msk] extra (aws-msk-iam-sasl-signer-python)
 
 
 _ACKS = "kycstream answers 200 only once every in-sync replica has the record (acks=all)"
@@ -74,6 +93,18 @@ EXTRA_REFUSED: dict[str, str] = {
     "sasl.mechanisms": _OWN.format("kafka.sasl_mechanism"),
     "sasl.username": _OWN.format("kafka.sasl_username"),
     "sasl.password": _OWN.format("kafka.sasl_password (or KAFKA_SASL_PASSWORD_FILE): a secret, never in extra"),
+    "sasl.oauthbearer.method": _OWN.format("kafka.sasl_oauthbearer_method (oidc or msk_iam)"),
+    "sasl.oauthbearer.client.id": _OWN.format("kafka.sasl_oauthbearer_client_id"),
+    "sasl.oauthbearer.client.secret": _OWN.format(
+        "kafka.sasl_oauthbearer_client_secret_file (or KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET_FILE): "
+        "a secret, never in extra"
+    ),
+    "sasl.oauthbearer.token.endpoint.url": _OWN.format("kafka.sasl_oauthbearer_token_endpoint_url"),
+    "sasl.oauthbearer.scope": _OWN.format("kafka.sasl_oauthbearer_scope"),
+    "sasl.oauthbearer.extensions": _OWN.format("kafka.sasl_oauthbearer_extensions"),
+    "ssl.key.password": _OWN.format(
+        "kafka.ssl_key_password_file (or KAFKA_SSL_KEY_PASSWORD_FILE): a secret, never in extra"
+    ),
     "ssl.ca.location": _OWN.format("kafka.ssl_ca_location"),
     "ssl.certificate.location": _OWN.format("kafka.ssl_certificate_location"),
     "ssl.key.location": _OWN.format("kafka.ssl_key_location"),
@@ -88,11 +119,55 @@ class KafkaSettings(Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(None, description="or a file holding it (KAFKA_SASL_PASSWORD_FILE)")
+    sasl_oauthbearer_method: Literal["oidc", "msk_iam"] | None = Field(
+        None,
+        description="OAUTHBEARER tokens: oidc (librdkafka fetches them with client credentials from "
+        "sasl_oauthbearer_token_endpoint_url) or msk_iam (AWS's signer, the kycstream[msk] extra)",
+    )
+    sasl_oauthbearer_client_id: str | None = None
+    sasl_oauthbearer_client_secret: SecretStr | None = None
+    sasl_oauthbearer_client_secret_file: Path | None = None
+    sasl_oauthbearer_token_endpoint_url: str | None = Field(None, description="the identity provider's token endpoint")
+    sasl_oauthbearer_scope: str | None = None
+    sasl_oauthbearer_extensions: str | None = Field(
+        None, description="Confluent Cloud: logicalCluster=lkc-…,identityPoolId=pool-…"
+    )
+    aws_region: str | None = Field(None, description="msk_iam: the cluster's region (default: $AWS_REGION)")
     ssl_ca_location: str | None = None
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = Field(None, description="when ssl_key_location is an encrypted key")
+    ssl_key_password_file: Path | None = None
     schema_registry_url: str | None = None
     schema_registry_basic_auth: SecretStr | None = Field(None, description="user:password")
+    schema_registry_basic_auth_file: Path | None = None
+    schema_registry_bearer_token: SecretStr | None = Field(None, description="a static bearer token")
+    schema_registry_bearer_token_file: Path | None = None
+    schema_registry_oauth_token_endpoint_url: str | None = Field(
+        None, description="or bearer tokens fetched with OAuth client credentials from this endpoint"
+    )
+    schema_registry_oauth_client_id: str | None = None
+    schema_registry_oauth_client_secret: SecretStr | None = None
+    schema_registry_oauth_client_secret_file: Path | None = None
+    schema_registry_oauth_scope: str = ""
+    schema_registry_logical_cluster: str = Field("", description="Confluent Cloud with bearer auth: lsrc-…")
+    schema_registry_identity_pool_id: str | None = Field(None, description="Confluent Cloud with OAuth: pool-…")
+    schema_registry_ssl_ca_location: str | None = None
+    schema_registry_ssl_certificate_location: str | None = None
+    schema_registry_ssl_key_location: str | None = None
+    schema_registry_auto_register: bool = Field(
+        True, description="register a schema on first write; off in production, with `kycstream schemas register`"
+    )
+    schema_registry_use_latest_version: bool = Field(
+        False, description="write with the subject's latest version instead of looking up kycstream's schema"
+    )
+    schema_registry_subject_name_strategy: Literal["topic", "record", "topic_record"] = Field(
+        "topic", description="subjects <topic>-value, <record name>, or <topic>-<record name>"
+    )
+    schema_registry_internal_topics: Literal["registry", "single_object"] = Field(
+        "registry", description="the dedup, state and expected topics through the registry, or registry-free"
+    )
     # Any other librdkafka property (e.g. {"socket.keepalive.enable": "true"}): it overrides kycstream's
     # own value, and goes only to the clients it applies to (a consumer property to consumers). The
     # properties of EXTRA_REFUSED cannot be changed here: refused at start, with the reason.
@@ -113,6 +188,119 @@ class KafkaSettings(Section):
             if ":" not in host.strip():
                 raise ValueError(f"{host.strip()!r} needs host:port, e.g. 127.0.0.1:9092")
         return value
+
+    @field_validator("sasl_oauthbearer_token_endpoint_url", "schema_registry_oauth_token_endpoint_url")
+    @classmethod
+    def _token_url(cls, value: str | None) -> str | None:
+        return None if value is None else secure_url(value)
+
+    @model_validator(mode="after")
+    def _auth_complete(self) -> Self:
+        problems = _secret_problems(self) + _sasl_problems(self) + _ssl_problems(self) + _registry_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def msk_region(self) -> str | None:
+        return self.aws_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+
+
+def _secret_problems(k: KafkaSettings) -> list[str]:
+    problems = []
+    for name in KAFKA_SECRETS:
+        value, file = getattr(k, name), getattr(k, f"{name}_file")
+        if value is not None and file is not None:
+            problems.append(f"{name} and {name}_file are both set: give one of them")
+        elif file is not None:
+            try:
+                if not read_lines(file):
+                    problems.append(f"{name}_file {file} holds no secret (its first line is the secret)")
+            except OSError as exc:
+                problems.append(f"{name}_file {file}: {exc.strerror}: mount it or fix the path")
+    return problems
+
+
+def _given(k: KafkaSettings, name: str) -> bool:
+    return getattr(k, name) is not None or getattr(k, f"{name}_file", None) is not None
+
+
+def _sasl_problems(k: KafkaSettings) -> list[str]:
+    sasl = k.security_protocol.startswith("SASL_")
+    if k.sasl_mechanism and not sasl:
+        return [f"sasl_mechanism {k.sasl_mechanism} needs security_protocol SASL_SSL (not {k.security_protocol})"]
+    if sasl and not k.sasl_mechanism:
+        return [f"security_protocol {k.security_protocol} needs sasl_mechanism: PLAIN, SCRAM-SHA-512 or OAUTHBEARER"]
+    method = k.sasl_oauthbearer_method
+    if k.sasl_mechanism == "OAUTHBEARER" and method is None:
+        return [
+            "sasl_mechanism OAUTHBEARER needs sasl_oauthbearer_method: oidc (client credentials from your identity "
+            "provider: Confluent Cloud, Strimzi with OAuth) or msk_iam (Amazon MSK with IAM)"
+        ]
+    if method is not None and k.sasl_mechanism != "OAUTHBEARER":
+        return [f"sasl_oauthbearer_method {method} needs sasl_mechanism OAUTHBEARER (not {k.sasl_mechanism})"]
+    if method == "oidc":
+        wanted = {
+            "sasl_oauthbearer_token_endpoint_url": "the identity provider's token endpoint",
+            "sasl_oauthbearer_client_id": "the client id",
+            "sasl_oauthbearer_client_secret": "sasl_oauthbearer_client_secret_file, a file holding the client secret",
+        }
+        missing = [f"{name} ({what})" for name, what in wanted.items() if not _given(k, name)]
+        return [f"sasl_oauthbearer_method oidc needs {', '.join(missing)}"] if missing else []
+    if method == "msk_iam":
+        problems = []
+        if k.security_protocol != "SASL_SSL":
+            problems.append("sasl_oauthbearer_method msk_iam needs security_protocol SASL_SSL (MSK's IAM port, 9098)")
+        if not k.msk_region():
+            problems.append("sasl_oauthbearer_method msk_iam needs the cluster's region: aws_region or $AWS_REGION")
+        if importlib.util.find_spec(MSK_SIGNER) is None:
+            problems.append(
+                "sasl_oauthbearer_method msk_iam needs AWS's signer, which is not installed: "
+                "pip install 'kycstream[msk]'"
+            )
+        return problems
+    return []
+
+
+def _ssl_problems(k: KafkaSettings) -> list[str]:
+    problems = []
+    if _given(k, "ssl_key_password") and not k.ssl_key_location:
+        problems.append("ssl_key_password decrypts ssl_key_location: set that too (the client's private key)")
+    if bool(k.ssl_certificate_location) != bool(k.ssl_key_location):
+        problems.append("mTLS needs ssl_certificate_location and ssl_key_location both (the client's certificate, key)")
+    if (k.ssl_certificate_location or k.ssl_ca_location) and not k.security_protocol.endswith("SSL"):
+        problems.append(f"ssl_* files are set but security_protocol is {k.security_protocol}: use SSL or SASL_SSL")
+    return problems
+
+
+def _registry_problems(k: KafkaSettings) -> list[str]:
+    ways = [
+        name
+        for name, given in (
+            ("schema_registry_basic_auth", _given(k, "schema_registry_basic_auth")),
+            ("schema_registry_bearer_token", _given(k, "schema_registry_bearer_token")),
+            ("schema_registry_oauth_token_endpoint_url", k.schema_registry_oauth_token_endpoint_url is not None),
+        )
+        if given
+    ]
+    problems = []
+    if len(ways) > 1:
+        problems.append(f"{' and '.join(ways)}: the schema registry takes one way to authenticate, give one")
+    if k.schema_registry_oauth_token_endpoint_url is not None:
+        missing = [
+            name
+            for name in ("schema_registry_oauth_client_id", "schema_registry_oauth_client_secret")
+            if not _given(k, name)
+        ]
+        if missing:
+            problems.append(f"schema_registry_oauth_token_endpoint_url needs {' and '.join(missing)} (or its _file)")
+    if k.schema_registry_use_latest_version and k.schema_registry_auto_register:
+        problems.append(
+            "schema_registry_use_latest_version writes with what the registry holds: set schema_registry_auto_register "
+            "false (and register with `kycstream schemas register`)"
+        )
+    if bool(k.schema_registry_ssl_certificate_location) != bool(k.schema_registry_ssl_key_location):
+        problems.append("schema_registry_ssl_certificate_location and schema_registry_ssl_key_location go together")
+    return problems
 
 
 class TopicSettings(Section):

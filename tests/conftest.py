@@ -294,7 +294,7 @@ def produce_raw(
     producer = Producer(config.producer(kafka, **{"linger.ms": 20}))
     for d in deliveries:
         key = routing_id(d.provider, d.body) or d.request_id
-        value = codec.encode("RawDelivery", delivery_to_record(d))
+        value = codec.encode("RawDelivery", delivery_to_record(d), topic)
         producer.produce(topic, key=key.encode(), value=value, timestamp=timestamp_ms)
         producer.poll(0)
     assert producer.flush(60) == 0

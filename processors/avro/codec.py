@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -185,21 +185,25 @@ class Codec:
             self._codecs[name] = (SINGLE_OBJECT_MAGIC + s.fingerprint, write, read)
         self.fastavro_types = frozenset(fallbacks)  # the compiler does not support their schemas
         self._wire: WireFormat | None = None
+        self._wired: frozenset[RecordType] = frozenset()
 
-    def use_wire_format(self, wire: WireFormat) -> None:
-        """Frame every record with `wire` instead of the single-object encoding."""
-        self._wire = wire
+    def use_wire_format(self, wire: WireFormat, types: Iterable[RecordType] = RECORD_TYPES) -> None:
+        """Frame the records of `types` (default: all) with `wire` instead of the single-object encoding."""
+        self._wire, self._wired = wire, frozenset(types)
 
     @property
     def single_object(self) -> bool:
-        """Whether records are framed with the single-object encoding (not another wire format)."""
-        return self._wire is None
+        """Whether every record is framed with the single-object encoding (no other wire format)."""
+        return not self._wired
+
+    def single_object_for(self, name: RecordType) -> bool:
+        return name not in self._wired
 
     def schema_json(self, name: RecordType) -> dict[str, Any]:
         return self._schemas[name].json
 
     def encode(self, name: RecordType, record: Mapping[str, Any], topic: str = "") -> bytes:
-        if self._wire is not None:
+        if self._wire is not None and name in self._wired:
             return self._wire.encode(name, record, topic)
         header, write, _ = self._codecs[name]
         try:
@@ -208,7 +212,7 @@ class Codec:
             raise SerdeError(f"cannot encode {name}: {exc}") from exc
 
     def decode(self, name: RecordType, data: bytes, topic: str = "") -> dict[str, Any]:
-        if self._wire is not None:
+        if self._wire is not None and name in self._wired:
             return self._wire.decode(name, data, topic)
         header, _, compiled = self._codecs[name]
         read: Callable[[bytes, int], Any] = compiled

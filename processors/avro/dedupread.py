@@ -39,7 +39,7 @@ def expiry_reader(codec: Codec) -> ExpiryReader:
     layout = [(f["name"], f["type"]) for f in schema["fields"]]
     # A codec framing records otherwise (the Confluent wire format through a registry) never
     # reads single-object bytes: nothing takes the fast path then.
-    if layout != LAYOUT or not codec.single_object:
+    if layout != LAYOUT or not codec.single_object_for("DedupRecord"):
         return lambda data: None
     return _reader(SINGLE_OBJECT_MAGIC + fingerprint(fastavro.parse_schema(schema)))
 

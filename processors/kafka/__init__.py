@@ -1,5 +1,6 @@
 """The Kafka plumbing every role shares, and the only package that imports confluent_kafka:
-client configuration (config), topics, the Avro serde, partitioning, producers that survive a
+client configuration (config; msk: Amazon MSK IAM tokens), topics, the Avro serde and a schema
+registry's subjects (registry), partitioning, producers that survive a
 full queue (producer), reading to the end (reader), the embedded broker, each role's Kafka
 resources (access). The roles (gateway, normalizer, reconcile, operate) use the client classes
 re-exported here, never confluent_kafka itself (ruff TID251)."""

@@ -8,9 +8,12 @@ logger, with its role (processors.logs.librdkafka).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from processors import logs
+from processors.kafka import msk
+from processors.secretfile import secret
 from processors.settings import KafkaSettings
 
 # librdkafka's CONFIGURATION.md (2.x), column C/P: the properties of one kind of client only.
@@ -95,14 +98,26 @@ def _connection(k: KafkaSettings) -> dict[str, Any]:
     }
     if k.sasl_mechanism:
         conf["sasl.mechanism"] = k.sasl_mechanism
-    if k.sasl_username:
-        conf["sasl.username"] = k.sasl_username
-    if k.sasl_password:
-        conf["sasl.password"] = k.sasl_password.get_secret_value()
+    if k.sasl_oauthbearer_method == "oidc":  # librdkafka fetches and refreshes the token itself
+        conf["sasl.oauthbearer.method"] = "oidc"
+        conf["sasl.oauthbearer.client.secret"] = secret(
+            k.sasl_oauthbearer_client_secret, k.sasl_oauthbearer_client_secret_file
+        )
+    elif k.sasl_oauthbearer_method == "msk_iam":
+        region = k.msk_region()
+        assert region is not None  # checked when the settings loaded
+        conf["oauth_cb"] = msk.token_callback(region)
     for key, value in (
+        ("sasl.username", k.sasl_username),
+        ("sasl.password", secret(k.sasl_password, k.sasl_password_file)),
+        ("sasl.oauthbearer.client.id", k.sasl_oauthbearer_client_id),
+        ("sasl.oauthbearer.token.endpoint.url", k.sasl_oauthbearer_token_endpoint_url),
+        ("sasl.oauthbearer.scope", k.sasl_oauthbearer_scope),
+        ("sasl.oauthbearer.extensions", k.sasl_oauthbearer_extensions),
         ("ssl.ca.location", k.ssl_ca_location),
         ("ssl.certificate.location", k.ssl_certificate_location),
         ("ssl.key.location", k.ssl_key_location),
+        ("ssl.key.password", secret(k.ssl_key_password, k.ssl_key_password_file)),
     ):
         if value:
             conf[key] = value
@@ -143,10 +158,55 @@ def admin(k: KafkaSettings, *, role: str = "admin") -> dict[str, Any]:
     return _finish(k, _connection(k), role, CONSUMER_ONLY | PRODUCER_ONLY)
 
 
-def schema_registry(k: KafkaSettings) -> dict[str, str] | None:
+@dataclass(frozen=True)
+class Registry:
+    """A schema registry: its client's configuration, and how kycstream's serializers use it."""
+
+    client: dict[str, Any]
+    auto_register: bool = True
+    use_latest_version: bool = False
+    subject_name_strategy: Literal["topic", "record", "topic_record"] = "topic"
+    internal_topics: Literal["registry", "single_object"] = "registry"
+
+    @property
+    def url(self) -> str:
+        return str(self.client["url"])
+
+
+def schema_registry(k: KafkaSettings) -> Registry | None:
+    """confluent-kafka's SchemaRegistryClient configuration (secrets read from their files now)."""
     if not k.schema_registry_url:
         return None
-    conf = {"url": k.schema_registry_url}
-    if k.schema_registry_basic_auth:
-        conf["basic.auth.user.info"] = k.schema_registry_basic_auth.get_secret_value()
-    return conf
+    conf: dict[str, Any] = {"url": k.schema_registry_url}
+    bearer = secret(k.schema_registry_bearer_token, k.schema_registry_bearer_token_file)
+    if bearer:
+        conf |= {"bearer.auth.credentials.source": "STATIC_TOKEN", "bearer.auth.token": bearer}
+    elif k.schema_registry_oauth_token_endpoint_url:
+        conf |= {
+            "bearer.auth.credentials.source": "OAUTHBEARER",
+            "bearer.auth.issuer.endpoint.url": k.schema_registry_oauth_token_endpoint_url,
+            "bearer.auth.client.id": k.schema_registry_oauth_client_id,
+            "bearer.auth.client.secret": secret(
+                k.schema_registry_oauth_client_secret, k.schema_registry_oauth_client_secret_file
+            ),
+            "bearer.auth.scope": k.schema_registry_oauth_scope,
+        }
+    if "bearer.auth.credentials.source" in conf:  # Confluent Cloud's; another registry ignores the header
+        conf["bearer.auth.logical.cluster"] = k.schema_registry_logical_cluster
+        if k.schema_registry_identity_pool_id:
+            conf["bearer.auth.identity.pool.id"] = k.schema_registry_identity_pool_id
+    for key, value in (
+        ("basic.auth.user.info", secret(k.schema_registry_basic_auth, k.schema_registry_basic_auth_file)),
+        ("ssl.ca.location", k.schema_registry_ssl_ca_location),
+        ("ssl.certificate.location", k.schema_registry_ssl_certificate_location),
+        ("ssl.key.location", k.schema_registry_ssl_key_location),
+    ):
+        if value:
+            conf[key] = value
+    return Registry(
+        conf,
+        auto_register=k.schema_registry_auto_register,
+        use_latest_version=k.schema_registry_use_latest_version,
+        subject_name_strategy=k.schema_registry_subject_name_strategy,
+        internal_topics=k.schema_registry_internal_topics,
+    )

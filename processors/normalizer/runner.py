@@ -21,9 +21,10 @@ from typing import Any
 from prometheus_client import Counter
 
 from processors import logs, state, tracing
+from processors.avro.codec import RecordType
 from processors.avro.records import delivery_from_record
-from processors.errors import SerdeError
-from processors.kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition, config
+from processors.errors import KycstreamError, SerdeError
+from processors.kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition, config, registry
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, Notice, RawDelivery, RawRef, Rejection, VerificationEvent
 from processors.normalizer import limits
@@ -56,6 +57,12 @@ class Engine:
         self.settings = settings
         self.p = p = settings.processor
         self.codec = codec or Codec(config.schema_registry(settings.kafka))
+        outputs: tuple[RecordType, ...] = ("VerificationEvent", "VerificationState", "DedupRecord", "DeadLetter")
+        try:
+            registry.require(self.codec, registry.writes(settings.topics, *outputs))  # refuses to start without them
+        except KycstreamError:
+            self.codec.close()
+            raise
         self.metrics = metrics or ProcessorMetrics()
         self.clock = clock
         overrides: dict[str, object] = {"linger.ms": p.linger_ms}

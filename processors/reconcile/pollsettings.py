@@ -11,9 +11,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from processors.errors import ConfigError
 from processors.model import ApiCredentials
-from processors.secretfile import read_lines
+from processors.secretfile import secret as _secret
 from processors.section import Section
 
 
@@ -176,15 +175,3 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _secret(value: SecretStr | None, file: Path | None) -> str | None:
-    if value is not None:
-        return value.get_secret_value() or None
-    if file is not None:
-        try:
-            lines = read_lines(file)
-        except OSError as exc:
-            raise ConfigError(f"secret file {file}: {exc.strerror}: mount it or fix the path") from exc
-        return lines[0] if lines else None
-    return None

@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processors import logs
 from processors.avro.records import delivery_to_record, expectation_to_record
-from processors.kafka import Consumer, KafkaError, Message, Producer, config
+from processors.kafka import Consumer, KafkaError, Message, Producer, config, registry
 from processors.kafka.producer import RenewableProducer, produce, produce_dead_letter
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, RawDelivery
@@ -117,6 +117,7 @@ class Reconciler:
         self.clock = clock
         self.transport = transport
         self.codec = Codec(config.schema_registry(settings.kafka))
+        registry.require(self.codec, registry.writes(self.topics, "RawDelivery", "Expectation", "DeadLetter"))
         self.metrics = ReconcileMetrics()
         r = settings.reconcile
         self.tables = Tables(settings, self.codec, self.metrics.undecodable, self.metrics.open, self.metrics.revoked)
