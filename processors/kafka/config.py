@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from processors import logs
+from processors.kafka import partitioner
 from processors.settings import KafkaSettings
 
 # librdkafka's CONFIGURATION.md (2.x), column C/P: the properties of one kind of client only.
@@ -116,12 +117,14 @@ def _finish(k: KafkaSettings, conf: dict[str, Any], role: str, other_kinds: froz
 
 
 def producer(k: KafkaSettings, *, role: str = "producer", **overrides: Any) -> dict[str, Any]:
-    """Durable by default: acks=all with idempotence, so retries never duplicate or reorder."""
+    """Durable by default: acks=all with idempotence, so retries never duplicate or reorder. Keys are
+    placed as Java clients place them (processors.kafka.partitioner.DEFAULT), unless kafka.extra says."""
     conf = _connection(k) | {
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 5,
         "compression.type": "lz4",
+        "partitioner": partitioner.DEFAULT,
     }
     return _finish(k, conf | overrides, role, CONSUMER_ONLY)
 
