@@ -776,6 +776,8 @@ def _exported_names() -> set[str]:
     reconciler.fetches.labels("p", "result").inc()
     reconciler.token_requests.labels("p", "ok").inc()
     reconciler.open.set(1)
+    processor.consumer_lag.labels("g", "t", "0").set(0)
+    reconciler.consumer_lag.labels("g-fetch", "t", "0").set(0)
     registries = (gateway.registry, processor.registry, reconciler.registry)
     text = b"".join(generate_latest(r) for r in registries).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
@@ -796,7 +798,10 @@ def test_alerts_and_dashboard_use_exported_metrics() -> None:
     alerts, panels = _alert_exprs(), _dashboard_exprs()
     used = {m for e in alerts + panels for m in re.findall(r"\b(kycstream_[a-z_]+)", e)}
     assert used and used <= exported, f"not exported by the app: {used - exported}"
-    assert any("kafka_consumergroup_lag" in e for e in alerts + panels)
+    # Lag is kycstream's own, per group: no alert or panel names a group (processor.group_id is configurable).
+    lag = [e for e in alerts + panels if "kycstream_consumer_lag" in e]
+    assert lag and all("group" in e and "kycstream-normalizer" not in e for e in lag)
+    assert not any("kafka_consumergroup_lag" in e or "consumergroup" in e for e in alerts + panels)
     for needed in (
         "kycstream_dead_letters_total",
         "kycstream_gateway_requests_total",
@@ -831,6 +836,36 @@ def test_poll_alerts_match_real_outcomes() -> None:
             assert values <= outcomes, f"no such poll outcome: {values - outcomes}"
             matched |= values
     assert matched >= {"unauthorized", "failed", "poll_unauthorized", "poll_expired"}
+
+
+def _promtool() -> str | None:
+    return (
+        os.environ.get("PROMTOOL")
+        or shutil.which("promtool")
+        or next((str(p) for p in [TOOLS / "promtool"] if p.exists()), None)
+    )
+
+
+@pytest.mark.skipif(
+    _promtool() is None,
+    reason="no promtool: run `make deploy-check` once (it unpacks Debian's prometheus package's promtool into "
+    ".venv-deploy), or put promtool on PATH",
+)
+def test_the_alerts_pass_their_promtool_unit_tests(tmp_path: Path) -> None:
+    """monitoring/prometheusrule.test.yaml: the lag alert fires for a group that is not the default one."""
+    tests = DEPLOY / "monitoring" / "prometheusrule.test.yaml"
+    assert "kycstream-normalizer" not in tests.read_text() and "billing-normalizer" in tests.read_text()
+    rules = yaml.safe_load((DEPLOY / "monitoring" / "prometheusrule.yaml").read_text())["spec"]
+    (tmp_path / "prometheusrule.rules.yaml").write_text(yaml.safe_dump(rules))
+    shutil.copy(tests, tmp_path)
+    promtool = _promtool()
+    assert promtool is not None
+    checked = subprocess.run(
+        [promtool, "check", "rules", "prometheusrule.rules.yaml"], cwd=tmp_path, capture_output=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    done = subprocess.run([promtool, "test", "rules", tests.name], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
 
 
 # --- make deploy-check passes here and fails on broken manifests -----------------------------------
