@@ -40,7 +40,7 @@ from processors.reconcile.fetcher import fetcher_sources
 from processors.reconcile.polling import Verdict
 from processors.reconcile.reconciler import ReconcileMetrics
 from processors.secretfile import read_lines
-from processors.settings import KAFKA_ENV, ProcessorSettings, ReconcileSettings, Settings
+from processors.settings import KAFKA_ENV, ProcessorSettings, ReconcileSettings, Settings, TopicSettings
 from tests.unit.test_gateway_app import Sink
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -760,6 +760,66 @@ def test_kafka_users_are_the_access_table(
         assert env["KAFKA_SASL_USERNAME"]["value"] == f"kycstream-{role}"
         password = _secret_file(deployment, env["KAFKA_SASL_PASSWORD_FILE"]["value"])
         assert password == (f"kycstream-kafka-{role}", "password")
+
+
+PREFIX_CONFIGMAP = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kycstream-topic-prefix
+  annotations:
+    config.kubernetes.io/local-config: "true"
+data:
+  prefix: prod
+"""
+
+
+@needs_renderer
+def test_one_topic_prefix_renames_every_topic_kafkatopic_and_acl(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    """An environment with deploy/components/topic-prefix: the app's topic names, the KafkaTopics and
+    the KafkaUsers' topic ACLs all carry the prefix, and the ACLs are still access.py's, exactly."""
+    env = tmp_path / "env"
+    env.mkdir()
+    up = os.path.relpath(DEPLOY, env)
+    (env / "prefix.yaml").write_text(PREFIX_CONFIGMAP)
+    (env / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": ["prefix.yaml", f"{up}/strimzi/topics-users", f"{up}/overlays/prod"],
+                "components": [f"{up}/components/topic-prefix"],
+            }
+        )
+    )
+    docs = render(env)
+    assert not [d for d in docs if d["metadata"]["name"] == "kycstream-topic-prefix"], "local-config: not applied"
+    settings = {
+        role: _load(cls, workload(docs, role), docs, tmp_path / role, clean_env)
+        for role, cls in (
+            ("gateway", GatewaySettings),
+            ("processor", ProcessorSettings),
+            ("reconciler", ReconcileSettings),
+        )
+    }
+    t = settings["processor"].topics
+    assert t.prefix == "prod." and settings["gateway"].topics == settings["reconciler"].topics == t
+    names = {s.name for s in specs(t)}
+    assert names == {f"prod.{s.name}" for s in specs(TopicSettings())}
+
+    topics = [d for d in docs if d["kind"] == "KafkaTopic"]
+    assert {d["spec"]["topicName"] for d in topics} == names
+    assert all(d["metadata"]["name"] == d["spec"]["topicName"].replace(".", "-") for d in topics)
+
+    processor, reconciler = settings["processor"], settings["reconciler"]
+    assert isinstance(processor, ProcessorSettings) and isinstance(reconciler, ReconcileSettings)
+    table = access.table(t, processor.processor, reconciler.reconcile)
+    users = {d["metadata"]["name"]: d for d in docs if d["kind"] == "KafkaUser"}
+    assert len(users) == 4
+    for name, user in users.items():
+        declared = {"spec": {"authorization": {"acls": access.to_strimzi(table[name.removeprefix("kycstream-")])}}}
+        assert _acls(user) == _acls(declared), f"{name}: its ACLs are not access.py's for the prefixed topics"
+        topic_acls = [
+            a["resource"]["name"] for a in user["spec"]["authorization"]["acls"] if a["resource"]["type"] == "topic"
+        ]
+        assert topic_acls and all(n.startswith("prod.kyc.") for n in topic_acls)
 
 
 # --- alerts and dashboard use metrics that exist ---------------------------------------------------
