@@ -10,6 +10,9 @@
 #      reported, and tests/deploy/test_manifests.py checks their content)
 #   4. checkov over the rendered output and the Dockerfile: any failed check fails the run; skips
 #      carry their reason in place (see .checkov.yaml)
+#   5. promtool: the PrometheusRule's rules check, and its unit tests (monitoring/prometheusrule.test.yaml)
+#      pass. promtool comes from Debian's `prometheus` package, unpacked into .venv-deploy/bin (no
+#      service installed); PROMTOOL names another one.
 #
 # The tools live in their own virtualenv (.venv-deploy) so they cannot clash with the app's.
 # Environment: DEPLOY_DIR (default deploy/), DOCKERFILE, K8S_VERSIONS, RENDERER
@@ -41,6 +44,23 @@ install_tools() {
     echo '*' > "$VENV/.gitignore"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check $TOOLS || return 1
     echo "$TOOLS" > "$stamp"
+}
+
+install_promtool() {  # Debian's prometheus package holds a static promtool: unpack only that
+    [[ -n ${PROMTOOL:-} ]] && return 0
+    PROMTOOL=$(command -v promtool || echo "$VENV/bin/promtool")
+    [[ -x $PROMTOOL ]] && return 0
+    step "installing promtool (Debian's prometheus package) into $VENV/bin"
+    local tmp
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download prometheus > /dev/null 2>&1); then
+        [[ $(id -u) == 0 ]] && apt-get update -qq > /dev/null 2>&1
+        (cd "$tmp" && apt-get download prometheus > /dev/null) || { rm -rf "$tmp"; return 1; }
+    fi
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x" && install -m 0755 "$tmp/x/usr/bin/promtool" "$PROMTOOL"
+    local done=$?
+    rm -rf "$tmp"
+    return $done
 }
 
 render() {  # render DIR: the kustomization's YAML on stdout
@@ -114,6 +134,20 @@ step "checkov (rendered manifests, Dockerfile)"
 "$VENV/bin/checkov" --config-file "$ROOT/.checkov.yaml" --framework kubernetes -d "$OUT" || fail "checkov kubernetes"
 "$VENV/bin/checkov" --config-file "$ROOT/.checkov.yaml" --framework dockerfile -f "$DOCKERFILE" \
     || fail "checkov dockerfile"
+
+step "promtool (rules and their unit tests)"
+if install_promtool; then
+    RULES=$(mktemp -d)
+    # promtool reads plain rule files: the PrometheusRule's spec, written next to its tests.
+    "$VENV/bin/python" -c 'import sys, yaml; yaml.safe_dump(yaml.safe_load(open(sys.argv[1]))["spec"], sys.stdout)' \
+        "$DEPLOY_DIR/monitoring/prometheusrule.yaml" > "$RULES/prometheusrule.rules.yaml" || fail "promtool rules"
+    cp "$DEPLOY_DIR/monitoring/prometheusrule.test.yaml" "$RULES/"
+    "$PROMTOOL" check rules "$RULES/prometheusrule.rules.yaml" || fail "promtool check rules"
+    (cd "$RULES" && "$PROMTOOL" test rules prometheusrule.test.yaml) || fail "promtool test rules"
+    rm -rf "$RULES"
+else
+    fail "promtool: could not install it (Debian's prometheus package); set PROMTOOL to one"
+fi
 
 if [[ ${#failed[@]} -gt 0 ]]; then
     printf '\ndeploy-check FAILED: %s\n' "$(IFS=,; echo "${failed[*]}")" >&2

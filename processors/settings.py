@@ -303,7 +303,13 @@ def _registry_problems(k: KafkaSettings) -> list[str]:
     return problems
 
 
+_TOPIC_NAMES = ("raw", "events", "state", "dedup", "dlq", "expected")  # processors.kafka.topics.ROLES
+
+
 class TopicSettings(Section):
+    # Prepended to each of the six names below, e.g. "prod." (deploy/components/topic-prefix renames
+    # the Strimzi topics and ACLs alike). A name that already starts with it is kept as it is.
+    prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", description='e.g. "prod.": prepended to every topic name')
     raw: str = "kyc.webhooks.raw.v1"
     events: str = "kyc.verification.events.v1"
     state: str = "kyc.verification.state.v1"
@@ -320,6 +326,16 @@ class TopicSettings(Section):
     raw_retention_ms: int = Field(30 * DAY_MS, ge=-1)
     dlq_retention_ms: int = Field(30 * DAY_MS, ge=-1)
     events_retention_ms: int = Field(30 * DAY_MS, ge=-1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prefixed(cls, data: Any) -> Any:
+        """Every topic name with the prefix; idempotent, so a copy validated again is unchanged."""
+        if not isinstance(data, dict) or not data.get("prefix"):
+            return data
+        prefix = str(data["prefix"])
+        names = {role: str(data.get(role, cls.model_fields[role].default)) for role in _TOPIC_NAMES}
+        return data | {role: name if name.startswith(prefix) else prefix + name for role, name in names.items()}
 
     @model_validator(mode="after")
     def _insync_within_replicas(self) -> Self:

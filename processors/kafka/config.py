@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from processors import logs
-from processors.kafka import msk
+from processors.kafka import msk, partitioner
 from processors.secretfile import secret
 from processors.settings import KafkaSettings
 
@@ -131,12 +131,14 @@ def _finish(k: KafkaSettings, conf: dict[str, Any], role: str, other_kinds: froz
 
 
 def producer(k: KafkaSettings, *, role: str = "producer", **overrides: Any) -> dict[str, Any]:
-    """Durable by default: acks=all with idempotence, so retries never duplicate or reorder."""
+    """Durable by default: acks=all with idempotence, so retries never duplicate or reorder. Keys are
+    placed as Java clients place them (processors.kafka.partitioner.DEFAULT), unless kafka.extra says."""
     conf = _connection(k) | {
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 5,
         "compression.type": "lz4",
+        "partitioner": partitioner.DEFAULT,
     }
     return _finish(k, conf | overrides, role, CONSUMER_ONLY)
 

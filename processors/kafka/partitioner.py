@@ -1,15 +1,18 @@
 """Which partition a keyed record went to: librdkafka's partitioners, computed without a producer.
 
-kycstream's producers set no partitioner, so librdkafka's default (`consistent_random`: CRC-32 of
-the key) places every keyed record; `kafka.extra.partitioner` may choose another, and that same
-setting is read here. Java clients' default is murmur2 (`murmur2_random` in librdkafka).
+kycstream's producers place every keyed record with DEFAULT, `murmur2_random`: Kafka's murmur2 of
+the key, as the Java clients' default partitioner (and Kafka Streams, ksqlDB, Flink) places it, so
+their topics keyed the same way are co-partitioned with kycstream's. librdkafka's own default,
+`consistent_random` (CRC-32 of the key), is what kycstream used before: `kafka.extra.partitioner`
+may choose it, or another, for topics filled that way (docs/operations.md, "Partitioning"), and
+that same setting is read here.
 """
 
 from __future__ import annotations
 
 import zlib
 
-DEFAULT = "consistent_random"
+DEFAULT = "murmur2_random"
 
 
 def partition_for(key: bytes, partitions: int, partitioner: str = DEFAULT) -> int | None:
@@ -18,7 +21,7 @@ def partition_for(key: bytes, partitions: int, partitioner: str = DEFAULT) -> in
     name = partitioner.removesuffix("_random")
     if name == "consistent":
         return zlib.crc32(key) % partitions
-    if name == "murmur2":
+    if name == "murmur2":  # Java's BuiltInPartitioner.partitionForKey: toPositive(murmur2(key)) % n
         return (murmur2(key) & 0x7FFFFFFF) % partitions
     if name == "fnv1a":
         return fnv1a(key) % partitions

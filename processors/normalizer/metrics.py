@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from processors.kafka import lag
+
 
 class ProcessorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -49,3 +51,4 @@ class ProcessorMetrics:
             "kycstream_dedup_keys", "Idempotency keys held, by partition.", ["partition"], registry=r
         )
         self.owned = Gauge("kycstream_partitions_owned", "Raw partitions this processor owns.", registry=r)
+        self.consumer_lag = lag.gauge(r)  # the processor group's, on the raw topic

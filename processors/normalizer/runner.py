@@ -25,6 +25,7 @@ from processors.avro.codec import RecordType
 from processors.avro.records import delivery_from_record
 from processors.errors import KycstreamError, SerdeError
 from processors.kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition, config, registry
+from processors.kafka.lag import LagMonitor
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, Notice, RawDelivery, RawRef, Rejection, VerificationEvent
 from processors.normalizer import limits
@@ -234,6 +235,8 @@ class Normalizer:
         self.health = self.engine.health
         self.health.not_ready("waiting for its partitions")
         self.consumer = Consumer(conf)
+        groups = {p.group_id: [settings.topics.raw]}
+        self.lag = LagMonitor(settings.kafka, groups, self.metrics.consumer_lag, role="processor")
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions_assigned", partitions=[tp.partition for tp in partitions])
@@ -257,6 +260,7 @@ class Normalizer:
         log.info(
             "processor_started", group=p.group_id, topic=self.settings.topics.raw, guarantee=p.processing_guarantee
         )
+        self.lag.start()
         try:
             while not stop.is_set():
                 self.health.beat()
@@ -280,6 +284,7 @@ class Normalizer:
             log.warning("commit_failed", error=exc.args[0].str())
 
     def close(self) -> None:
+        self.lag.close()
         try:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:

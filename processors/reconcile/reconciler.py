@@ -41,7 +41,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processors import logs
 from processors.avro.records import delivery_to_record, expectation_to_record
-from processors.kafka import Consumer, KafkaError, Message, Producer, config, registry
+from processors.kafka import Consumer, KafkaError, Message, Producer, config, lag, registry
+from processors.kafka.lag import LagMonitor
 from processors.kafka.producer import RenewableProducer, produce, produce_dead_letter
 from processors.kafka.serde import Codec
 from processors.model import DeadLetter, RawDelivery
@@ -100,6 +101,7 @@ class ReconcileMetrics:
             "Polls due at the last tick that it did not start (over reconcile.max_polls_per_tick): the next ones.",
             registry=self.registry,
         )
+        self.consumer_lag = lag.gauge(self.registry)  # the fetch group's, on the events topic
 
 
 class Reconciler:
@@ -149,6 +151,9 @@ class Reconciler:
         self.fetcher = Fetcher(
             settings, self.codec, fetch_consumer, self._out, self.metrics.fetches, clock, self.metrics.revoked
         )
+        # Only the fetch group commits: the expected group reads its table whole and never commits.
+        groups = {f"{r.group_id}-fetch": [settings.topics.events]} if self.fetcher.active else {}
+        self.lag = LagMonitor(settings.kafka, groups, self.metrics.consumer_lag, role="reconciler")
 
     # --- the producer ------------------------------------------------------------------------------
 
@@ -421,6 +426,7 @@ class Reconciler:
     def run(self, stop: threading.Event) -> None:
         self.tables.start()
         self.fetcher.start()
+        self.lag.start()
         log.info(
             "reconciler_started",
             group=self.settings.reconcile.group_id,
@@ -449,6 +455,7 @@ class Reconciler:
             self.fetcher.commit()
             self.fetcher.close()
             self.tables.close()
+            self.lag.close()
             log.info("reconciler_stopped")
 
 

@@ -40,7 +40,7 @@ from processors.reconcile.fetcher import fetcher_sources
 from processors.reconcile.polling import Verdict
 from processors.reconcile.reconciler import ReconcileMetrics
 from processors.secretfile import read_lines
-from processors.settings import KAFKA_ENV, ProcessorSettings, ReconcileSettings, Settings
+from processors.settings import KAFKA_ENV, ProcessorSettings, ReconcileSettings, Settings, TopicSettings
 from tests.unit.test_gateway_app import Sink
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -762,6 +762,66 @@ def test_kafka_users_are_the_access_table(
         assert password == (f"kycstream-kafka-{role}", "password")
 
 
+PREFIX_CONFIGMAP = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kycstream-topic-prefix
+  annotations:
+    config.kubernetes.io/local-config: "true"
+data:
+  prefix: prod
+"""
+
+
+@needs_renderer
+def test_one_topic_prefix_renames_every_topic_kafkatopic_and_acl(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    """An environment with deploy/components/topic-prefix: the app's topic names, the KafkaTopics and
+    the KafkaUsers' topic ACLs all carry the prefix, and the ACLs are still access.py's, exactly."""
+    env = tmp_path / "env"
+    env.mkdir()
+    up = os.path.relpath(DEPLOY, env)
+    (env / "prefix.yaml").write_text(PREFIX_CONFIGMAP)
+    (env / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": ["prefix.yaml", f"{up}/strimzi/topics-users", f"{up}/overlays/prod"],
+                "components": [f"{up}/components/topic-prefix"],
+            }
+        )
+    )
+    docs = render(env)
+    assert not [d for d in docs if d["metadata"]["name"] == "kycstream-topic-prefix"], "local-config: not applied"
+    settings = {
+        role: _load(cls, workload(docs, role), docs, tmp_path / role, clean_env)
+        for role, cls in (
+            ("gateway", GatewaySettings),
+            ("processor", ProcessorSettings),
+            ("reconciler", ReconcileSettings),
+        )
+    }
+    t = settings["processor"].topics
+    assert t.prefix == "prod." and settings["gateway"].topics == settings["reconciler"].topics == t
+    names = {s.name for s in specs(t)}
+    assert names == {f"prod.{s.name}" for s in specs(TopicSettings())}
+
+    topics = [d for d in docs if d["kind"] == "KafkaTopic"]
+    assert {d["spec"]["topicName"] for d in topics} == names
+    assert all(d["metadata"]["name"] == d["spec"]["topicName"].replace(".", "-") for d in topics)
+
+    processor, reconciler = settings["processor"], settings["reconciler"]
+    assert isinstance(processor, ProcessorSettings) and isinstance(reconciler, ReconcileSettings)
+    table = access.table(t, processor.processor, reconciler.reconcile)
+    users = {d["metadata"]["name"]: d for d in docs if d["kind"] == "KafkaUser"}
+    assert len(users) == 4
+    for name, user in users.items():
+        declared = {"spec": {"authorization": {"acls": access.to_strimzi(table[name.removeprefix("kycstream-")])}}}
+        assert _acls(user) == _acls(declared), f"{name}: its ACLs are not access.py's for the prefixed topics"
+        topic_acls = [
+            a["resource"]["name"] for a in user["spec"]["authorization"]["acls"] if a["resource"]["type"] == "topic"
+        ]
+        assert topic_acls and all(n.startswith("prod.kyc.") for n in topic_acls)
+
+
 # --- alerts and dashboard use metrics that exist ---------------------------------------------------
 
 
@@ -776,6 +836,8 @@ def _exported_names() -> set[str]:
     reconciler.fetches.labels("p", "result").inc()
     reconciler.token_requests.labels("p", "ok").inc()
     reconciler.open.set(1)
+    processor.consumer_lag.labels("g", "t", "0").set(0)
+    reconciler.consumer_lag.labels("g-fetch", "t", "0").set(0)
     registries = (gateway.registry, processor.registry, reconciler.registry)
     text = b"".join(generate_latest(r) for r in registries).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
@@ -796,7 +858,10 @@ def test_alerts_and_dashboard_use_exported_metrics() -> None:
     alerts, panels = _alert_exprs(), _dashboard_exprs()
     used = {m for e in alerts + panels for m in re.findall(r"\b(kycstream_[a-z_]+)", e)}
     assert used and used <= exported, f"not exported by the app: {used - exported}"
-    assert any("kafka_consumergroup_lag" in e for e in alerts + panels)
+    # Lag is kycstream's own, per group: no alert or panel names a group (processor.group_id is configurable).
+    lag = [e for e in alerts + panels if "kycstream_consumer_lag" in e]
+    assert lag and all("group" in e and "kycstream-normalizer" not in e for e in lag)
+    assert not any("kafka_consumergroup_lag" in e or "consumergroup" in e for e in alerts + panels)
     for needed in (
         "kycstream_dead_letters_total",
         "kycstream_gateway_requests_total",
@@ -831,6 +896,36 @@ def test_poll_alerts_match_real_outcomes() -> None:
             assert values <= outcomes, f"no such poll outcome: {values - outcomes}"
             matched |= values
     assert matched >= {"unauthorized", "failed", "poll_unauthorized", "poll_expired"}
+
+
+def _promtool() -> str | None:
+    return (
+        os.environ.get("PROMTOOL")
+        or shutil.which("promtool")
+        or next((str(p) for p in [TOOLS / "promtool"] if p.exists()), None)
+    )
+
+
+@pytest.mark.skipif(
+    _promtool() is None,
+    reason="no promtool: run `make deploy-check` once (it unpacks Debian's prometheus package's promtool into "
+    ".venv-deploy), or put promtool on PATH",
+)
+def test_the_alerts_pass_their_promtool_unit_tests(tmp_path: Path) -> None:
+    """monitoring/prometheusrule.test.yaml: the lag alert fires for a group that is not the default one."""
+    tests = DEPLOY / "monitoring" / "prometheusrule.test.yaml"
+    assert "kycstream-normalizer" not in tests.read_text() and "billing-normalizer" in tests.read_text()
+    rules = yaml.safe_load((DEPLOY / "monitoring" / "prometheusrule.yaml").read_text())["spec"]
+    (tmp_path / "prometheusrule.rules.yaml").write_text(yaml.safe_dump(rules))
+    shutil.copy(tests, tmp_path)
+    promtool = _promtool()
+    assert promtool is not None
+    checked = subprocess.run(
+        [promtool, "check", "rules", "prometheusrule.rules.yaml"], cwd=tmp_path, capture_output=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    done = subprocess.run([promtool, "test", "rules", tests.name], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
 
 
 # --- make deploy-check passes here and fails on broken manifests -----------------------------------

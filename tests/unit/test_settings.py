@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.settings import GatewaySettings
 from processors.errors import ConfigError
-from processors.settings import ProcessorSettings
+from processors.settings import ProcessorSettings, TopicSettings
 
 DEV_CONFIG = Path(__file__).parents[2] / "deploy" / "kycstream.dev.yaml"
 
@@ -109,3 +110,13 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
 def test_gateway_without_sources_refuses_to_start() -> None:
     with pytest.raises(ConfigError, match="no webhook sources"):
         GatewaySettings().require_sources()
+
+
+def test_topics_prefix_goes_before_every_topic_name_once() -> None:
+    prefixed = TopicSettings(prefix="prod.", dlq="prod.kyc.webhooks.dlq.v2")
+    assert (prefixed.raw, prefixed.expected) == ("prod.kyc.webhooks.raw.v1", "prod.kyc.verification.expected.v1")
+    assert prefixed.dlq == "prod.kyc.webhooks.dlq.v2", "a name that already has it keeps it"
+    assert TopicSettings.model_validate(prefixed.model_dump()) == prefixed, "validated again: unchanged"
+    assert TopicSettings().raw == "kyc.webhooks.raw.v1"
+    with pytest.raises(ValidationError):
+        TopicSettings(prefix="prod /")

@@ -1,12 +1,9 @@
-"""One verification's timeline from its records (pure), and the partitioner that finds them."""
+"""One verification's timeline from its records (pure)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-from processors.kafka.partitioner import murmur2, partition_for
 from processors.model import (
     DeadLetter,
     Expectation,
@@ -97,16 +94,3 @@ def test_a_deleted_state_is_no_state_and_undecodable_records_are_shown() -> None
 
 def test_nothing_found_says_why_it_may_be() -> None:
     assert "keyed by its request id" in to_table(assemble(KEY, T0, []))
-
-
-@pytest.mark.parametrize(
-    ("data", "java"),  # Kafka's own test vectors (UtilsTest.testMurmur2), as Java's signed ints
-    [(b"21", -973932308), (b"foobar", -790332482), (b"a-little-bit-long-string", -985981536), (b"abc", 479470107)],
-)
-def test_murmur2_is_kafkas(data: bytes, java: int) -> None:
-    assert murmur2(data) == java % 2**32
-
-
-def test_a_partitioner_that_does_not_hash_the_key_places_nothing() -> None:
-    assert partition_for(b"esign:sub-1", 3, "random") is None
-    assert partition_for(b"esign:sub-1", 3, "consistent_random") == partition_for(b"esign:sub-1", 3, "consistent")
