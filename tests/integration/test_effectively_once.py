@@ -291,7 +291,7 @@ def test_a_batch_whose_transaction_failed_is_redone_in_full(
     options = {"processing_guarantee": "exactly_once", "transactional_id": unique("tx"), "group_id": group}
     with processing(kafka, topic_settings, **options) as normalizer:
         outputs = normalizer.engine.outputs
-        write_dedup = outputs.dedup
+        write_dedup = outputs.dedup_in_transaction
         failed = threading.Event()
 
         def fail_once(records: list[tuple[int, bytes, bytes]]) -> None:
@@ -300,7 +300,7 @@ def test_a_batch_whose_transaction_failed_is_redone_in_full(
                 raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "injected: the transaction did not finish"))
             write_dedup(records)
 
-        outputs.dedup = fail_once  # type: ignore[method-assign]
+        outputs.dedup_in_transaction = fail_once  # type: ignore[method-assign]
         deliveries = [
             raw_delivery("esign", _esign(f"abort-{i}", "COMPLETED", "VALID", "2026-05-08T10:30:00Z")) for i in range(10)
         ]

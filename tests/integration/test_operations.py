@@ -165,8 +165,13 @@ def test_replay_tail_and_redrive_from_another_terminal_after_make_run(tmp_path: 
         (future,) = admin.describe_configs([ConfigResource("topic", "x.state")]).values()
         assert future.result()["cleanup.policy"].value == "compact"
 
-        # Into the live topics: nothing missing, and the dead letter the live DLQ holds is not written twice.
-        live = running.kycstream("replay", "--from-beginning")
+        # Into the live topics beside `make run`'s processor: refused, naming the group (stop it first).
+        refused = running.kycstream("replay", "--from-beginning")
+        assert refused.returncode == 2, refused.stderr
+        assert "kycstream-normalizer" in refused.stderr and "--while-live" in refused.stderr
+        # With --while-live, up to what it committed: nothing missing, and the dead letter the live
+        # DLQ holds is not written twice.
+        live = running.kycstream("replay", "--from-beginning", "--while-live")
         assert live.returncode == 0, live.stderr
         assert f"1 dead letters (1 already in {LIVE.dlq}, not written again)" in live.stderr
         assert len(_lines(running.kycstream("tail", "--topic", "dlq", "--from-beginning", "--timeout", "3"))) == 1
