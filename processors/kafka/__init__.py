@@ -13,6 +13,7 @@ from confluent_kafka import (
     KafkaException,
     Message,
     Producer,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
@@ -28,5 +29,6 @@ __all__ = [
     "KafkaException",
     "Message",
     "Producer",
+    "TopicCollection",
     "TopicPartition",
 ]
