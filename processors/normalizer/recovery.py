@@ -134,9 +134,9 @@ def validate(
     for topic, next_offset in ((dedup_topic, cp.dedup_next), (state_topic, cp.state_next)):
         if cp.identity.get(topic) != ids.get(topic):
             return f"{topic} is not the topic the store was built from (its id changed: recreated)"
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, stores.partition), timeout=10)
-        if next_offset > high:
-            return f"{topic}[{stores.partition}] ends at {high}, before the store's offset {next_offset}"
+        # Only the low watermark: the embedded broker's high watermark under-reports (reader.py),
+        # and a recreated topic is told by its id.
+        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, stores.partition), timeout=10, cached=False)
         if next_offset < low:
             return f"{topic}[{stores.partition}] starts at {low}, after the store's offset {next_offset} (truncated)"
     return None
