@@ -539,8 +539,21 @@ class ProcessorSection(Section):
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     transactional_id: str | None = Field(None, description="exactly_once: stable per instance (default: group-host)")
     dedup_window_s: int = Field(7 * 24 * 3600, ge=60)
-    dedup_store: Literal["memory", "sqlite"] = "memory"
+    dedup_store: Literal["memory", "sqlite", "rocksdb"] = Field(
+        "memory",
+        description="memory: rebuilt from the changelog on every assignment (fastest per event); rocksdb: "
+        "on disk under state_dir, a restart reads only the changelog's tail (docs/operations.md#stores)",
+    )
+    state_store: Literal["memory", "rocksdb"] = Field(
+        "memory", description="where the verifications' states live, as dedup_store (rocksdb: on disk)"
+    )
     state_dir: Path = Path("/tmp/kycstream")
+    store_block_cache_mb: int = Field(
+        64, ge=1, description="rocksdb stores: the block cache all partitions of the process share (reads)"
+    )
+    store_write_buffer_mb: int = Field(
+        32, ge=1, description="rocksdb stores: all memtables of the process, charged to the block cache"
+    )
     expiry_interval_s: float = Field(60.0, gt=0)
     restore_timeout_s: float = Field(
         240.0, gt=0, description="a whole restore; below the consumer's max.poll.interval.ms (checked at start)"

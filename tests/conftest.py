@@ -165,6 +165,25 @@ def gateway(gateway_settings: Callable[..., GatewaySettings]) -> Iterator[tuple[
 FAST_GROUP = {"session_timeout_ms": 6000}
 
 
+# The processor's stores, as `processing(**store)` or `processor_env(**store_env(store))` take them:
+# the key tests run with each kind (processor.dedup_store / state_store).
+STORES: dict[str, dict[str, str]] = {
+    "memory": {},
+    "rocksdb": {"dedup_store": "rocksdb", "state_store": "rocksdb"},
+}
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Processor settings choosing a store kind (rocksdb: under a directory of this test's own)."""
+    kind = STORES[str(request.param)]
+    return {**kind, "state_dir": tmp_path_factory.mktemp("stores")} if kind else {}
+
+
+def store_env(store: dict[str, Any]) -> dict[str, str]:
+    return {f"KYCSTREAM_PROCESSOR__{name.upper()}": str(value) for name, value in store.items()}
+
+
 @contextmanager
 def processing(kafka: KafkaSettings, topic_settings: TopicSettings, **section: Any) -> Iterator[Normalizer]:
     settings = ProcessorSettings(

@@ -14,6 +14,7 @@ from confluent_kafka import (
     KafkaException,
     Message,
     Producer,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
@@ -29,5 +30,6 @@ __all__ = [
     "KafkaException",
     "Message",
     "Producer",
+    "TopicCollection",
     "TopicPartition",
 ]

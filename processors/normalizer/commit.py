@@ -4,17 +4,18 @@ guarantees.
 at_least_once (default, any broker), per batch:
   1. produce events, states and dead letters; wait for every acknowledgement. Any failure rewinds
      the consumer to the batch start and takes the batch's partitions over again, as after a crash.
-  2. remember the batch's idempotency keys and states, then produce their dedup records (each
-     carrying the anchor: "every event below offset X of this partition has its record",
-     anchor.py); retried until acknowledged.
+  2. remember the batch's states, then produce their dedup records (each carrying the anchor:
+     "every event below offset X of this partition has its record", anchor.py); retried until
+     acknowledged; then remember the keys. A store on disk writes each with the changelog offset
+     acknowledged, so it never reflects more than Kafka holds.
   3. the caller commits the offsets.
 A crash between 1 and 2 leaves events without dedup records; the next owner of the partition
 finds them by reading the events partition from X on restore (PartitionOwner.repair), so a
 replayed delivery is still recognised: every event is written once (by event_id), none is lost.
 
-exactly_once (real Kafka): the same outputs and the offsets in one transaction per batch. An
-aborted transaction rewinds and takes the batch's partitions over again: its keys were learned
-while its dedup records were built, and only a restore forgets what was never committed.
+exactly_once (real Kafka): the same outputs and the offsets in one transaction per batch; the
+stores learn its states and keys once it committed. An aborted transaction rewinds and takes the
+batch's partitions over again.
 """
 
 from __future__ import annotations
@@ -94,8 +95,10 @@ class AtLeastOnce(_Strategy):
             self._take_over_again(batch, consumer, f"outputs failed: {batch.failures[:3]}")
             return None
         self.owner.learn(batch)
-        if not self.outputs.write_dedup(self.owner.dedup_records(batch), stop):
+        acked: dict[int, int] = {}
+        if not self.outputs.write_dedup(self.owner.dedup_records(batch), stop, acked):
             return None
+        self.owner.learn_keys(batch, acked)
         return batch.next_offsets()
 
     def aside(self, write: Callable[[Batch], int]) -> int:
@@ -115,7 +118,8 @@ class ExactlyOnce(_Strategy):
         producer = self.outputs.producer
         try:
             self.outputs.states(batch)
-            self.outputs.dedup_in_transaction(self.owner.dedup_records(batch))
+            acked: dict[int, int] = {}
+            self.outputs.dedup_in_transaction(self.owner.dedup_records(batch), acked)
             if consumer is not None:
                 producer.send_offsets_to_transaction(batch.next_offsets(), consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(self.p.flush_timeout_s)
@@ -125,6 +129,7 @@ class ExactlyOnce(_Strategy):
             self._take_over_again(batch, consumer, f"transaction aborted: {exc.args[0].str()}")
             return None
         self.owner.learn(batch)
+        self.owner.learn_keys(batch, acked)
         return []
 
     def aside(self, write: Callable[[Batch], int]) -> int:

@@ -42,6 +42,9 @@ class Batch:
     keys: dict[int, dict[str, VerificationEvent]] = field(default_factory=dict)  # partition -> new keys
     states: dict[int, dict[str, VerificationState]] = field(default_factory=dict)
     event_offsets: dict[int, list[int]] = field(default_factory=dict)
+    state_offsets: dict[int, int] = field(default_factory=dict)  # partition -> last state record acknowledged
+    anchors: dict[int, int] = field(default_factory=dict)  # partition -> the anchor its dedup records carry
+    expires_s: int = 0  # when the batch's new keys expire (dedup_records)
     tally: collections.Counter[str] = field(default_factory=collections.Counter)
     now: datetime | None = None  # the states' updated_at: one clock reading per batch
     # (metric, labels) -> count: counted once the batch is durable, one inc() per label set
@@ -70,6 +73,13 @@ class Batch:
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.errors.append(err)
+
+    def on_state_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.errors.append(err)
+        else:
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            self.state_offsets[partition] = max(offset, self.state_offsets.get(partition, -1))
 
     def on_event_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -132,7 +142,7 @@ class Outputs:
                     self.codec.encode("VerificationState", state_to_record(current), self.topics.state),
                     key.encode(),
                     partition=partition,
-                    on_delivery=batch.on_delivery,
+                    on_delivery=batch.on_state_delivery,
                 )
 
     def tombstones(self, batch: Batch, partition: int, keys: list[str]) -> None:
@@ -141,23 +151,30 @@ class Outputs:
                 self.producer, self.topics.dedup, None, key.encode(), partition=partition, on_delivery=batch.on_delivery
             )
 
-    def dedup_in_transaction(self, records: list[DedupOutput]) -> None:
-        """Within a transaction: its commit says whether they landed."""
+    def dedup_in_transaction(self, records: list[DedupOutput], acked: dict[int, int]) -> None:
+        """Within a transaction: its commit says whether they landed (`acked`: where, when it does)."""
+        on_delivery = functools.partial(_note_offset, acked)
         for partition, key, value in records:
-            produce(self.producer, self.topics.dedup, value, key, partition=partition)
+            produce(self.producer, self.topics.dedup, value, key, partition=partition, on_delivery=on_delivery)
 
     # --- waiting for Kafka -------------------------------------------------------------------------
 
-    def write_dedup(self, records: list[DedupOutput], stop: threading.Event | None = None) -> bool:
+    def write_dedup(
+        self, records: list[DedupOutput], stop: threading.Event | None = None, acked: dict[int, int] | None = None
+    ) -> bool:
         """Produce dedup records until each is acknowledged; False when stopping first (not
-        committed then: the next owner repairs from the events topic)."""
+        committed then: the next owner repairs from the events topic). `acked` learns the last
+        offset acknowledged per partition."""
         pending = records
         failed: list[DedupOutput] = []
+        landed: dict[int, int] = {} if acked is None else acked
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 self.note(err)
                 failed.append((msg.partition() or 0, msg.key() or b"", msg.value() or b""))
+            else:
+                _note_offset(landed, None, msg)
 
         while pending:
             failed.clear()
@@ -201,3 +218,9 @@ def _traced(
     tracing.acked(span, msg.partition(), msg.offset() if err is None else None, err.str() if err is not None else None)
     span.end()
     on_delivery(err, msg)
+
+
+def _note_offset(acked: dict[int, int], err: KafkaError | None, msg: Message) -> None:
+    if err is None:
+        partition, offset = msg.partition() or 0, msg.offset() or 0
+        acked[partition] = max(offset, acked.get(partition, -1))

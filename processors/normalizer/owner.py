@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 
 from processors import logs, state
 from processors.avro.records import dedup_record
+from processors.diskstore import Memory
 from processors.errors import BrokerError, ConfigError
-from processors.kafka import Consumer, KafkaException, config
+from processors.kafka import AdminClient, Consumer, KafkaException, config
 from processors.model import VerificationEvent, VerificationState
 from processors.normalizer import anchor, recovery
 from processors.normalizer.metrics import ProcessorMetrics
@@ -53,6 +54,11 @@ class PartitionOwner:
         self.health = health
         self.window = timedelta(seconds=self.p.dedup_window_s)
         self.owned: dict[int, recovery.PartitionStores] = {}
+        self.partitions = 0  # the raw topic's partition count (check_partitions)
+        on_disk = "rocksdb" in (self.p.dedup_store, self.p.state_store)
+        mb = 1 << 20
+        self._memory = Memory(self.p.store_block_cache_mb * mb, self.p.store_write_buffer_mb * mb) if on_disk else None
+        self._admin = AdminClient(config.admin(settings.kafka, role="processor")) if on_disk else None
         self._restorer = Consumer(
             config.consumer(
                 settings.kafka,
@@ -82,21 +88,26 @@ class PartitionOwner:
                 + ", ".join(f"{n} has {c}" for n, c in wrong.items())
                 + ": events, state and dedup are co-partitioned with the raw topic and need the same count"
             )
+        self.partitions = raw
         return raw
 
     def restore(self, partitions: list[int]) -> None:
         """Take ownership of raw partitions: restore their stores, then repair after a crash."""
         started = time.monotonic()
         fresh = {
-            p: recovery.PartitionStores(
-                p, recovery.new_store(self.p.dedup_store, self.p.state_dir, self.topics.dedup, p)
-            )
+            p: recovery.open_stores(self.p, self.topics, self.codec, self._memory, p)
             for p in partitions
             if p not in self.owned
         }
         if not fresh:
             return
         self.health.not_ready(f"restoring partitions {sorted(fresh)}")
+        try:
+            self._check_disk(fresh)
+        except Exception:
+            for stores in fresh.values():
+                stores.close()
+            raise
         # One budget for the whole restore, both reads: it runs inside the group consumer's poll,
         # and must end before max.poll.interval.ms (limits.check_restore_timeout).
         deadline = started + self.p.restore_timeout_s
@@ -124,8 +135,26 @@ class PartitionOwner:
             keys=sum(len(s.dedup) for s in fresh.values()),
             states=sum(len(s.states) for s in fresh.values()),
             repaired=repaired,
+            read=sum(s.read_records for s in fresh.values()),
             seconds=round(elapsed, 3),
         )
+
+    def _check_disk(self, fresh: dict[int, recovery.PartitionStores]) -> None:
+        """A store on disk is used from its offsets when its changelogs are the ones it was built
+        from; else it is wiped, to be rebuilt. It records what it was built for."""
+        on_disk = {p: s for p, s in fresh.items() if s.disk is not None}
+        if not on_disk or self._admin is None:
+            return
+        if not self.partitions:
+            self.check_partitions()
+        ids = recovery.identify(self._admin, [self.topics.dedup, self.topics.state])
+        for partition, stores in on_disk.items():
+            assert stores.disk is not None
+            why = recovery.validate(self._restorer, stores, ids, self.partitions, self.topics.dedup, self.topics.state)
+            if why is not None:
+                log.warning("store_rebuilt", partition=partition, why=why)
+                stores.disk.wipe()
+            stores.disk.commit(partitions=self.partitions, identity=ids)
 
     @staticmethod
     def _left(deadline: float) -> float:
@@ -153,13 +182,15 @@ class PartitionOwner:
         self.outputs.states(batch)
         self.outputs.flush_or_raise(batch, "restore")
         self.learn(batch)
-        self.outputs.write_dedup(self.dedup_records(batch, anchors=anchors))  # the anchors unchanged
+        acked: dict[int, int] = {}
+        self.outputs.write_dedup(self.dedup_records(batch, anchors=anchors), acked=acked)  # the anchors unchanged
+        self.learn_keys(batch, acked)
         return repaired
 
     def release(self, partition: int) -> None:
         stores = self.owned.pop(partition, None)
         if stores is not None:
-            stores.dedup.close()
+            stores.close()
         self.metrics.owned.set(len(self.owned))
 
     # --- what a batch learns -------------------------------------------------------------------------
@@ -197,27 +228,44 @@ class PartitionOwner:
         return state.counted(stores.states.get(event.key), event)
 
     def learn(self, batch: Batch) -> None:
-        """Only acknowledged outputs are remembered, so a rewound batch is redone in full."""
+        """Only acknowledged outputs are remembered, so a rewound batch is redone in full. A store
+        on disk takes the states with the offset of the last state record acknowledged."""
         for partition, states in batch.states.items():
             stores = self.owned.get(partition)
             if stores is not None:
                 stores.states.update(states)
+                if stores.states_on_disk and stores.disk is not None:
+                    stores.disk.commit(state_next=batch.state_offsets[partition] + 1)
+
+    def learn_keys(self, batch: Batch, acked: dict[int, int]) -> None:
+        """The batch's new keys, once their dedup records are acknowledged (`acked`: the last
+        offset per partition): a store on disk writes them with that offset and their anchor, so
+        it never holds a key whose record may be missing (anchor.py)."""
+        for partition, keys in batch.keys.items():
+            stores = self.owned.get(partition)
+            if stores is None:
+                continue
+            for key in keys:
+                stores.dedup.add(key, batch.expires_s)
+            if stores.dedup_on_disk and stores.disk is not None and partition in acked:
+                stores.disk.commit(dedup_next=acked[partition] + 1, anchor=batch.anchors.get(partition))
 
     def dedup_records(self, batch: Batch, anchors: dict[int, int] | None = None) -> list[DedupOutput]:
-        """(partition, key, encoded DedupRecord) for each new key of the batch; the store learns them.
-        All of a batch's records share their times and, per partition, their events-offset anchor."""
+        """(partition, key, encoded DedupRecord) for each new key of the batch; the store learns them
+        once they are acknowledged (learn_keys). All of a batch's records share their times and,
+        per partition, their events-offset anchor (`anchors`: kept as they are, else the batch's)."""
         now = self.clock()
         first_seen, expires = _epoch_ms(now), _epoch_ms(now + self.window)
         encode, topic = self.codec.encode, self.topics.dedup
         records = []
+        batch.expires_s = expires // 1000
         for partition, keys in batch.keys.items():
             at = anchors[partition] if anchors is not None else anchor.for_batch(batch.event_offsets.get(partition, ()))
-            stores = self.owned.get(partition)
+            if anchors is None:
+                batch.anchors[partition] = at
             for key, event in keys.items():
                 record = dedup_record(key, event.event_id, first_seen, expires, at)
                 records.append((partition, key.encode(), encode("DedupRecord", record, topic)))
-                if stores is not None:
-                    stores.dedup.add(key, expires // 1000)
         return records
 
     def expire(self, batch: Batch) -> int:

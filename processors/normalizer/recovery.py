@@ -4,6 +4,10 @@ Outputs are co-partitioned with the raw topic (events, state and dedup records o
 go to partition p of their topics), so partition p of each changelog holds exactly what the owner
 of raw partition p needs. Restores read to partition EOF, never trusting high watermarks, and
 never rely on the broker having compacted anything: tombstones and expiry are applied here.
+
+A store on disk (rocksdb) reads only the tail, from the offsets it reflects, when its changelogs
+are the ones it was built from (their topic ids, checked with `identify`) and still hold those
+offsets; otherwise it is wiped and rebuilt from the beginning.
 """
 
 from __future__ import annotations
@@ -12,14 +16,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from processors import logs
 from processors.avro.dedupread import expiry_reader
-from processors.avro.records import dedup_from_record, state_from_record
+from processors.avro.records import dedup_from_record, state_from_record, state_to_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
-from processors.kafka import OFFSET_BEGINNING, Consumer
+from processors.diskstore import Memory, PartitionDB, RocksStates
+from processors.errors import BrokerError, ConfigError
+from processors.kafka import OFFSET_BEGINNING, AdminClient, Consumer, KafkaException, TopicCollection, TopicPartition
 from processors.kafka.reader import read_partitions
 from processors.kafka.serde import Codec
 from processors.model import VerificationState
 from processors.normalizer import anchor
+from processors.settings import ProcessorSection, TopicSettings
+
+log = logs.get("kycstream.processor")
+
+# A disk store commits what it restored every this many records: a restore cut short by a crash
+# or a timeout goes on from there next time.
+_RESTORE_COMMIT_EVERY = 200_000
 
 # The restoring consumer's librdkafka settings (beside the usual ones of config.consumer): read to
 # the end, never wait for more data, and keep up to a million records a partition fetched ahead
@@ -39,16 +53,93 @@ class PartitionStores:
 
     partition: int
     dedup: DedupStore
-    states: dict[str, VerificationState] = field(default_factory=dict)
+    states: dict[str, VerificationState] | RocksStates = field(default_factory=dict)
     expired: set[str] = field(default_factory=set)  # found expired while restoring: to tombstone
     repair_from: int = anchor.NONE  # events-topic offset from which events may lack their dedup record
     restored_keys: int = 0
+    disk: PartitionDB | None = None  # the store on disk, when dedup or states live there
+    read_records: int = 0  # changelog records the restore read (all of them, or a disk store's tail)
+
+    @property
+    def dedup_on_disk(self) -> bool:
+        return self.disk is not None and self.dedup is self.disk.dedup
+
+    @property
+    def states_on_disk(self) -> bool:
+        return self.disk is not None and self.states is self.disk.states
+
+    def close(self) -> None:
+        self.dedup.close()
+        if self.disk is not None:
+            self.disk.close()
 
 
 def new_store(kind: str, state_dir: Path, topic: str, partition: int) -> DedupStore:
     if kind == "sqlite":
         return SqliteDedupStore(state_dir / f"dedup-{topic}-{partition}.sqlite")
     return MemoryDedupStore()
+
+
+def disk_path(state_dir: Path, topics: TopicSettings, partition: int) -> Path:
+    return state_dir / "rocksdb" / topics.dedup / str(partition)
+
+
+def open_stores(
+    p: ProcessorSection, topics: TopicSettings, codec: Codec, memory: Memory | None, partition: int
+) -> PartitionStores:
+    """The stores of one raw partition, of the kinds the settings choose."""
+    if memory is None:
+        return PartitionStores(partition, new_store(p.dedup_store, p.state_dir, topics.dedup, partition))
+    disk = PartitionDB(
+        disk_path(p.state_dir, topics, partition),
+        memory,
+        lambda s: codec.encode("VerificationState", state_to_record(s), topics.state),
+        lambda raw: state_from_record(codec.decode("VerificationState", raw, topics.state)),
+    )
+    dedup = disk.dedup if p.dedup_store == "rocksdb" else new_store(p.dedup_store, p.state_dir, topics.dedup, partition)
+    states: dict[str, VerificationState] | RocksStates = disk.states if p.state_store == "rocksdb" else {}
+    return PartitionStores(partition, dedup, states, disk=disk)
+
+
+def identify(admin: AdminClient, names: list[str], timeout: float = 10) -> dict[str, str]:
+    """Each topic's id: a topic deleted and created again under the same name has a new one."""
+    try:
+        described = admin.describe_topics(TopicCollection(names), request_timeout=timeout)
+        return {name: str(future.result(timeout).topic_id) for name, future in described.items()}
+    except KafkaException as exc:
+        raise BrokerError(f"Kafka did not describe {names}: {exc.args[0].str()}") from exc
+
+
+def validate(
+    consumer: Consumer,
+    stores: PartitionStores,
+    ids: dict[str, str],
+    partitions: int,
+    dedup_topic: str,
+    state_topic: str,
+) -> str | None:
+    """Why the store on disk cannot be trusted (it is then wiped), or None. Raises when it was built
+    for another partition count: its keys belong to other partitions now (docs/runbook.md)."""
+    disk = stores.disk
+    assert disk is not None
+    cp = disk.checkpoint
+    if cp.partitions and cp.partitions != partitions:
+        raise ConfigError(
+            f"the store at {disk.path} was built for {cp.partitions} partitions and the topics have "
+            f"{partitions} now: keys moved between partitions. Follow docs/runbook.md "
+            "(growing partitions) to rebuild into new topics, or delete processor.state_dir to start over"
+        )
+    if not cp.identity:
+        return None if (cp.dedup_next, cp.state_next) == (0, 0) else "no changelog identity recorded"
+    for topic, next_offset in ((dedup_topic, cp.dedup_next), (state_topic, cp.state_next)):
+        if cp.identity.get(topic) != ids.get(topic):
+            return f"{topic} is not the topic the store was built from (its id changed: recreated)"
+        # Only the low watermark: the embedded broker's high watermark under-reports (reader.py),
+        # and a recreated topic is told by its id.
+        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, stores.partition), timeout=10, cached=False)
+        if next_offset < low:
+            return f"{topic}[{stores.partition}] starts at {low}, after the store's offset {next_offset} (truncated)"
+    return None
 
 
 def restore(
@@ -60,13 +151,27 @@ def restore(
     now: datetime,
     timeout: float,
 ) -> None:
-    """Fill each partition's dedup store and state table from the changelogs, all partitions at once."""
+    """Fill each partition's dedup store and state table from the changelogs, all partitions at once:
+    from the beginning, or from the offsets a store on disk reflects."""
     now_s = int(now.timestamp())
-    starts = [(topic, p, OFFSET_BEGINNING) for p in stores for topic in (dedup_topic, state_topic)]
+    starts = []
+    for p, target in stores.items():
+        cp = target.disk.checkpoint if target.disk is not None else None
+        if cp is not None and target.dedup_on_disk:
+            target.repair_from = cp.anchor
+        starts.append((dedup_topic, p, cp.dedup_next if cp and target.dedup_on_disk else OFFSET_BEGINNING))
+        starts.append((state_topic, p, cp.state_next if cp and target.states_on_disk else OFFSET_BEGINNING))
+    reached: dict[tuple[str, int], int] = {}
     fast = expiry_reader(codec)
     for msg in read_partitions(consumer, starts, timeout):
-        target = stores[msg.partition() or 0]
+        partition = msg.partition() or 0
+        target = stores[partition]
+        target.read_records += 1
         value = msg.value()
+        if target.disk is not None:
+            reached[(msg.topic() or "", partition)] = (msg.offset() or 0) + 1
+            if target.read_records % _RESTORE_COMMIT_EVERY == 0:
+                _commit_restored(target, reached, dedup_topic, state_topic)
         if msg.topic() == dedup_topic:
             # The key stays the UTF-8 bytes Kafka gives (the store keeps them so); checked as
             # decode() would, so a key that is not UTF-8 still fails the restore.
@@ -93,10 +198,26 @@ def restore(
             else:
                 target.dedup.discard_utf8(raw)
                 target.expired.add(raw.decode())
+        elif isinstance(target.states, RocksStates):
+            target.states.put_encoded(msg.key() or b"", value)  # kept encoded: decoded when read
         elif value is None:
             target.states.pop((msg.key() or b"").decode(), None)
         else:
             key = (msg.key() or b"").decode()
             target.states[key] = state_from_record(codec.decode("VerificationState", value, state_topic))
     for target in stores.values():
+        if target.disk is not None:
+            _commit_restored(target, reached, dedup_topic, state_topic)
         target.restored_keys = len(target.dedup)
+
+
+def _commit_restored(
+    target: PartitionStores, reached: dict[tuple[str, int], int], dedup_topic: str, state_topic: str
+) -> None:
+    assert target.disk is not None
+    p = target.partition
+    target.disk.commit(
+        dedup_next=reached.get((dedup_topic, p)) if target.dedup_on_disk else None,
+        state_next=reached.get((state_topic, p)) if target.states_on_disk else None,
+        anchor=target.repair_from if target.dedup_on_disk else None,
+    )

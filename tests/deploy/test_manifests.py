@@ -614,6 +614,25 @@ def test_gateway_spool_is_on_a_volume_of_each_pod(overlay: list[Doc], gateway_se
     assert headless["selector"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
 
 
+def test_processor_stores_are_on_a_disk_volume_that_outlives_container_restarts(
+    overlay: list[Doc], processor_settings: ProcessorSettings
+) -> None:
+    """Stores on disk are bounded in memory by settings; their directory is an emptyDir on the node's
+    disk (a restarted container reads only the changelogs' tail), not tmpfs (counted as memory)."""
+    p = processor_settings.processor
+    assert (p.dedup_store, p.state_store) == ("rocksdb", "rocksdb")
+    processor = workload(overlay, "processor")
+    pod = processor["spec"]["template"]["spec"]
+    mounts = [m for m in container(processor)["volumeMounts"] if m["mountPath"] == str(p.state_dir)]
+    assert len(mounts) == 1 and not mounts[0].get("readOnly") and "subPath" not in mounts[0]
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[0]["name"])
+    assert "medium" not in volume["emptyDir"], "on disk: a tmpfs would count against the memory limit"
+    assert _quantity(volume["emptyDir"]["sizeLimit"]) >= 2**30, "bounded, and room for millions of keys"
+    limits = container(processor)["resources"]["limits"]
+    # RocksDB's cache and write buffers fit the memory limit beside the process itself (~150 MB).
+    assert (p.store_block_cache_mb + p.store_write_buffer_mb) * 2**20 + 300 * 2**20 <= _quantity(limits["memory"])
+
+
 def test_processor_replicas_within_partitions(overlay: list[Doc], processor_settings: ProcessorSettings) -> None:
     replicas = one(overlay, "Deployment", "kycstream-processor")["spec"]["replicas"]
     assert 1 <= replicas <= processor_settings.topics.partitions

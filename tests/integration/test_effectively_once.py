@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,7 @@ from tests.conftest import (
     produce_raw,
     raw_delivery,
     read,
+    store_env,
     unique,
     wait_until,
 )
@@ -65,7 +67,7 @@ def _dedup_hits(normalizer: Normalizer) -> float:
 
 
 def test_every_delivery_sent_three_times_yields_one_event(
-    gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec
+    gateway: tuple[str, GatewaySettings], kafka: KafkaSettings, codec: Codec, store: dict[str, Any]
 ) -> None:
     url, settings = gateway
     good = [c for c in cases.load() if c.event]
@@ -85,7 +87,7 @@ def test_every_delivery_sent_three_times_yields_one_event(
     for thread in threads:
         thread.join()
 
-    with processing(kafka, settings.topics) as normalizer:
+    with processing(kafka, settings.topics, **store) as normalizer:
         raw = read(kafka, settings.topics.raw, codec, "RawDelivery", at_least=3 * len(good))
         assert len({r["request_id"] for r in raw}) == 3 * len(good)
         wait_until(lambda: _dedup_hits(normalizer) >= 2 * len(good), 60, "every repeat recognised")
@@ -137,11 +139,11 @@ def test_a_later_review_overturns_a_decision_and_an_older_one_does_not(
 
 
 def test_restart_restores_dedup_and_state_from_the_changelogs(
-    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec, store: dict[str, Any]
 ) -> None:
     first = [raw_delivery("esign", _esign(f"r-{i}", "COMPLETED", "VALID", "2026-05-08T10:30:00Z")) for i in range(50)]
     produce_raw(kafka, topic_settings.raw, first, codec)
-    with processing(kafka, topic_settings):
+    with processing(kafka, topic_settings, **store):
         read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=50)
         read(kafka, topic_settings.dedup, codec, "DedupRecord", at_least=50)
 
@@ -151,7 +153,7 @@ def test_restart_restores_dedup_and_state_from_the_changelogs(
         for i in range(5)
     ]
     produce_raw(kafka, topic_settings.raw, again + late, codec)
-    with processing(kafka, topic_settings) as normalizer:  # a new instance: it knows only what it restores
+    with processing(kafka, topic_settings, **store) as normalizer:  # a new instance: it knows only what it restores
         events = read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=55)
         wait_until(lambda: _dedup_hits(normalizer) >= 50, 30, "50 repeats recognised by the restored instance")
     assert len(read(kafka, topic_settings.events, codec, "VerificationEvent")) == 55 == len(events)
@@ -194,12 +196,20 @@ def _stream(n: int, duplicate_share: float, seed: int) -> tuple[list, set[str]]:
 
 
 def _kill_and_recover(
-    kafka: KafkaSettings, topic_settings: TopicSettings, codec: Codec, n: int, second_joins: bool
+    kafka: KafkaSettings,
+    topic_settings: TopicSettings,
+    codec: Codec,
+    n: int,
+    second_joins: bool,
+    store: dict[str, Any] | None = None,
 ) -> None:
+    """The victim and the first survivor share a disk (a restarted container: the survivor reads only
+    the changelogs' tail into the victim's stores); a second one joining has its own."""
     deliveries, _ = _stream(n, 0.10, seed=n + second_joins)
     produce_raw(kafka, topic_settings.raw, deliveries, codec)
     expected = n
-    env = processor_env(kafka, topic_settings)
+    env = processor_env(kafka, topic_settings, **store_env(store or {}))
+    own_disk = {**env, "KYCSTREAM_PROCESSOR__STATE_DIR": tempfile.mkdtemp(prefix="second-")}
     group = unique("kill")
     command = [sys.executable, "-m", "processors.cli", "process", "--group", group]
     victim = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
@@ -223,7 +233,7 @@ def _kill_and_recover(
                     120,
                     "the first survivor was assigned the victim's partitions",
                 )
-                survivors.append(subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL))
+                survivors.append(subprocess.Popen(command, env=own_disk, stderr=subprocess.DEVNULL))
             wait_until(
                 lambda: committed_to_end(kafka, group, topic_settings.raw), 240, "the survivors committed the raw topic"
             )
@@ -245,9 +255,9 @@ def _kill_and_recover(
 
 @pytest.mark.parametrize("second_joins", [False, True], ids=["restart", "restart-and-second-joins"])
 def test_sigkill_mid_stream_loses_and_doubles_nothing(
-    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec, second_joins: bool
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec, second_joins: bool, store: dict[str, Any]
 ) -> None:
-    _kill_and_recover(kafka, topic_settings, codec, 3_000, second_joins)
+    _kill_and_recover(kafka, topic_settings, codec, 3_000, second_joins, store)
 
 
 @pytest.mark.slow
@@ -259,14 +269,14 @@ def test_sigkill_mid_stream_of_20000(
 
 
 def test_effectively_once_mode_commits_outputs_and_offsets_in_transactions(
-    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec
+    topic_settings: TopicSettings, kafka: KafkaSettings, codec: Codec, store: dict[str, Any]
 ) -> None:
     """The transactional path end to end (the embedded broker does not hide aborted transactions,
     so only the happy path is meaningful here; real Kafka covers the rest)."""
     first = [raw_delivery("esign", _esign(f"x-{i}", "COMPLETED", "VALID", "2026-05-08T10:30:00Z")) for i in range(20)]
     produce_raw(kafka, topic_settings.raw, first + [raw_delivery("esign", d.body) for d in first[:5]], codec)
     group = unique("eos")
-    options = {"processing_guarantee": "exactly_once", "transactional_id": unique("tx"), "group_id": group}
+    options = {"processing_guarantee": "exactly_once", "transactional_id": unique("tx"), "group_id": group, **store}
     with processing(kafka, topic_settings, **options) as normalizer:
         read(kafka, topic_settings.events, codec, "VerificationEvent", at_least=20)
         wait_until(lambda: _dedup_hits(normalizer) >= 5, 30, "5 repeats recognised")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ class _CutWithOutputsQueued:
 
 
 def _through_an_outage(
-    proxied: tuple[KafkaSettings, TcpProxy], codec: Codec, partitions: int, cut_s: float, **section: float
+    proxied: tuple[KafkaSettings, TcpProxy], codec: Codec, partitions: int, cut_s: float, **section: Any
 ) -> float:
     """10,000 deliveries (10% repeats) through a processor cut off from Kafka for `cut_s` while a
     batch's outputs are in flight; asserts every event once, returns the batches it rewound."""
@@ -86,10 +87,10 @@ def test_an_outage_past_the_flush_deadline_doubles_no_event(
 
 
 def test_outputs_failed_for_good_are_redone_once_kafka_is_back(
-    proxied: tuple[KafkaSettings, TcpProxy], codec: Codec
+    proxied: tuple[KafkaSettings, TcpProxy], codec: Codec, store: dict[str, Any]
 ) -> None:
     """An outage longer than delivery_timeout_s: some of a batch's outputs failed, others may have
     landed. The processor takes its partitions over again (the restore finds what landed), replaces
     its fenced producer and redoes the batch: every event once."""
-    rewound = _through_an_outage(proxied, codec, 2, 10.0, flush_timeout_s=1.0, delivery_timeout_s=2.0)
+    rewound = _through_an_outage(proxied, codec, 2, 10.0, flush_timeout_s=1.0, delivery_timeout_s=2.0, **store)
     assert rewound >= 1, "the outage failed a batch for good"

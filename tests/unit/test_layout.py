@@ -16,6 +16,7 @@ PURE = (
     "processors/model.py",
     "processors/pipeline.py",
     "processors/dedup.py",
+    "processors/diskstore.py",
     "processors/state.py",
     "processors/prose.py",
     "processors/signing.py",

@@ -1,0 +1,146 @@
+"""The store on disk keeps what was committed, with the offsets it was committed with, and nothing
+else: a change not committed (an output Kafka never acknowledged) is gone after a reopen."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from processors.avro.records import state_from_record, state_to_record
+from processors.diskstore import Checkpoint, Memory, PartitionDB
+from processors.kafka.serde import Codec
+from processors.model import VerificationState, VerificationStatus
+
+BASE = 1_778_236_200
+WHEN = datetime.fromtimestamp(BASE, UTC)
+TOPIC = "kyc.verification.state.v1"
+MEMORY = Memory(8 << 20, 4 << 20)
+
+
+def _state(key: str, status: VerificationStatus = VerificationStatus.APPROVED) -> VerificationState:
+    provider, vid = key.split(":", 1)
+    return VerificationState(
+        key=key,
+        provider=provider,
+        verification_id=vid,
+        status=status,
+        last_event_id="e-1",
+        updated_at=WHEN,
+        occurred_at=WHEN,
+        decided_at=WHEN,
+        event_count=1,
+        raw_offset=7,
+    )
+
+
+def _open(path: Path) -> PartitionDB:
+    codec = Codec()
+    return PartitionDB(
+        path,
+        MEMORY,
+        lambda s: codec.encode("VerificationState", state_to_record(s), TOPIC),
+        lambda raw: state_from_record(codec.decode("VerificationState", raw, TOPIC)),
+    )
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "kyc.dedup.v1" / "0"
+
+
+@pytest.fixture
+def db(path: Path) -> Iterator[PartitionDB]:
+    store = _open(path)
+    yield store
+    store.close()
+
+
+def test_what_is_committed_survives_a_reopen_with_its_offsets(db: PartitionDB, path: Path) -> None:
+    db.dedup.add("k1", BASE + 600)
+    db.states["xendit:v1"] = _state("xendit:v1")
+    db.commit(dedup_next=11, state_next=5, anchor=3, partitions=3, identity={"d": "id-1"})
+    db.close()
+    again = _open(path)
+    try:
+        assert "k1" in again.dedup and len(again.dedup) == 1
+        assert again.states.get("xendit:v1") == _state("xendit:v1")
+        assert len(again.states) == 1
+        assert again.checkpoint == Checkpoint(11, 5, 3, 1, 1, 3, {"d": "id-1"})
+    finally:
+        again.close()
+
+
+def test_what_is_not_committed_is_gone_after_a_reopen(db: PartitionDB, path: Path) -> None:
+    db.dedup.add("acked", BASE + 600)
+    db.commit(dedup_next=1)
+    db.dedup.add("never-acked", BASE + 600)
+    db.states["xendit:v1"] = _state("xendit:v1")
+    assert "never-acked" in db.dedup  # visible before the commit, to the batch that wrote it
+    db.close()
+    again = _open(path)
+    try:
+        assert "acked" in again.dedup
+        assert "never-acked" not in again.dedup
+        assert again.states.get("xendit:v1") is None
+        assert (len(again.dedup), len(again.states), again.checkpoint.dedup_next) == (1, 0, 1)
+    finally:
+        again.close()
+
+
+def test_rollback_forgets_the_pending_changes_and_their_counts(db: PartitionDB) -> None:
+    db.dedup.add("a", BASE + 60)
+    db.commit(dedup_next=1)
+    db.dedup.add("b", BASE + 60)
+    db.dedup.discard("a")
+    db.rollback()
+    assert "a" in db.dedup and "b" not in db.dedup and len(db.dedup) == 1
+
+
+def test_offsets_and_the_anchor_only_move_forward(db: PartitionDB) -> None:
+    db.commit(dedup_next=10, state_next=10, anchor=10)
+    db.commit(dedup_next=4, state_next=4, anchor=4)
+    assert (db.checkpoint.dedup_next, db.checkpoint.state_next, db.checkpoint.anchor) == (10, 10, 10)
+
+
+def test_expired_keys_are_popped_in_expiry_order_and_stay_popped(db: PartitionDB, path: Path) -> None:
+    db.dedup.add("late", BASE + 120)
+    db.dedup.add("early", BASE + 60)
+    db.dedup.add("live", BASE + 6000)
+    db.dedup.add("early", BASE + 30)  # re-added earlier: one entry, the new expiry
+    db.commit(dedup_next=4)
+    assert db.dedup.pop_expired(BASE + 120) == ["early", "late"]
+    db.close()  # the pop was committed: between batches nothing else is pending
+    again = _open(path)
+    try:
+        assert (sorted(k for k in ("early", "late", "live") if k in again.dedup), len(again.dedup)) == (["live"], 1)
+        assert again.dedup.pop_expired(BASE + 120) == []
+    finally:
+        again.close()
+
+
+def test_state_records_kept_encoded_and_tombstoned(db: PartitionDB) -> None:
+    codec = Codec()
+    value = codec.encode("VerificationState", state_to_record(_state("esign:s1")), TOPIC)
+    db.states.put_encoded(b"esign:s1", value)
+    db.states.put_encoded(b"esign:s2", value)
+    db.states.put_encoded(b"esign:s2", None)
+    db.commit(state_next=3)
+    assert db.states.get("esign:s1") == _state("esign:s1")
+    assert "esign:s2" not in db.states and len(db.states) == 1
+
+
+def test_wipe_starts_empty_at_offset_zero(db: PartitionDB) -> None:
+    db.dedup.add("a", BASE + 60)
+    db.commit(dedup_next=9, identity={"d": "x"})
+    db.wipe()
+    assert "a" not in db.dedup and len(db.dedup) == 0
+    assert db.checkpoint == Checkpoint()
+
+
+def test_a_closed_store_says_so(db: PartitionDB) -> None:
+    db.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        _ = "a" in db.dedup
