@@ -187,6 +187,8 @@ def personal_values(body: bytes) -> set[str]:
             for item in node:
                 walk(item, personal)
         elif personal and isinstance(node, str) and len(node) >= 4 and node not in _NOT_PERSONAL:
+            if node.isdigit() and len(node) < 6:
+                return  # a year or a short number: it names no one, and any count or time may hold it
             found.add(node)
 
     walk(doc, False)

@@ -233,7 +233,13 @@ def _kill_and_recover(
                     120,
                     "the first survivor was assigned the victim's partitions",
                 )
-                survivors.append(subprocess.Popen(command, env=own_disk, stderr=subprocess.DEVNULL))
+                second_log = first_log.with_name("second.log")
+                with second_log.open("wb") as log_file:
+                    survivors.append(
+                        subprocess.Popen(command, env={**own_disk, "KYCSTREAM_LOG_LEVEL": "INFO"}, stderr=log_file)
+                    )
+                # Stopped only once it runs (its SIGTERM handler set): not while it is still starting.
+                wait_until(lambda: b"processor_started" in second_log.read_bytes(), 120, "the second survivor runs")
             wait_until(
                 lambda: committed_to_end(kafka, group, topic_settings.raw), 240, "the survivors committed the raw topic"
             )
@@ -304,11 +310,11 @@ def test_a_batch_whose_transaction_failed_is_redone_in_full(
         write_dedup = outputs.dedup_in_transaction
         failed = threading.Event()
 
-        def fail_once(records: list[tuple[int, bytes, bytes]]) -> None:
+        def fail_once(records: list[tuple[int, bytes, bytes]], acked: dict[int, int]) -> None:
             if not failed.is_set():
                 failed.set()
                 raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "injected: the transaction did not finish"))
-            write_dedup(records)
+            write_dedup(records, acked)
 
         outputs.dedup_in_transaction = fail_once  # type: ignore[method-assign]
         deliveries = [
