@@ -6,6 +6,7 @@ partition its key belongs to now, and every idempotency key its dedup record bes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -14,21 +15,28 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 
 import httpx
 import pytest
+from confluent_kafka import Producer
 
 from gateway.settings import GatewaySettings
-from processors.kafka import embedded, reader
+from processors.avro.records import state_to_record
+from processors.kafka import config, embedded, reader
 from processors.kafka.partitioner import partition_for
 from processors.kafka.serde import Codec
+from processors.model import VerificationState, VerificationStatus
 from processors.settings import KafkaSettings, TopicSettings
 from tests.conftest import (
     DEV_SECRET,
     committed_to_end,
     dev_sources,
+    latest_states,
     processing,
     processor_env,
+    produce_raw,
+    raw_delivery,
     serving,
     unique,
     wait_until,
@@ -191,3 +199,33 @@ def _assert_one_event_per_result_and_one_state_per_verification(
     partition_of = {e["idempotency_key"]: p for p, e in events}
     dedup = [(r.partition, codec.decode("DedupRecord", r.value or b"")) for r in reader.read_all(kafka, grown.dedup)]
     assert {d["idempotency_key"]: p for p, d in dedup} == partition_of, "each key's dedup record beside its event"
+
+
+def test_states_whose_deliveries_left_the_raw_topic_are_carried_into_the_grown_set(
+    make_topics: Callable[..., TopicSettings], kafka: KafkaSettings, codec: Codec
+) -> None:
+    """Retention took the raw topic's oldest deliveries: the live state table still holds their
+    decisions, and the grown set keeps them (one record per verification, in its key's partition)."""
+    live = make_topics(3)
+    # esign:gone-1: nothing left in the raw topic; esign:gone-2: only a late PENDING after its decision.
+    produce_raw(kafka, live.raw, [raw_delivery("esign", _result(2, 0).replace(b"grow-2", b"gone-2"))], codec)
+    when = datetime(2026, 5, 1, tzinfo=UTC)
+    producer = Producer(config.producer(kafka))
+    for vid in ("gone-1", "gone-2"):
+        decided = VerificationState(
+            f"esign:{vid}", "esign", vid, VerificationStatus.APPROVED, "e1", when, when, decided_at=when, event_count=3
+        )
+        decided = dataclasses.replace(decided, raw_offset=7)  # an offset of the live raw topic: meaningless now
+        value = codec.encode("VerificationState", state_to_record(decided), live.state)
+        producer.produce(live.state, key=decided.key.encode(), value=value)
+    assert producer.flush(10) == 0
+
+    grown = _switched(live, _grow(kafka, live, unique("grow-idle"), 6).stdout)  # no processor runs: finished
+
+    placed: dict[str, set[int]] = {}
+    for r in reader.read_all(kafka, grown.state):
+        placed.setdefault((r.key or b"").decode(), set()).add(r.partition)
+    assert placed == {k: {partition_for(k.encode(), 6)} for k in ("esign:gone-1", "esign:gone-2")}
+    states = latest_states(kafka, grown.state, codec)
+    table = {k: (s["status"], s["event_count"], s["raw_offset"]) for k, s in states.items()}
+    assert table == {"esign:gone-1": ("APPROVED", 3, -1), "esign:gone-2": ("APPROVED", 3, 0)}
