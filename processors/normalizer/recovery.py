@@ -126,8 +126,9 @@ def validate(
     if cp.partitions and cp.partitions != partitions:
         raise ConfigError(
             f"the store at {disk.path} was built for {cp.partitions} partitions and the topics have "
-            f"{partitions} now: keys moved between partitions. Follow docs/runbook.md "
-            "(growing partitions) to rebuild into new topics, or delete processor.state_dir to start over"
+            f"{partitions} now: keys moved between partitions. Grow into a new set of topics instead "
+            "(`kycstream partitions grow --to N`, docs/runbook.md, growing partitions), or delete "
+            "processor.state_dir to start over"
         )
     if not cp.identity:
         return None if (cp.dedup_next, cp.state_next) == (0, 0) else "no changelog identity recorded"
