@@ -21,8 +21,14 @@ from processors.avro.dedupread import expiry_reader
 from processors.avro.records import dedup_from_record, state_from_record, state_to_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
 from processors.diskstore import Memory, PartitionDB, RocksStates
-from processors.errors import BrokerError, ConfigError
-from processors.kafka import OFFSET_BEGINNING, AdminClient, Consumer, KafkaException, TopicCollection, TopicPartition
+from processors.errors import ConfigError
+from processors.kafka import (
+    OFFSET_BEGINNING,
+    AdminClient,
+    Consumer,
+    TopicPartition,
+    topics,
+)
 from processors.kafka.reader import read_partitions
 from processors.kafka.serde import Codec
 from processors.model import VerificationState
@@ -103,11 +109,7 @@ def open_stores(
 
 def identify(admin: AdminClient, names: list[str], timeout: float = 10) -> dict[str, str]:
     """Each topic's id: a topic deleted and created again under the same name has a new one."""
-    try:
-        described = admin.describe_topics(TopicCollection(names), request_timeout=timeout)
-        return {name: str(future.result(timeout).topic_id) for name, future in described.items()}
-    except KafkaException as exc:
-        raise BrokerError(f"Kafka did not describe {names}: {exc.args[0].str()}") from exc
+    return topics.topic_ids(admin, names, timeout)
 
 
 def validate(
