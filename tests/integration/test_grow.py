@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -136,13 +137,17 @@ def _switched(live: TopicSettings, printed: str) -> TopicSettings:
     return TopicSettings.model_validate(live.model_dump() | dict(line.lower().split("=", 1) for line in lines))
 
 
+@pytest.mark.parametrize("stores", ["memory", pytest.param("rocksdb", marks=pytest.mark.slow)])
 def test_partitions_grown_from_3_to_6_under_load_keep_one_event_per_result_and_one_state_per_verification(
-    make_topics: Callable[..., TopicSettings], kafka: KafkaSettings, codec: Codec
+    make_topics: Callable[..., TopicSettings], kafka: KafkaSettings, codec: Codec, stores: str, tmp_path: Path
 ) -> None:
+    """`stores`: the processors' (rocksdb as deployed: the new set's stores are new directories)."""
     live = make_topics(3)
     group = unique("grow-processor")
+    on_disk = {"dedup_store": "rocksdb", "state_store": "rocksdb", "state_dir": tmp_path}
+    store = on_disk if stores == "rocksdb" else {}
     with ExitStack() as old_gateway, ExitStack() as old_processors:
-        old_processors.enter_context(processing(kafka, live, group_id=group))
+        old_processors.enter_context(processing(kafka, live, group_id=group, **store))
         with Provider(old_gateway.enter_context(_gateway(kafka, live))) as provider:
             provider.more(40)
             # 1. The new set filled while everything runs on the live one: not finished yet.
@@ -162,7 +167,7 @@ def test_partitions_grown_from_3_to_6_under_load_keep_one_event_per_result_and_o
                 grown = _switched(live, last.stdout)
                 assert grown.raw == new_raw and "finished" in last.stderr, last.stderr
                 # 5. The processors started on the new set go on where the replay stopped.
-                with processing(kafka, grown, group_id=group):
+                with processing(kafka, grown, group_id=group, **store):
                     provider.more(30)
                     provider.stop()
                     wait_until(lambda: committed_to_end(kafka, group, grown.raw), 60, f"{group} through {grown.raw}")
