@@ -504,6 +504,14 @@ class ReconcileSection(Section):
     liveness_timeout_s: float = Field(
         600.0, gt=0, description="/livez answers 503 when the run loop has not gone round for this long"
     )
+    state_store: Literal["memory", "rocksdb"] = Field(
+        "memory",
+        description="the state table the reconciler reads by key: memory holds all of it; rocksdb keeps it on "
+        "disk under state_dir, memory bounded by the two sizes below, a restart reads only the tail",
+    )
+    state_dir: Path = Path("/tmp/kycstream")
+    store_block_cache_mb: int = Field(16, ge=1, description="rocksdb state_store: its block cache (reads)")
+    store_write_buffer_mb: int = Field(16, ge=1, description="rocksdb state_store: its memtables, in that cache")
 
     @model_validator(mode="after")
     def _poll_interval_holds_a_session(self) -> Self:

@@ -55,6 +55,17 @@ def supersedes(event: VerificationEvent, state: VerificationState) -> bool:
     return event.event_id > state.last_event_id
 
 
+def outranks(state: VerificationState, other: VerificationState) -> bool:
+    """Whether `state` stands over `other` as one verification's current status: the rule above,
+    between two states (a state table rebuilt from a raw topic that lost its oldest deliveries)."""
+    if rank(state.status) != rank(other.status):
+        return rank(state.status) > rank(other.status)
+    when, other_when = state.occurred_at or state.updated_at, other.occurred_at or other.updated_at
+    if when != other_when:
+        return when > other_when
+    return state.last_event_id > other.last_event_id
+
+
 def apply(state: VerificationState | None, event: VerificationEvent, now: datetime) -> VerificationState:
     if state is None or supersedes(event, state):
         return VerificationState(

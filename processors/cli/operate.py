@@ -120,6 +120,44 @@ def _fresh_targets(live: TopicSettings, given: dict[str, str | None]) -> dict[st
     return targets
 
 
+partitions_app = typer.Typer(no_args_is_help=True, help="Change the partition count of kycstream's topics.")
+app.add_typer(partitions_app, name="partitions")
+
+
+@partitions_app.command("grow")
+def partitions_grow(
+    to: Annotated[int, typer.Option("--to", min=1, help="The new partition count.")],
+    config: ConfigOpt = None,
+    suffix: Annotated[
+        str | None, typer.Option(help="Appended to each co-partitioned topic's name (default: .p<TO>).")
+    ] = None,
+) -> None:
+    """Fill a new co-partitioned set of topics (raw, events, state, dedup, DLQ) with TO partitions from
+    the live one: copy the raw topic (placed by murmur2 of the key), replay it into the new events,
+    state, dedup and DLQ, carry over states whose deliveries left the raw topic. Run it again to catch
+    up; once the processors are stopped it finishes: the processors' group goes on in the new raw topic
+    where the replay stopped. Then point topics.* at the new set (printed). See docs/runbook.md.
+    """
+    from processors.operate import grow as grow_
+
+    settings = _load(ProcessorSettings, config)
+    live = settings.topics
+    suffix = suffix if suffix is not None else f".p{to}"
+    if not suffix:
+        raise _fail("--suffix must not be empty: the new topics need names of their own")
+    target = grow_.grown(live, to, suffix)
+    try:
+        tally = grow_.grow(settings, to, suffix, lambda line: typer.echo(line, err=True))
+    except KycstreamError as exc:
+        raise _fail(str(exc)) from exc
+    if not tally["finished"]:
+        typer.echo("run again once the processors are stopped (their group has no member) to finish", err=True)
+        return
+    typer.echo("switch the gateway, the processors, the reconciler and the consumers to the new set:")
+    for role in grow_.GROWN_ROLES:
+        typer.echo(f"KYCSTREAM_TOPICS__{role.upper()}={getattr(target, role)}")
+
+
 @app.command()
 def redrive(
     config: ConfigOpt = None,

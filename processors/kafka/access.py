@@ -115,11 +115,15 @@ def table(topics: TopicSettings, processor: ProcessorSection, reconcile: Reconci
             _g("topic", t.expected, "Read", "Describe"),
             # replay's targets, the live ones or fresh ones it creates named like them (…events.v2).
             *(_g("topic", replay_prefix(getattr(t, r)), *_TARGET, pattern="prefix") for r in TARGET_ROLES),
-            _g("group", group, "Describe"),  # replay refuses while the processors' group has members
+            _g("group", group, "Read", "Describe"),  # replay refuses while it has members; grow hands offsets over
             _g("group", f"{group}-restore", "Describe"),  # replay restores like a processor
             _g("group", f"{group}-replay-", "Read", "Describe", pattern="prefix"),
             _g("transactionalId", f"{group}-replay-", "Write", "Describe", pattern="prefix"),  # exactly_once
             _g("group", f"{group}-redrive", "Read", "Describe"),
+            # partitions grow: a new raw topic named like the live one (…raw.v1.p12), its positions, its replay
+            _g("topic", replay_prefix(t.raw), *_TARGET, pattern="prefix"),
+            _g("group", f"{group}-grow", "Read", "Describe"),
+            _g("transactionalId", f"{group}-grow", "Write", "Describe"),  # exactly_once
             _g("group", READER_GROUPS, "Describe", pattern="prefix"),
         ],
         # `kycstream topics create`, where no Strimzi Topic Operator creates them (no KafkaUser in deploy/).

@@ -206,8 +206,10 @@ def produce(
     partition: int | None = None,
     headers: list[tuple[str, str | bytes | None]] | None = None,
     on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    timestamp: int = 0,
 ) -> None:
     """producer.produce(), waiting while librdkafka's local queue is full instead of raising.
+    `timestamp` (ms): the record's time, 0 for now (a copy keeps its original's).
 
     The queue holds `queue.buffering.max.messages` records (100,000 by default) until their delivery
     reports are served; a loop producing more than that at once (a backlog's expired keys, a
@@ -221,6 +223,8 @@ def produce(
         kwargs["partition"] = partition
     if headers is not None:
         kwargs["headers"] = headers
+    if timestamp:
+        kwargs["timestamp"] = timestamp
     while True:
         try:
             producer.produce(topic, value, key, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]
 
 from processors import logs
@@ -113,6 +113,15 @@ def _metadata(admin: AdminClient, timeout: float) -> ClusterMetadata:
             f"Kafka did not answer within {timeout:g}s: {exc.args[0].str()} "
             "(check kafka.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS)"
         ) from exc
+
+
+def topic_ids(admin: AdminClient, names: list[str], timeout: float = 10) -> dict[str, str]:
+    """Each topic's id: a topic deleted and created again under the same name has a new one."""
+    try:
+        described = admin.describe_topics(TopicCollection(names), request_timeout=timeout)
+        return {name: str(future.result(timeout).topic_id) for name, future in described.items()}
+    except KafkaException as exc:
+        raise BrokerError(f"Kafka did not describe {names}: {exc.args[0].str()}") from exc
 
 
 def missing(admin: AdminClient, wanted: tuple[TopicSpec, ...], timeout: float = 5.0) -> list[str]:

@@ -21,8 +21,14 @@ from processors.avro.dedupread import expiry_reader
 from processors.avro.records import dedup_from_record, state_from_record, state_to_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
 from processors.diskstore import Memory, PartitionDB, RocksStates
-from processors.errors import BrokerError, ConfigError
-from processors.kafka import OFFSET_BEGINNING, AdminClient, Consumer, KafkaException, TopicCollection, TopicPartition
+from processors.errors import ConfigError
+from processors.kafka import (
+    OFFSET_BEGINNING,
+    AdminClient,
+    Consumer,
+    TopicPartition,
+    topics,
+)
 from processors.kafka.reader import read_partitions
 from processors.kafka.serde import Codec
 from processors.model import VerificationState
@@ -103,11 +109,7 @@ def open_stores(
 
 def identify(admin: AdminClient, names: list[str], timeout: float = 10) -> dict[str, str]:
     """Each topic's id: a topic deleted and created again under the same name has a new one."""
-    try:
-        described = admin.describe_topics(TopicCollection(names), request_timeout=timeout)
-        return {name: str(future.result(timeout).topic_id) for name, future in described.items()}
-    except KafkaException as exc:
-        raise BrokerError(f"Kafka did not describe {names}: {exc.args[0].str()}") from exc
+    return topics.topic_ids(admin, names, timeout)
 
 
 def validate(
@@ -126,8 +128,9 @@ def validate(
     if cp.partitions and cp.partitions != partitions:
         raise ConfigError(
             f"the store at {disk.path} was built for {cp.partitions} partitions and the topics have "
-            f"{partitions} now: keys moved between partitions. Follow docs/runbook.md "
-            "(growing partitions) to rebuild into new topics, or delete processor.state_dir to start over"
+            f"{partitions} now: keys moved between partitions. Grow into a new set of topics instead "
+            "(`kycstream partitions grow --to N`, docs/runbook.md, growing partitions), or delete "
+            "processor.state_dir to start over"
         )
     if not cp.identity:
         return None if (cp.dedup_next, cp.state_next) == (0, 0) else "no changelog identity recorded"

@@ -90,9 +90,12 @@ _WHAT_TO_DO = (
 )
 
 
-def ensure_targets(kafka: KafkaSettings, live: TopicSettings, target: TopicSettings) -> list[str]:
+def ensure_targets(
+    kafka: KafkaSettings, live: TopicSettings, target: TopicSettings, *, raw_partitions: int | None = None
+) -> list[str]:
     """Create the missing target topics, each like the topic it stands in for (its configs, read from
     the live topic where it exists) with the raw topic's partition count: the co-partitioning rule.
+    With `raw_partitions` the raw topic is a target too, with that many partitions (operate/grow.py).
 
     Refuses before creating anything when an existing target disagrees (partitions, cleanup policy).
     Returns the names created.
@@ -100,10 +103,11 @@ def ensure_targets(kafka: KafkaSettings, live: TopicSettings, target: TopicSetti
     admin = AdminClient(config.admin(kafka, role="replay"))
     counts = topics.partition_counts(admin, timeout=10)
     raw = target.raw
-    if raw not in counts:
+    if raw_partitions is None and raw not in counts:
         raise ConfigError(f"topic {raw} does not exist: there is nothing to replay (check topics.raw)")
-    partitions = counts[raw]
-    wanted = [s for s in topics.specs(target) if s.role in TARGET_ROLES]
+    partitions = raw_partitions or counts[raw]
+    roles = TARGET_ROLES if raw_partitions is None else ("raw", *TARGET_ROLES)
+    wanted = [s for s in topics.specs(target) if s.role in roles]
     described = _configs(admin, [s.name for s in wanted if s.name in counts])
     disagree = []
     for spec in wanted:
@@ -157,17 +161,19 @@ def replay(
     progress: Progress | None = None,
     *,
     processed_by: str | None = None,
+    group: str | None = None,
 ) -> Counter[str]:
     """Run the raw topic from `since` (None: the beginning) to its end as of the start through the
     normalizer; with `processed_by` (a group of live processors), only up to that group's committed
-    offsets: what the processors have not processed yet is left to them.
+    offsets: what the processors have not processed yet is left to them. With `group`, from that
+    group's committed offsets instead, committing them as the processor does: a replay that can be
+    cut and run again, going on where it stopped (partitions grow, operate/grow.py).
 
     Dedup and state are restored from the target topics first, so replaying into the topics that
     already hold events emits only what is missing; into fresh topics, it rebuilds them whole. A
     dead letter the target DLQ already holds for the same raw record is not written again.
     """
-    group = settings.processor.group_id
-    run = f"{group}-replay-{uuid.uuid4().hex[:8]}"
+    run = group or f"{settings.processor.group_id}-replay-{uuid.uuid4().hex[:8]}"
     if settings.processor.processing_guarantee == "exactly_once":  # never fence a live processor's producer
         settings = settings.with_overrides(processor={"transactional_id": run})
     engine = _ReplayEngine(settings)
@@ -179,7 +185,7 @@ def replay(
         ends = reader.committed_offsets(settings.kafka, processed_by, raw, partitions) if processed_by else None
         engine.held = _dead_letters_held(settings, engine.codec)
         engine.restore(partitions)
-        starts = _starts(consumer, raw, partitions, since)
+        starts = resumed(consumer, raw, partitions) if group else _starts(consumer, raw, partitions, since)
         since_ms = int(since.timestamp() * 1000) if since else 0
         last, total = _extent(consumer, starts, since_ms, ends)
         if progress:
@@ -205,9 +211,12 @@ def replay(
                         records.append(msg)
             if not records:
                 continue
-            if engine.process(records, consumer, stop) is None:
+            offsets = engine.process(records, consumer, stop)
+            if offsets is None:
                 pending.update(m.partition() or 0 for m in records)  # rewound: those are read again
                 continue
+            if group and offsets:  # exactly_once: the transaction committed them
+                consumer.commit(offsets=offsets, asynchronous=False)
             done += len(records)
             if progress:
                 progress(done, total)
@@ -260,6 +269,12 @@ def _starts(consumer: Consumer, topic: str, partitions: list[int], since: dateti
     found = {p: o for _, p, o in reader.offsets_since(consumer, [(topic, p) for p in partitions], since_ms)}
     # -1: nothing at or after `since` in that partition; reading from its end yields only EOF.
     return [TopicPartition(topic, p, found.get(p, -1)) for p in partitions]
+
+
+def resumed(consumer: Consumer, topic: str, partitions: list[int]) -> list[TopicPartition]:
+    """Each partition from the consumer's group's committed offset (its beginning where none)."""
+    committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+    return [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed]
 
 
 def _extent(

@@ -5,7 +5,8 @@ Expectations (kyc.verification.expected.v1) are split across reconcilers by the 
 each assigned partition is read whole from the beginning, never committed. The reconciler writes
 an expectation back with its `last_polled_at` and `polls` after each poll, so a restart or a new
 owner of the partition knows when each was last polled. The state table and the
-DLQ are read whole by every reconciler (assigned, never committed): the states say which
+DLQ are read whole by every reconciler (assigned, never committed; the states kept by key in
+memory or on disk with their offsets, states.py): the states say which
 verifications are settled, the DLQ which expectations were already dead-lettered (a crash between
 a letter and its tombstone must not write the letter again). Every partition is read to its end
 (partition EOF) before the reconciler acts on what it holds: `whole()`.
@@ -23,7 +24,8 @@ from processors.avro.records import dead_letter_from_record, expectation_from_re
 from processors.errors import SerdeError
 from processors.kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition, config, reader
 from processors.kafka.serde import Codec
-from processors.model import Expectation, VerificationStatus
+from processors.model import Expectation
+from processors.reconcile.states import States
 from processors.settings import ReconcileSettings
 from processors.state import SETTLED
 
@@ -69,7 +71,7 @@ class Tables:
         # state and DLQ
         self.others = Consumer(config.consumer(settings.kafka, f"{r.group_id}-state", role="reconciler-state"))
         self.tracked: dict[str, Tracked] = {}
-        self.states: dict[str, tuple[VerificationStatus, datetime]] = {}
+        self.states = States(settings, codec)  # by key: in memory or on disk (reconcile.state_store)
         self.lettered: set[tuple[int, int]] = set()  # (partition, offset) of expectations with a letter
         self._assigned: set[int] = set()  # this member's partitions of the expected topic
         self._unread: set[int] = set()  # ... not read to their end since they were assigned
@@ -79,13 +81,11 @@ class Tables:
         self.expected.subscribe(
             [self.topics.expected], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        tables = [
-            (topic, p)
-            for topic in (self.topics.state, self.topics.dlq)
-            for p in reader.topic_partitions(self.others, topic)
-        ]
-        self._others_unread = set(tables)
-        self.others.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for topic, p in tables])
+        states = self.states.starts(self.others, reader.topic_partitions(self.others, self.topics.state))
+        dlq = reader.topic_partitions(self.others, self.topics.dlq)
+        letters = [TopicPartition(self.topics.dlq, p, OFFSET_BEGINNING) for p in dlq]
+        self._others_unread = {(tp.topic, tp.partition) for tp in (*states, *letters)}
+        self.others.assign([*states, *letters])
 
     def whole(self) -> bool:
         """Act only on whole tables: a partition read halfway may still hold the tombstone of an
@@ -111,6 +111,8 @@ class Tables:
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     self._others_unread.discard((msg.topic() or "", msg.partition() or 0))
+                    if msg.topic() == self.topics.state:
+                        self.states.commit(msg.partition() or 0)
                 else:
                     log.warning("consume_error", error=error.str())
             elif msg.topic() == self.topics.state:
@@ -121,6 +123,7 @@ class Tables:
     def close(self) -> None:
         self.expected.close()
         self.others.close()
+        self.states.close()
 
     # --- rebalances -----------------------------------------------------------------------------------
 
@@ -183,16 +186,15 @@ class Tables:
         tracked.saved = record.last_polled_at == tracked.last_poll
 
     def _remember_state(self, msg: Message) -> None:
-        key = (msg.key() or b"").decode()
-        if msg.value() is None:
-            self.states.pop(key, None)
-            return
-        try:
-            state = state_from_record(self.codec.decode("VerificationState", msg.value() or b"", self.topics.state))
-        except SerdeError as exc:
-            self._undecodable("state", msg, exc)
-            return
-        self.states[key] = (state.status, state.updated_at)
+        value = msg.value()
+        state = None
+        if value is not None:
+            try:
+                state = state_from_record(self.codec.decode("VerificationState", value, self.topics.state))
+            except SerdeError as exc:
+                self._undecodable("state", msg, exc)
+                return
+        self.states.put(msg.partition() or 0, msg.offset() or 0, msg.key() or b"", value, state)
 
     def _remember_letter(self, msg: Message) -> None:
         """A letter a reconciler wrote for an expectation (by its reason header, then its source):

@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -400,10 +401,13 @@ def test_giving_up_dead_letters_once_across_three_restarts(
     assert len(fake.requests) == polled
 
 
+@pytest.mark.parametrize("state_store", ["memory", "rocksdb"])
 def test_an_expectation_settled_by_its_callback_is_tombstoned_without_a_poll(
     gateway_with_expectations: tuple[str, GatewaySettings],
     api: tuple[FakeProviderApi, str],
     kafka: KafkaSettings,
+    state_store: str,
+    tmp_path: Path,
 ) -> None:
     url, settings = gateway_with_expectations
     fake, api_url = api
@@ -413,7 +417,9 @@ def test_an_expectation_settled_by_its_callback_is_tombstoned_without_a_poll(
     assert post(f"{url}/webhooks/esign", callback, {"authorization": "Bearer dev-secret"}).status_code == 200
     with (
         processing(kafka, settings.topics),
-        reconciling(kafka, settings.topics, _source("esign", api_url, window_s=600)),
+        reconciling(
+            kafka, settings.topics, _source("esign", api_url, window_s=600), state_store=state_store, state_dir=tmp_path
+        ),
     ):
         key = f"esign:{vid}"
         wait_until(lambda: _tombstoned(kafka, settings.topics.expected, key), 30, "the settled expectation tombstoned")

@@ -456,3 +456,15 @@ def test_a_newer_repeat_that_would_not_move_the_state_is_a_duplicate() -> None:
     current = fold([pending, approved])
     assert state.repeat(current, _seen_again(pending, at(5))) == "duplicate", "never regress"
     assert state.repeat(None, approved) == "duplicate", "seen, but no state to compare with"
+
+
+# --- one state over another (partitions grow: a rebuilt table beside the live one) ----------------
+
+
+def test_a_state_outranks_another_as_its_last_event_would() -> None:
+    approved = fold([ev(S.PENDING, at(0), "a"), ev(S.APPROVED, at(1), "b")])
+    pending_only = fold([ev(S.PENDING, at(5), "c")])  # rebuilt from the deliveries left after retention
+    assert state.outranks(approved, pending_only) and not state.outranks(pending_only, approved)
+    later = fold([ev(S.REJECTED, at(2), "d")])
+    assert state.outranks(later, approved) and not state.outranks(approved, later)
+    assert not state.outranks(approved, approved), "the same state is carried over nothing"
