@@ -4,6 +4,7 @@ loop goes round, 503 from /livez while one step of it is stuck in a retry."""
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import pytest
@@ -57,8 +58,12 @@ def test_the_reconciler_is_ready_once_its_tables_are_read_whole_and_alive_while_
         url = f"http://127.0.0.1:{server.server_port}"
         try:
             wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 30, "ready: tables whole")
-            beat = reconciler.health.since_beat()
-            wait_until(lambda: reconciler.health.since_beat() < beat, 10, "the run loop beats again")
+            ready_at = time.monotonic()
+            # A beat after ready_at (the health clock is time.monotonic): when the last one was, not
+            # how long ago, which a beat just before the first reading would make near zero.
+            wait_until(
+                lambda: time.monotonic() - reconciler.health.since_beat() > ready_at, 10, "the run loop beats again"
+            )
             assert httpx.get(f"{url}/livez", timeout=5).json()["status"] == "ok"
         finally:
             server.shutdown()
