@@ -22,6 +22,7 @@ from processors.kafka.serde import Codec
 from processors.normalizer.runner import Normalizer
 from processors.providers import REGISTRY
 from processors.reconcile.reconciler import Reconciler
+from processors.reconcile.standin import IncodeStandIn
 from processors.settings import KafkaSettings, ProcessorSection, ProcessorSettings, ReconcileSettings, TopicSettings
 from tests.tcpproxy import TcpProxy
 
@@ -137,6 +138,14 @@ def serving_app(app: Any, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def incode_api() -> Iterator[tuple[IncodeStandIn, str]]:
+    """The local stand-in of Incode's API (its score answer depends on the interview id)."""
+    standin = IncodeStandIn()
+    with serving_app(standin.app()) as url:
+        yield standin, url
 
 
 @contextmanager

@@ -150,18 +150,16 @@ PERSONAL_KEYS = frozenset(
         "phonenumber",
         "nationality",
         "relatedrecords",
+        # Persona's dashed names (name-first, email-address ...), as _plain spells them
+        "namefirst",
+        "namelast",
+        "namemiddle",
+        "emailaddress",
+        "addressstreet1",
+        "identificationnumber",
     }
 )
 _NOT_PERSONAL = frozenset({"PASS", "FAIL", "VALID", "INVALID", "true", "false"})
-# Persona's dashed names among them (name-first, email-address, phone-number, birthdate ...).
-PERSONAL_KEYS = PERSONAL_KEYS | {
-    "namefirst",
-    "namelast",
-    "namemiddle",
-    "emailaddress",
-    "addressstreet1",
-    "identificationnumber",
-}
 
 
 def _plain(key: object) -> str:

@@ -8,7 +8,7 @@ import itertools
 import json
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,7 +24,6 @@ from tests.conftest import (
     processing,
     read,
     reconciling,
-    serving_app,
     unique,
     wait_until,
 )
@@ -126,13 +125,6 @@ def test_the_last_result_by_provider_time_decides_whatever_order_they_arrive_in(
     assert {key: len(found) for key, found in events.items()} == {
         key: 3 if order[-1] == 2 else 2 for key, order in zip(keys, orders, strict=True)
     }
-
-
-@pytest.fixture
-def incode_api() -> Iterator[tuple[IncodeStandIn, str]]:
-    standin = IncodeStandIn()
-    with serving_app(standin.app()) as url:
-        yield standin, url
 
 
 def test_a_score_fetched_after_a_manual_review_does_not_override_it(

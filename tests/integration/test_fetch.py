@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -33,13 +32,6 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def incode_api() -> Iterator[tuple[IncodeStandIn, str]]:
-    standin = IncodeStandIn()
-    with serving_app(standin.app()) as url:
-        yield standin, url
 
 
 def fetching(

@@ -57,13 +57,6 @@ def status_api() -> Iterator[tuple[StatusApi, str]]:
         yield api, url
 
 
-@pytest.fixture
-def incode_api() -> Iterator[tuple[IncodeStandIn, str]]:
-    standin = IncodeStandIn()
-    with serving_app(standin.app()) as url:
-        yield standin, url
-
-
 def _expect_all(kafka: KafkaSettings, topic: str, codec: Codec, vids: list[str]) -> None:
     """Expectations an hour old with a 10-minute window: all due now, each polled once in the test."""
     producer = Producer(config.producer(kafka))
