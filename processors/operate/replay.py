@@ -329,7 +329,7 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
         letters, last = _letters_since_last_redrive(consumer, codec, topics.dlq)
         for partition, offset, key, letter in letters:
             if letter.original_size is not None and letter.source_topic == topics.raw:
-                letter = _whole(settings, letter)  # the letter kept a prefix: the record is in the raw topic
+                letter = _whole(consumer, letter)  # the letter kept a prefix: the record is in the raw topic
             verdict = _verdict(letter, codec, topics, datetime.now(UTC))
             if verdict == "skip":
                 tally[f"skipped:{letter.reason}"] += 1
@@ -366,18 +366,15 @@ def redrive(settings: ProcessorSettings, *, dry_run: bool = False) -> Counter[st
         consumer.close()
 
 
-def _whole(settings: ProcessorSettings, letter: DeadLetter) -> DeadLetter:
-    """`letter` holding its whole original again, read from where it points in the raw topic (a
-    letter too large to copy its original keeps a prefix); unchanged when the record is gone."""
-    consumer = Consumer(config.consumer(settings.kafka, None, role="redrive"))
-    try:
-        consumer.assign([TopicPartition(letter.source_topic, letter.partition, letter.offset)])
-        for msg in consumer.consume(1, 10.0):
-            if msg.error() is None and msg.offset() == letter.offset and msg.value() is not None:
-                return dataclasses.replace(letter, original_value=msg.value() or b"", original_size=None)
-        return letter
-    finally:
-        consumer.close()
+def _whole(consumer: Consumer, letter: DeadLetter) -> DeadLetter:
+    """`letter` holding its whole original again, read with the redrive's consumer (done with the
+    DLQ by then; its offsets are committed explicitly) from where the letter points in the raw
+    topic (a letter too large to copy its original keeps a prefix); unchanged when the record is gone."""
+    consumer.assign([TopicPartition(letter.source_topic, letter.partition, letter.offset)])
+    for msg in consumer.consume(1, 10.0):
+        if msg.error() is None and msg.offset() == letter.offset and msg.value() is not None:
+            return dataclasses.replace(letter, original_value=msg.value() or b"", original_size=None)
+    return letter
 
 
 @dataclasses.dataclass(frozen=True)
