@@ -101,6 +101,15 @@ def test_near_limit_invalid_bodies_are_dead_lettered_and_the_processor_goes_on(
     assert [e["verification_id"] for e in events] == ["acct-after"]
     assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
 
+    # redrive reads the cut letter's whole original back from the raw topic where it points: both
+    # letters are judged on their whole bodies (still not JSON), neither as original_not_held.
+    from processors.operate.replay import redrive
+    from processors.settings import ProcessorSection, ProcessorSettings
+
+    settings_ = ProcessorSettings(kafka=kafka, topics=topic_settings, processor=ProcessorSection(group_id=group))
+    tally = redrive(settings_, dry_run=True)
+    assert tally == {"still_failing:invalid_json": 2}, tally
+
 
 def test_a_spooled_record_kafka_refuses_for_good_is_quarantined_and_the_rest_go_on(
     kafka: KafkaSettings, make_topics: Callable[..., TopicSettings], codec: Codec, tmp_path: Path
