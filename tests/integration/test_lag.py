@@ -124,7 +124,9 @@ def test_the_reconciler_exports_its_fetch_groups_lag(
         try:
             wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 30, "ready: tables whole")
             fetch_group = f"{group}-fetch"
-            assert reconciler.lag.refresh() == _expected(kafka, fetch_group, topic_settings.events, topic_settings.partitions)
+            assert reconciler.lag.refresh() == _expected(
+                kafka, fetch_group, topic_settings.events, topic_settings.partitions
+            )
             exported = _lag_lines(url, fetch_group)
             assert set(exported) == {(topic_settings.events, str(p)) for p in range(topic_settings.partitions)}
             assert _lag_lines(url, group) == {}
