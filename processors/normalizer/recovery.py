@@ -38,8 +38,8 @@ from processors.settings import ProcessorSection, TopicSettings
 log = logs.get("kycstream.processor")
 
 # A disk store commits what it restored every this many records: a restore cut short by a crash
-# or a timeout goes on from there next time.
-_RESTORE_COMMIT_EVERY = 200_000
+# or a timeout goes on from there next time. A rebuild's batch holds them meanwhile (~12 MB).
+_RESTORE_COMMIT_EVERY = 50_000
 
 # The restoring consumer's librdkafka settings (beside the usual ones of config.consumer): read to
 # the end, never wait for more data, and keep up to a million records a partition fetched ahead
@@ -159,6 +159,8 @@ def restore(
     now_s = int(now.timestamp())
     starts = []
     for p, target in stores.items():
+        if target.disk is not None:
+            target.disk.begin_rebuild()  # an empty store takes the changelogs as they come (diskstore.py)
         cp = target.disk.checkpoint if target.disk is not None else None
         if cp is not None and target.dedup_on_disk:
             target.repair_from = cp.anchor
@@ -210,16 +212,21 @@ def restore(
             target.states[key] = state_from_record(codec.decode("VerificationState", value, state_topic))
     for target in stores.values():
         if target.disk is not None:
-            _commit_restored(target, reached, dedup_topic, state_topic)
+            _commit_restored(target, reached, dedup_topic, state_topic, last=True)
         target.restored_keys = len(target.dedup)
 
 
 def _commit_restored(
-    target: PartitionStores, reached: dict[tuple[str, int], int], dedup_topic: str, state_topic: str
+    target: PartitionStores,
+    reached: dict[tuple[str, int], int],
+    dedup_topic: str,
+    state_topic: str,
+    *,
+    last: bool = False,
 ) -> None:
     assert target.disk is not None
     p = target.partition
-    target.disk.commit(
+    (target.disk.end_rebuild if last else target.disk.commit)(
         dedup_next=reached.get((dedup_topic, p)) if target.dedup_on_disk else None,
         state_next=reached.get((state_topic, p)) if target.states_on_disk else None,
         anchor=target.repair_from if target.dedup_on_disk else None,
