@@ -34,6 +34,7 @@ from rocksdict import (
     BlockBasedIndexType,
     BlockBasedOptions,
     Cache,
+    MemtableFactory,
     Options,
     Rdict,
     ReadOptions,
@@ -83,7 +84,9 @@ class Memory:
         )
         self.write_buffer_bytes = write_buffer_bytes
 
-    def options(self) -> Options:
+    def options(self, *, rebuild: bool = False) -> Options:
+        """`rebuild`: memtables that append (sorted when flushed), for writes nobody reads until
+        they are flushed: 0.25 us a record against 3 us into the skip list during a rebuild."""
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         table = BlockBasedOptions()
@@ -104,7 +107,17 @@ class Memory:
         options.set_max_write_buffer_number(2)
         options.set_max_open_files(256)
         options.set_keep_log_file_num(2)
+        if rebuild:
+            options.set_memtable_factory(MemtableFactory.vector())
+            options.set_allow_concurrent_memtable_write(False)
         return options
+
+
+def _open(path: Path, options: Options) -> Rdict:
+    # The options given for the default column family too: else rocksdict reopens an existing
+    # database with the column family options of its OPTIONS file, without the shared cache (so
+    # outside the memory bound) and with the memtables of the last open.
+    return Rdict(str(path), options, column_families={"default": options})
 
 
 class PartitionDB:
@@ -120,7 +133,7 @@ class PartitionDB:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._memory = memory
-        self._db: Rdict | None = Rdict(str(path), memory.options())
+        self._db: Rdict | None = _open(path, memory.options())
         self._pending: dict[bytes, bytes | None] = {}  # written at the next commit
         self.encode_state = encode_state
         self.decode_state = decode_state
@@ -211,6 +224,7 @@ class PartitionDB:
         cp = self.checkpoint
         if (cp.dedup_next, cp.state_next, self._keys, self._states) != (0, 0, 0, 0) or self._pending:
             return False
+        self._reopen(rebuild=True)
         self._rebuild = WriteBatch(raw_mode=True)
         return True
 
@@ -227,8 +241,13 @@ class PartitionDB:
         if self._rebuild is not None:
             self._rebuild = None
             self.db.flush(True)
+            self._reopen(rebuild=False)
             self._keys, self._states = self._count(_KEY), self._count(_STATE)
             self.commit()
+
+    def _reopen(self, *, rebuild: bool) -> None:
+        self.db.close()
+        self._db = _open(self.path, self._memory.options(rebuild=rebuild))
 
     def rollback(self) -> None:
         """Forget the changes not committed (outputs that were never acknowledged)."""
@@ -241,7 +260,7 @@ class PartitionDB:
         """Start empty: the changelog the data came from is gone or was replaced."""
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
-        self._db = Rdict(str(self.path), self._memory.options())
+        self._db = _open(self.path, self._memory.options())
         self._pending.clear()
         self._rebuild = None
         self.checkpoint = Checkpoint()
