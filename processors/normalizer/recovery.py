@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from processors import logs
-from processors.avro.dedupread import expiry_reader
+from processors.avro.dedupread import ExpiryReader, expiry_reader
 from processors.avro.records import dedup_from_record, state_from_record, state_to_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
 from processors.diskstore import Memory, PartitionDB, RocksStates
@@ -26,10 +26,11 @@ from processors.kafka import (
     OFFSET_BEGINNING,
     AdminClient,
     Consumer,
+    Message,
     TopicPartition,
     topics,
 )
-from processors.kafka.reader import read_partitions
+from processors.kafka.reader import read_batches
 from processors.kafka.serde import Codec
 from processors.model import VerificationState
 from processors.normalizer import anchor
@@ -167,53 +168,84 @@ def restore(
         starts.append((dedup_topic, p, cp.dedup_next if cp and target.dedup_on_disk else OFFSET_BEGINNING))
         starts.append((state_topic, p, cp.state_next if cp and target.states_on_disk else OFFSET_BEGINNING))
     reached: dict[tuple[str, int], int] = {}
+    committed = dict.fromkeys(stores, 0)  # read_records at each disk store's last commit
     fast = expiry_reader(codec)
-    for msg in read_partitions(consumer, starts, timeout):
-        partition = msg.partition() or 0
-        target = stores[partition]
-        target.read_records += 1
-        value = msg.value()
-        if target.disk is not None:
-            reached[(msg.topic() or "", partition)] = (msg.offset() or 0) + 1
-            if target.read_records % _RESTORE_COMMIT_EVERY == 0:
-                _commit_restored(target, reached, dedup_topic, state_topic)
-        if msg.topic() == dedup_topic:
-            # The key stays the UTF-8 bytes Kafka gives (the store keeps them so); checked as
-            # decode() would, so a key that is not UTF-8 still fails the restore.
-            raw = msg.key() or b""
-            if not raw.isascii():
-                raw.decode()
-            if value is None:
-                target.dedup.discard_utf8(raw)
-                if target.expired:
-                    target.expired.discard(raw.decode())
-                continue
-            read = fast(value)  # expires_at (ms), events_offset; None: not the plain current encoding
-            if read is None:
-                record = dedup_from_record(codec.decode("DedupRecord", value, dedup_topic))
-                expires_s, events_offset = int(record.expires_at.timestamp()), record.events_offset
+    for batch in read_batches(consumer, starts, timeout):
+        # A batch in runs of one changelog partition's records (usually one run: partitions are
+        # fetched in turn), each applied by one loop.
+        first = 0
+        topic, partition = batch[0].topic(), batch[0].partition()
+        for i in range(1, len(batch) + 1):
+            if i < len(batch):
+                msg = batch[i]
+                if msg.partition() == partition and msg.topic() == topic:
+                    continue
+            run = batch[first:i] if first or i < len(batch) else batch
+            target = stores[partition or 0]
+            target.read_records += len(run)
+            if topic == dedup_topic:
+                _apply_dedup(target, run, now_s, fast, codec, dedup_topic)
             else:
-                expires_ms, events_offset = read
-                expires_s = expires_ms // 1000 if expires_ms >= 0 else -(-expires_ms // 1000)  # as timestamp()
-            target.repair_from = anchor.advance(target.repair_from, events_offset)
-            if expires_s > now_s:
-                target.dedup.add_utf8(raw, expires_s)
-                if target.expired:
-                    target.expired.discard(raw.decode())  # seen again after its window: live, not to tombstone
-            else:
-                target.dedup.discard_utf8(raw)
-                target.expired.add(raw.decode())
-        elif isinstance(target.states, RocksStates):
-            target.states.put_encoded(msg.key() or b"", value)  # kept encoded: decoded when read
-        elif value is None:
-            target.states.pop((msg.key() or b"").decode(), None)
-        else:
-            key = (msg.key() or b"").decode()
-            target.states[key] = state_from_record(codec.decode("VerificationState", value, state_topic))
+                _apply_states(target, run, codec, state_topic)
+            if target.disk is not None:
+                reached[(topic or "", partition or 0)] = (run[-1].offset() or 0) + 1
+                if target.read_records - committed[target.partition] >= _RESTORE_COMMIT_EVERY:
+                    committed[target.partition] = target.read_records
+                    _commit_restored(target, reached, dedup_topic, state_topic)
+            if i < len(batch):
+                first, topic, partition = i, batch[i].topic(), batch[i].partition()
     for target in stores.values():
         if target.disk is not None:
             _commit_restored(target, reached, dedup_topic, state_topic, last=True)
         target.restored_keys = len(target.dedup)
+
+
+def _apply_dedup(
+    target: PartitionStores, run: list[Message], now_s: int, fast: ExpiryReader, codec: Codec, topic: str
+) -> None:
+    """A run of one dedup changelog partition's records: live keys added, tombstoned and expired
+    ones removed (the expired listed to tombstone), the anchor advanced."""
+    add, discard, expired = target.dedup.add_utf8, target.dedup.discard_utf8, target.expired
+    repair, advance = target.repair_from, anchor.advance
+    for msg in run:
+        # The key stays the UTF-8 bytes Kafka gives (the store keeps them so); checked as
+        # decode() would, so a key that is not UTF-8 still fails the restore.
+        raw = msg.key() or b""
+        if not raw.isascii():
+            raw.decode()
+        value = msg.value()
+        if value is None:
+            discard(raw)
+            if expired:
+                expired.discard(raw.decode())
+            continue
+        read = fast(value)  # expires_at (ms), events_offset; None: not the plain current encoding
+        if read is None:
+            record = dedup_from_record(codec.decode("DedupRecord", value, topic))
+            expires_s, events_offset = int(record.expires_at.timestamp()), record.events_offset
+        else:
+            expires_ms, events_offset = read
+            expires_s = expires_ms // 1000 if expires_ms >= 0 else -(-expires_ms // 1000)  # as timestamp()
+        repair = advance(repair, events_offset)
+        if expires_s > now_s:
+            add(raw, expires_s)
+            if expired:
+                expired.discard(raw.decode())  # seen again after its window: live, not to tombstone
+        else:
+            discard(raw)
+            expired.add(raw.decode())
+    target.repair_from = repair
+
+
+def _apply_states(target: PartitionStores, run: list[Message], codec: Codec, topic: str) -> None:
+    states = target.states
+    for msg in run:
+        if isinstance(states, RocksStates):
+            states.put_encoded(msg.key() or b"", msg.value())  # kept encoded: decoded when read
+        elif (value := msg.value()) is None:
+            states.pop((msg.key() or b"").decode(), None)
+        else:
+            states[(msg.key() or b"").decode()] = state_from_record(codec.decode("VerificationState", value, topic))
 
 
 def _commit_restored(
