@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 
 BATCH = 500
+_ON_DISK: dict[str, Any] = {"dedup_store": "rocksdb", "state_store": "rocksdb"}
 
 
 class _Message:
@@ -108,7 +109,9 @@ class _NoConsumer:
         pass
 
 
-def measure(records: int, process: int | None, store: str = "memory", state_dir: Path | None = None) -> tuple[float, int]:
+def measure(
+    records: int, process: int | None, store: str = "memory", state_dir: Path | None = None
+) -> tuple[float, int]:
     """(CPU seconds, records processed) of Engine.process over the bench records; `store` rocksdb:
     the dedup keys and states on disk under `state_dir` (bench/disk_store.py), as the settings
     processor.dedup_store / state_store choose them."""
@@ -131,7 +134,11 @@ def measure(records: int, process: int | None, store: str = "memory", state_dir:
         processor=ProcessorSection(
             group_id="bench-engine-cost",
             metrics_port=None,
-            **({"dedup_store": "rocksdb", "state_store": "rocksdb", "state_dir": state_dir} if store == "rocksdb" else {}),
+            **(
+                {"dedup_store": "rocksdb", "state_store": "rocksdb", "state_dir": state_dir}
+                if store == "rocksdb"
+                else {}
+            ),
         ),
     )
     engine = Engine(settings)
@@ -148,7 +155,9 @@ def measure(records: int, process: int | None, store: str = "memory", state_dir:
         engine.owner.owned[partition] = (
             recovery.PartitionStores(partition, MemoryDedupStore())
             if store == "memory"
-            else recovery.open_stores(settings.processor, settings.topics, engine.codec, engine.owner._memory, partition)
+            else recovery.open_stores(
+                settings.processor, settings.topics, engine.codec, engine.owner._memory, partition
+            )
         )
     gc.collect()
     gc.freeze()  # the bench's own records are not the processor's heap (as in bench/processor.py)

@@ -80,7 +80,8 @@ def _reader(header: bytes) -> ExpiryReader:
         if 12 < end - p < 22:
             a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5 = _TIMES(data, p)
             if a0 & a1 & a2 & a3 & a4 & b0 & b1 & b2 & b3 & b4 & 0x80 and (a5 | b5) < 0x80:
-                n = (b0 & 0x7F) | (b1 & 0x7F) << 7 | (b2 & 0x7F) << 14 | (b3 & 0x7F) << 21 | (b4 & 0x7F) << 28 | b5 << 35
+                n = b0 & 0x7F | (b1 & 0x7F) << 7 | (b2 & 0x7F) << 14 | (b3 & 0x7F) << 21 | (b4 & 0x7F) << 28
+                n |= b5 << 35
                 p += 12
                 b = data[p]
                 p += 1

@@ -138,7 +138,8 @@ class Outputs:
         for partition, states in batch.states.items():
             encoded = batch.encoded_states.setdefault(partition, {})
             for key, current in states.items():
-                value = encoded[key] = self.codec.encode("VerificationState", state_to_record(current), self.topics.state)
+                value = self.codec.encode("VerificationState", state_to_record(current), self.topics.state)
+                encoded[key] = value
                 produce(
                     self.producer,
                     self.topics.state,
