@@ -47,6 +47,7 @@ from processors.model import VerificationState
 
 _KEY, _EXPIRY, _STATE, _META = b"d", b"e", b"s", b"m"
 _BIAS = 1 << 63  # expiries before 1970 still sort first
+_READ_CACHE = 20_000  # entries (~4 MB): a few batches' reads
 _LOG, _NO_LOG = WriteOptions(), WriteOptions()
 _NO_LOG.disable_wal = True
 
@@ -135,6 +136,10 @@ class PartitionDB:
         self._memory = memory
         self._db: Rdict | None = _open(path, memory.options())
         self._pending: dict[bytes, bytes | None] = {}  # written at the next commit
+        # What the database holds for keys read lately (None: absent), kept equal to it by commit:
+        # a batch reads a key to dedup or to apply a state, then writes it (counting whether it was
+        # there), and the second read was a RocksDB lookup again. Cleared past _READ_CACHE entries.
+        self._read: dict[bytes, bytes | None] = {}
         self.encode_state = encode_state
         self.decode_state = decode_state
         self._rebuild: WriteBatch | None = None  # begin_rebuild .. end_rebuild: written as read
@@ -167,7 +172,12 @@ class PartitionDB:
             raise RuntimeError(f"the store at {self.path} is being rebuilt: nothing is read until end_rebuild")
         if key in self._pending:
             return self._pending[key]
+        if key in self._read:
+            return self._read[key]
         value: bytes | None = self.db.get(key)
+        if len(self._read) >= _READ_CACHE:
+            self._read.clear()
+        self._read[key] = value
         return value
 
     def put(self, key: bytes, value: bytes | None) -> None:
@@ -216,6 +226,7 @@ class PartitionDB:
                     batch.put(key, value)
         batch.put(_META, json.dumps(asdict(cp)).encode())
         self.db.write(batch, _NO_LOG if self._rebuild is not None else _LOG)
+        self._read.update(self._pending)
         self._pending.clear()
 
     def begin_rebuild(self) -> bool:
@@ -246,6 +257,7 @@ class PartitionDB:
             self.commit()
 
     def _reopen(self, *, rebuild: bool) -> None:
+        self._read.clear()
         self.db.close()
         self._db = _open(self.path, self._memory.options(rebuild=rebuild))
 
@@ -262,6 +274,7 @@ class PartitionDB:
         shutil.rmtree(self.path, ignore_errors=True)
         self._db = _open(self.path, self._memory.options())
         self._pending.clear()
+        self._read.clear()
         self._rebuild = None
         self.checkpoint = Checkpoint()
         self._keys = self._states = 0
@@ -270,6 +283,7 @@ class PartitionDB:
         """Close, keeping the files: the next owner on this disk reads only the changelogs' tail."""
         if self._db is not None:
             self._pending.clear()
+            self._read.clear()
             self._rebuild = None  # what was committed stays (RocksDB flushes it on close)
             self._db.close()
             self._db = None
