@@ -47,7 +47,7 @@ from processors.model import VerificationState
 
 _KEY, _EXPIRY, _STATE, _META = b"d", b"e", b"s", b"m"
 _BIAS = 1 << 63  # expiries before 1970 still sort first
-_READ_CACHE = 20_000  # entries (~4 MB): a few batches' reads
+READ_CACHE = 20_000  # entries (~4 MB): a few of the processor's batches' reads
 _LOG, _NO_LOG = WriteOptions(), WriteOptions()
 _NO_LOG.disable_wal = True
 
@@ -130,16 +130,20 @@ class PartitionDB:
         memory: Memory,
         encode_state: Callable[[VerificationState], bytes],
         decode_state: Callable[[bytes], VerificationState],
+        *,
+        read_cache: int = 0,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._memory = memory
         self._db: Rdict | None = _open(path, memory.options())
         self._pending: dict[bytes, bytes | None] = {}  # written at the next commit
-        # What the database holds for keys read lately (None: absent), kept equal to it by commit:
-        # a batch reads a key to dedup or to apply a state, then writes it (counting whether it was
-        # there), and the second read was a RocksDB lookup again. Cleared past _READ_CACHE entries.
+        # What the database holds for keys read lately (None: absent), kept equal to it by commit,
+        # cleared past `read_cache` entries (0: none kept). The processor's batch reads a key to
+        # dedup or to apply a state, then writes it (counting whether it was there): that second
+        # read went to RocksDB again. A reader of the whole table (the reconciler) keeps none.
         self._read: dict[bytes, bytes | None] = {}
+        self._read_cache = read_cache
         self.encode_state = encode_state
         self.decode_state = decode_state
         self._rebuild: WriteBatch | None = None  # begin_rebuild .. end_rebuild: written as read
@@ -175,9 +179,10 @@ class PartitionDB:
         if key in self._read:
             return self._read[key]
         value: bytes | None = self.db.get(key)
-        if len(self._read) >= _READ_CACHE:
-            self._read.clear()
-        self._read[key] = value
+        if self._read_cache:
+            if len(self._read) >= self._read_cache:
+                self._read.clear()
+            self._read[key] = value
         return value
 
     def put(self, key: bytes, value: bytes | None) -> None:
@@ -226,7 +231,8 @@ class PartitionDB:
                     batch.put(key, value)
         batch.put(_META, json.dumps(asdict(cp)).encode())
         self.db.write(batch, _NO_LOG if self._rebuild is not None else _LOG)
-        self._read.update(self._pending)
+        if self._read_cache:
+            self._read.update(self._pending)
         self._pending.clear()
 
     def begin_rebuild(self) -> bool:

@@ -20,7 +20,7 @@ from processors import logs
 from processors.avro.dedupread import ExpiryReader, expiry_reader
 from processors.avro.records import dedup_from_record, state_from_record, state_to_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
-from processors.diskstore import Memory, PartitionDB, RocksStates
+from processors.diskstore import READ_CACHE, Memory, PartitionDB, RocksStates
 from processors.errors import ConfigError
 from processors.kafka import (
     OFFSET_BEGINNING,
@@ -102,6 +102,7 @@ def open_stores(
         memory,
         lambda s: codec.encode("VerificationState", state_to_record(s), topics.state),
         lambda raw: state_from_record(codec.decode("VerificationState", raw, topics.state)),
+        read_cache=READ_CACHE,
     )
     dedup = disk.dedup if p.dedup_store == "rocksdb" else new_store(p.dedup_store, p.state_dir, topics.dedup, partition)
     states: dict[str, VerificationState] | RocksStates = disk.states if p.state_store == "rocksdb" else {}
