@@ -12,6 +12,7 @@ offsets; otherwise it is wiped and rebuilt from the beginning.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -172,33 +173,37 @@ def restore(
     committed = dict.fromkeys(stores, 0)  # read_records at each disk store's last commit
     fast = expiry_reader(codec)
     for batch in read_batches(consumer, starts, timeout):
-        # A batch in runs of one changelog partition's records (usually one run: partitions are
-        # fetched in turn), each applied by one loop.
-        first = 0
-        topic, partition = batch[0].topic(), batch[0].partition()
-        for i in range(1, len(batch) + 1):
-            if i < len(batch):
-                msg = batch[i]
-                if msg.partition() == partition and msg.topic() == topic:
-                    continue
-            run = batch[first:i] if first or i < len(batch) else batch
-            target = stores[partition or 0]
+        for topic, partition, run in _runs(batch):
+            target = stores[partition]
             target.read_records += len(run)
             if topic == dedup_topic:
                 _apply_dedup(target, run, now_s, fast, codec, dedup_topic)
             else:
                 _apply_states(target, run, codec, state_topic)
             if target.disk is not None:
-                reached[(topic or "", partition or 0)] = (run[-1].offset() or 0) + 1
-                if target.read_records - committed[target.partition] >= _RESTORE_COMMIT_EVERY:
-                    committed[target.partition] = target.read_records
+                reached[(topic, partition)] = (run[-1].offset() or 0) + 1
+                if target.read_records - committed[partition] >= _RESTORE_COMMIT_EVERY:
+                    committed[partition] = target.read_records
                     _commit_restored(target, reached, dedup_topic, state_topic)
-            if i < len(batch):
-                first, topic, partition = i, batch[i].topic(), batch[i].partition()
     for target in stores.values():
         if target.disk is not None:
             _commit_restored(target, reached, dedup_topic, state_topic, last=True)
         target.restored_keys = len(target.dedup)
+
+
+def _runs(batch: list[Message]) -> Iterator[tuple[str, int, list[Message]]]:
+    """The batch in runs of one changelog partition's records, in order: usually one run, as
+    partitions are fetched in turn (told by two list comprehensions rather than a loop)."""
+    partitions = [msg.partition() or 0 for msg in batch]
+    topics_ = [msg.topic() or "" for msg in batch]
+    if partitions.count(partitions[0]) == len(batch) and topics_.count(topics_[0]) == len(batch):
+        yield topics_[0], partitions[0], batch
+        return
+    first = 0
+    for i in range(1, len(batch) + 1):
+        if i == len(batch) or partitions[i] != partitions[first] or topics_[i] != topics_[first]:
+            yield topics_[first], partitions[first], batch[first:i]
+            first = i
 
 
 def _apply_dedup(
