@@ -49,7 +49,7 @@ _KEY, _EXPIRY, _STATE, _META = b"d", b"e", b"s", b"m"
 _BIAS = 1 << 63  # expiries before 1970 still sort first
 READ_CACHE = 20_000  # entries (~4 MB): a few of the processor's batches' reads
 _LOG, _NO_LOG = WriteOptions(), WriteOptions()
-_NO_LOG.disable_wal = True
+_NO_LOG.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; rocksdict's stub says a method
 
 
 def _expiry(seconds: int) -> bytes:
