@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 
 BATCH = 500
+_ON_DISK: dict[str, Any] = {"dedup_store": "rocksdb", "state_store": "rocksdb"}
 
 
 class _Message:
@@ -108,8 +109,12 @@ class _NoConsumer:
         pass
 
 
-def measure(records: int, process: int | None) -> tuple[float, int]:
-    """(CPU seconds, records processed) of Engine.process over the bench records."""
+def measure(
+    records: int, process: int | None, store: str = "memory", state_dir: Path | None = None
+) -> tuple[float, int]:
+    """(CPU seconds, records processed) of Engine.process over the bench records; `store` rocksdb:
+    the dedup keys and states on disk under `state_dir` (bench/disk_store.py), as the settings
+    processor.dedup_store / state_store choose them."""
     import processors.kafka.producer as producer_module
     import processors.normalizer.owner as owner_module
     from bench.processor import records as bench_records
@@ -126,7 +131,15 @@ def measure(records: int, process: int | None) -> tuple[float, int]:
     settings = ProcessorSettings(
         kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"),
         topics=TopicSettings(),
-        processor=ProcessorSection(group_id="bench-engine-cost", metrics_port=None),
+        processor=ProcessorSection(
+            group_id="bench-engine-cost",
+            metrics_port=None,
+            **(
+                {"dedup_store": "rocksdb", "state_store": "rocksdb", "state_dir": state_dir}
+                if store == "rocksdb"
+                else {}
+            ),
+        ),
     )
     engine = Engine(settings)
     assert engine.outputs.producer is producer
@@ -139,7 +152,13 @@ def measure(records: int, process: int | None) -> tuple[float, int]:
     messages.sort(key=lambda m: (m._partition, m._offset))  # as a consumer hands them over, roughly
     messages = messages[:process] if process is not None else messages
     for partition in range(3):
-        engine.owner.owned[partition] = recovery.PartitionStores(partition, MemoryDedupStore())
+        engine.owner.owned[partition] = (
+            recovery.PartitionStores(partition, MemoryDedupStore())
+            if store == "memory"
+            else recovery.open_stores(
+                settings.processor, settings.topics, engine.codec, engine.owner._memory, partition
+            )
+        )
     gc.collect()
     gc.freeze()  # the bench's own records are not the processor's heap (as in bench/processor.py)
     stop = threading.Event()

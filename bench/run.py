@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in turn, each printing its table, then all target lines together.
 
-    .venv/bin/python bench/run.py                 # gateway, processor, end to end, dedup restore
+    .venv/bin/python bench/run.py                 # gateway, processor, end to end, dedup restore, disk stores
     .venv/bin/python bench/run.py gateway e2e     # some of them
     .venv/bin/python bench/run.py --quick         # smaller runs, for a smoke test
 
@@ -30,6 +30,7 @@ BENCHES = {
     "dedup": ["bench/dedup_restore.py"],
     "inspect": ["bench/inspect_key.py"],
     "tracing": ["bench/tracing.py"],
+    "disk": ["bench/disk_store.py", "--records", "2000000", "--keys", "20000000"],  # issue 28's sizes
 }
 QUICK = {
     "gateway": ["--duration", "4"],
@@ -39,6 +40,7 @@ QUICK = {
     "dedup": ["--keys", "100000", "--no-breakdown"],
     "inspect": ["--records", "30000"],
     "tracing": ["--duration", "4", "--records", "20000"],
+    "disk": ["--records", "100000", "--keys", "200000", "--engine-records", "10000", "--runs", "1"],
 }
 
 

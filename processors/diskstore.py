@@ -12,6 +12,14 @@ One database, four kinds of entry, told apart by their first byte:
   e + expiry + key             -> b""   (the same, ordered by expiry: what pop_expired reads)
   s + key                      -> the state changelog's value bytes (decoded when read)
   m                            -> the checkpoint (JSON): offsets, anchor, counts, identity
+An `e` entry whose `d` entry no longer says that expiry is stale (a rebuild writes without reading,
+below): pop_expired drops it and expires nothing.
+
+A rebuild into an empty store (`begin_rebuild`) writes the changelog as it comes, without reading
+a key first: no counts kept (recounted at the end), the write-ahead log off. A crash then loses the
+memtable, checkpoint and data alike (they are written in one batch), and RocksDB comes back at an
+older, consistent checkpoint. `end_rebuild` flushes before anything written with the log is: a
+write with the log after an unflushed one without it could outlive it and claim its offsets.
 """
 
 from __future__ import annotations
@@ -22,12 +30,26 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
+from rocksdict import (
+    BlockBasedIndexType,
+    BlockBasedOptions,
+    Cache,
+    MemtableFactory,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
 
 from processors.model import VerificationState
 
 _KEY, _EXPIRY, _STATE, _META = b"d", b"e", b"s", b"m"
 _BIAS = 1 << 63  # expiries before 1970 still sort first
+READ_CACHE = 20_000  # entries (~4 MB): a few of the processor's batches' reads
+_LOG, _NO_LOG = WriteOptions(), WriteOptions()
+_NO_LOG.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; rocksdict's stub says a method
 
 
 def _expiry(seconds: int) -> bytes:
@@ -46,7 +68,7 @@ class Checkpoint:
     dedup_next: int = 0
     state_next: int = 0
     anchor: int = -1
-    keys: int = 0
+    keys: int = 0  # -1: not known (a rebuild cut short): counted when the store is opened
     states: int = 0
     partitions: int = 0  # the raw topic's partition count the store was built for (0: not yet known)
     identity: dict[str, str] = field(default_factory=dict)  # changelog topic -> its id (or marker)
@@ -63,7 +85,9 @@ class Memory:
         )
         self.write_buffer_bytes = write_buffer_bytes
 
-    def options(self) -> Options:
+    def options(self, *, rebuild: bool = False) -> Options:
+        """`rebuild`: memtables that append (sorted when flushed), for writes nobody reads until
+        they are flushed: 0.25 us a record against 3 us into the skip list during a rebuild."""
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         table = BlockBasedOptions()
@@ -71,13 +95,30 @@ class Memory:
         table.set_bloom_filter(10, False)  # a lookup of an absent key (the usual case) reads no block
         table.set_cache_index_and_filter_blocks(True)  # index and filters inside the cache's bound
         table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        # Filters and indexes in 4 KB partitions under a small pinned top level: a whole file's
+        # filter (~1 MB per million keys) evicted from the cache was read back for every lookup,
+        # 200 us for an absent key at 1M keys against 0.5-0.8 us partitioned (bench/RESULTS.md).
+        table.set_partition_filters(True)
+        table.set_index_type(BlockBasedIndexType.two_level_index_search())
+        table.set_pin_top_level_index_and_filter(True)
+        table.set_metadata_block_size(4096)
         options.set_block_based_table_factory(table)
         options.set_write_buffer_manager(self.write_buffers)
         options.set_write_buffer_size(max(1 << 20, self.write_buffer_bytes // 2))
         options.set_max_write_buffer_number(2)
         options.set_max_open_files(256)
         options.set_keep_log_file_num(2)
+        if rebuild:
+            options.set_memtable_factory(MemtableFactory.vector())
+            options.set_allow_concurrent_memtable_write(False)
         return options
+
+
+def _open(path: Path, options: Options) -> Rdict:
+    # The options given for the default column family too: else rocksdict reopens an existing
+    # database with the column family options of its OPTIONS file, without the shared cache (so
+    # outside the memory bound) and with the memtables of the last open.
+    return Rdict(str(path), options, column_families={"default": options})
 
 
 class PartitionDB:
@@ -89,15 +130,26 @@ class PartitionDB:
         memory: Memory,
         encode_state: Callable[[VerificationState], bytes],
         decode_state: Callable[[bytes], VerificationState],
+        *,
+        read_cache: int = 0,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._memory = memory
-        self._db: Rdict | None = Rdict(str(path), memory.options())
+        self._db: Rdict | None = _open(path, memory.options())
         self._pending: dict[bytes, bytes | None] = {}  # written at the next commit
+        # What the database holds for keys read lately (None: absent), kept equal to it by commit,
+        # cleared past `read_cache` entries (0: none kept). The processor's batch reads a key to
+        # dedup or to apply a state, then writes it (counting whether it was there): that second
+        # read went to RocksDB again. A reader of the whole table (the reconciler) keeps none.
+        self._read: dict[bytes, bytes | None] = {}
+        self._read_cache = read_cache
         self.encode_state = encode_state
         self.decode_state = decode_state
+        self._rebuild: WriteBatch | None = None  # begin_rebuild .. end_rebuild: written as read
         self.checkpoint = self._read_checkpoint()
+        if self.checkpoint.keys < 0 or self.checkpoint.states < 0:
+            self.checkpoint.keys, self.checkpoint.states = self._count(_KEY), self._count(_STATE)
         self._keys, self._states = self.checkpoint.keys, self.checkpoint.states
         self.dedup = RocksDedupStore(self)
         self.states = RocksStates(self)
@@ -114,10 +166,23 @@ class PartitionDB:
 
     # --- reading and writing through the pending changes ---------------------------------------------
 
+    def _count(self, prefix: bytes) -> int:
+        bounds = ReadOptions()
+        bounds.set_iterate_upper_bound(prefix[:-1] + bytes((prefix[-1] + 1,)))
+        return sum(1 for _ in self.db.keys(from_key=prefix, read_opt=bounds))
+
     def get(self, key: bytes) -> bytes | None:
+        if self._rebuild is not None:
+            raise RuntimeError(f"the store at {self.path} is being rebuilt: nothing is read until end_rebuild")
         if key in self._pending:
             return self._pending[key]
+        if key in self._read:
+            return self._read[key]
         value: bytes | None = self.db.get(key)
+        if self._read_cache:
+            if len(self._read) >= self._read_cache:
+                self._read.clear()
+            self._read[key] = value
         return value
 
     def put(self, key: bytes, value: bytes | None) -> None:
@@ -154,18 +219,58 @@ class PartitionDB:
         if identity is not None:
             cp.identity = dict(identity)
         cp.keys, cp.states = self._keys, self._states
-        batch = WriteBatch(raw_mode=True)
-        for key, value in self._pending.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
+        if self._rebuild is not None:
+            batch, self._rebuild = self._rebuild, WriteBatch(raw_mode=True)
+            cp.keys = cp.states = -1
+        else:
+            batch = WriteBatch(raw_mode=True)
+            for key, value in self._pending.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
         batch.put(_META, json.dumps(asdict(cp)).encode())
-        self.db.write(batch)
+        self.db.write(batch, _NO_LOG if self._rebuild is not None else _LOG)
+        if self._read_cache:
+            self._read.update(self._pending)
         self._pending.clear()
+
+    def begin_rebuild(self) -> bool:
+        """Write what follows without reading first, when the store is empty; False (nothing
+        changes) when it holds anything: a tail is applied key by key, counted."""
+        cp = self.checkpoint
+        if (cp.dedup_next, cp.state_next, self._keys, self._states) != (0, 0, 0, 0) or self._pending:
+            return False
+        self._reopen(rebuild=True)
+        self._rebuild = WriteBatch(raw_mode=True)
+        return True
+
+    @property
+    def rebuilding(self) -> bool:
+        return self._rebuild is not None
+
+    def end_rebuild(
+        self, *, dedup_next: int | None = None, state_next: int | None = None, anchor: int | None = None
+    ) -> None:
+        """Commit the rest; once rebuilding, make it durable, count the keys and states and commit
+        the counts with the log on."""
+        self.commit(dedup_next=dedup_next, state_next=state_next, anchor=anchor)
+        if self._rebuild is not None:
+            self._rebuild = None
+            self.db.flush(True)
+            self._reopen(rebuild=False)
+            self._keys, self._states = self._count(_KEY), self._count(_STATE)
+            self.commit()
+
+    def _reopen(self, *, rebuild: bool) -> None:
+        self._read.clear()
+        self.db.close()
+        self._db = _open(self.path, self._memory.options(rebuild=rebuild))
 
     def rollback(self) -> None:
         """Forget the changes not committed (outputs that were never acknowledged)."""
+        if self._rebuild is not None:
+            self._rebuild = WriteBatch(raw_mode=True)
         self._pending.clear()
         self._keys, self._states = self.checkpoint.keys, self.checkpoint.states
 
@@ -173,8 +278,10 @@ class PartitionDB:
         """Start empty: the changelog the data came from is gone or was replaced."""
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
-        self._db = Rdict(str(self.path), self._memory.options())
+        self._db = _open(self.path, self._memory.options())
         self._pending.clear()
+        self._read.clear()
+        self._rebuild = None
         self.checkpoint = Checkpoint()
         self._keys = self._states = 0
 
@@ -182,6 +289,8 @@ class PartitionDB:
         """Close, keeping the files: the next owner on this disk reads only the changelogs' tail."""
         if self._db is not None:
             self._pending.clear()
+            self._read.clear()
+            self._rebuild = None  # what was committed stays (RocksDB flushes it on close)
             self._db.close()
             self._db = None
 
@@ -203,8 +312,12 @@ class RocksDedupStore:
 
     def add_utf8(self, key: bytes, expires_at_s: int) -> None:
         db = self._db
+        stamp = (expires_at_s + _BIAS).to_bytes(8, "big")  # _expiry, inline: a rebuild adds millions
+        if (batch := db._rebuild) is not None:  # an older `e` entry of the key, if any, is stale
+            batch.put(_KEY + key, stamp)
+            batch.put(_EXPIRY + stamp + key, b"")
+            return
         old = db.get(_KEY + key)
-        stamp = _expiry(expires_at_s)
         if old is None:
             db._keys += 1
         elif old != stamp:
@@ -217,6 +330,9 @@ class RocksDedupStore:
 
     def discard_utf8(self, key: bytes) -> None:
         db = self._db
+        if (batch := db._rebuild) is not None:
+            batch.delete(_KEY + key)
+            return
         old = db.get(_KEY + key)
         if old is not None:
             db._keys -= 1
@@ -240,12 +356,14 @@ class RocksDedupStore:
         popped = []
         for entry in sorted(candidates):
             stamp, key = entry[1:9], entry[9:]
-            if db.get(entry) is not None and db.get(_KEY + key) == stamp:
+            if db.get(entry) is None:
+                continue
+            db.put(entry, None)
+            if db.get(_KEY + key) == stamp:
                 db.put(_KEY + key, None)
-                db.put(entry, None)
                 db._keys -= 1
                 popped.append(key.decode())
-        if popped and committed:
+        if committed and db.dirty:
             db.commit()
         return popped
 
@@ -272,6 +390,12 @@ class RocksStates:
     def put_encoded(self, key: bytes, value: bytes | None) -> None:
         """A state changelog record as it is (None: a tombstone)."""
         db = self._db
+        if (batch := db._rebuild) is not None:
+            if value is None:
+                batch.delete(_STATE + key)
+            else:
+                batch.put(_STATE + key, value)
+            return
         known = db.get(_STATE + key) is not None
         db._states += (value is not None) - known
         db.put(_STATE + key, value)

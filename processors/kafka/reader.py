@@ -181,6 +181,13 @@ def _header_list(headers: object) -> list[tuple[str, str | bytes | None]]:
 def read_partitions(consumer: Consumer, starts: list[tuple[str, int, int]], timeout: float) -> Iterator[Message]:
     """Every record of each (topic, partition) from its start offset up to its end (partition EOF),
     all read at once."""
+    for batch in read_batches(consumer, starts, timeout):
+        yield from batch
+
+
+def read_batches(consumer: Consumer, starts: list[tuple[str, int, int]], timeout: float) -> Iterator[list[Message]]:
+    """read_partitions's records as consume() returns them (never an empty list), for loops that
+    take a batch at a time: a restore reads millions."""
     if not starts:
         return
     consumer.assign([TopicPartition(t, p, s if s >= 0 else OFFSET_BEGINNING) for t, p, s in starts])
@@ -190,13 +197,19 @@ def read_partitions(consumer: Consumer, starts: list[tuple[str, int, int]], time
         while pending:
             if time.monotonic() > deadline:
                 raise BrokerError(f"reading {sorted(pending)} did not reach the end within {timeout:g}s")
-            for msg in consumer.consume(10_000, 0.2):
+            batch = consumer.consume(10_000, 0.2)
+            if not batch:
+                continue
+            errors = [msg for msg in batch if msg.error() is not None]
+            records = [msg for msg in batch if msg.error() is None] if errors else batch
+            for msg in errors:
                 error = msg.error()
-                if error is None:
-                    yield msg
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard((msg.topic() or "", msg.partition() or 0))
-                else:
-                    raise BrokerError(f"reading {msg.topic()}[{msg.partition()}] failed: {error.str()}")
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard((msg.topic() or "", msg.partition() or 0))
+                    else:
+                        raise BrokerError(f"reading {msg.topic()}[{msg.partition()}] failed: {error.str()}")
+            if records:
+                yield records
     finally:
         consumer.unassign()

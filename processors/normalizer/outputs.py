@@ -41,6 +41,7 @@ class Batch:
     errors: list[KafkaError] = field(default_factory=list)
     keys: dict[int, dict[str, VerificationEvent]] = field(default_factory=dict)  # partition -> new keys
     states: dict[int, dict[str, VerificationState]] = field(default_factory=dict)
+    encoded_states: dict[int, dict[str, bytes]] = field(default_factory=dict)  # as produced: a disk store keeps them
     event_offsets: dict[int, list[int]] = field(default_factory=dict)
     state_offsets: dict[int, int] = field(default_factory=dict)  # partition -> last state record acknowledged
     anchors: dict[int, int] = field(default_factory=dict)  # partition -> the anchor its dedup records carry
@@ -135,11 +136,14 @@ class Outputs:
 
     def states(self, batch: Batch) -> None:
         for partition, states in batch.states.items():
+            encoded = batch.encoded_states.setdefault(partition, {})
             for key, current in states.items():
+                value = self.codec.encode("VerificationState", state_to_record(current), self.topics.state)
+                encoded[key] = value
                 produce(
                     self.producer,
                     self.topics.state,
-                    self.codec.encode("VerificationState", state_to_record(current), self.topics.state),
+                    value,
                     key.encode(),
                     partition=partition,
                     on_delivery=batch.on_state_delivery,

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from processors import logs, state
 from processors.avro.records import dedup_record
-from processors.diskstore import Memory
+from processors.diskstore import Memory, RocksStates
 from processors.errors import BrokerError, ConfigError
 from processors.kafka import AdminClient, Consumer, KafkaException, config
 from processors.model import VerificationEvent, VerificationState
@@ -233,7 +233,12 @@ class PartitionOwner:
         for partition, states in batch.states.items():
             stores = self.owned.get(partition)
             if stores is not None:
-                stores.states.update(states)
+                encoded = batch.encoded_states.get(partition, {})
+                if isinstance(stores.states, RocksStates) and encoded.keys() >= states.keys():
+                    for key in states:  # the bytes produced: not encoded a second time
+                        stores.states.put_encoded(key.encode(), encoded[key])
+                else:
+                    stores.states.update(states)
                 if stores.states_on_disk and stores.disk is not None:
                     stores.disk.commit(state_next=batch.state_offsets[partition] + 1)
 

@@ -12,24 +12,26 @@ offsets; otherwise it is wiped and rebuilt from the beginning.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from processors import logs
-from processors.avro.dedupread import expiry_reader
+from processors.avro.dedupread import ExpiryReader, expiry_reader
 from processors.avro.records import dedup_from_record, state_from_record, state_to_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
-from processors.diskstore import Memory, PartitionDB, RocksStates
+from processors.diskstore import READ_CACHE, Memory, PartitionDB, RocksStates
 from processors.errors import ConfigError
 from processors.kafka import (
     OFFSET_BEGINNING,
     AdminClient,
     Consumer,
+    Message,
     TopicPartition,
     topics,
 )
-from processors.kafka.reader import read_partitions
+from processors.kafka.reader import read_batches
 from processors.kafka.serde import Codec
 from processors.model import VerificationState
 from processors.normalizer import anchor
@@ -38,8 +40,8 @@ from processors.settings import ProcessorSection, TopicSettings
 log = logs.get("kycstream.processor")
 
 # A disk store commits what it restored every this many records: a restore cut short by a crash
-# or a timeout goes on from there next time.
-_RESTORE_COMMIT_EVERY = 200_000
+# or a timeout goes on from there next time. A rebuild's batch holds them meanwhile (~12 MB).
+_RESTORE_COMMIT_EVERY = 50_000
 
 # The restoring consumer's librdkafka settings (beside the usual ones of config.consumer): read to
 # the end, never wait for more data, and keep up to a million records a partition fetched ahead
@@ -101,6 +103,7 @@ def open_stores(
         memory,
         lambda s: codec.encode("VerificationState", state_to_record(s), topics.state),
         lambda raw: state_from_record(codec.decode("VerificationState", raw, topics.state)),
+        read_cache=READ_CACHE,
     )
     dedup = disk.dedup if p.dedup_store == "rocksdb" else new_store(p.dedup_store, p.state_dir, topics.dedup, partition)
     states: dict[str, VerificationState] | RocksStates = disk.states if p.state_store == "rocksdb" else {}
@@ -159,67 +162,109 @@ def restore(
     now_s = int(now.timestamp())
     starts = []
     for p, target in stores.items():
+        if target.disk is not None:
+            target.disk.begin_rebuild()  # an empty store takes the changelogs as they come (diskstore.py)
         cp = target.disk.checkpoint if target.disk is not None else None
         if cp is not None and target.dedup_on_disk:
             target.repair_from = cp.anchor
         starts.append((dedup_topic, p, cp.dedup_next if cp and target.dedup_on_disk else OFFSET_BEGINNING))
         starts.append((state_topic, p, cp.state_next if cp and target.states_on_disk else OFFSET_BEGINNING))
     reached: dict[tuple[str, int], int] = {}
+    committed = dict.fromkeys(stores, 0)  # read_records at each disk store's last commit
     fast = expiry_reader(codec)
-    for msg in read_partitions(consumer, starts, timeout):
-        partition = msg.partition() or 0
-        target = stores[partition]
-        target.read_records += 1
-        value = msg.value()
-        if target.disk is not None:
-            reached[(msg.topic() or "", partition)] = (msg.offset() or 0) + 1
-            if target.read_records % _RESTORE_COMMIT_EVERY == 0:
-                _commit_restored(target, reached, dedup_topic, state_topic)
-        if msg.topic() == dedup_topic:
-            # The key stays the UTF-8 bytes Kafka gives (the store keeps them so); checked as
-            # decode() would, so a key that is not UTF-8 still fails the restore.
-            raw = msg.key() or b""
-            if not raw.isascii():
-                raw.decode()
-            if value is None:
-                target.dedup.discard_utf8(raw)
-                if target.expired:
-                    target.expired.discard(raw.decode())
-                continue
-            read = fast(value)  # expires_at (ms), events_offset; None: not the plain current encoding
-            if read is None:
-                record = dedup_from_record(codec.decode("DedupRecord", value, dedup_topic))
-                expires_s, events_offset = int(record.expires_at.timestamp()), record.events_offset
+    for batch in read_batches(consumer, starts, timeout):
+        for topic, partition, run in _runs(batch):
+            target = stores[partition]
+            target.read_records += len(run)
+            if topic == dedup_topic:
+                _apply_dedup(target, run, now_s, fast, codec, dedup_topic)
             else:
-                expires_ms, events_offset = read
-                expires_s = expires_ms // 1000 if expires_ms >= 0 else -(-expires_ms // 1000)  # as timestamp()
-            target.repair_from = anchor.advance(target.repair_from, events_offset)
-            if expires_s > now_s:
-                target.dedup.add_utf8(raw, expires_s)
-                if target.expired:
-                    target.expired.discard(raw.decode())  # seen again after its window: live, not to tombstone
-            else:
-                target.dedup.discard_utf8(raw)
-                target.expired.add(raw.decode())
-        elif isinstance(target.states, RocksStates):
-            target.states.put_encoded(msg.key() or b"", value)  # kept encoded: decoded when read
-        elif value is None:
-            target.states.pop((msg.key() or b"").decode(), None)
-        else:
-            key = (msg.key() or b"").decode()
-            target.states[key] = state_from_record(codec.decode("VerificationState", value, state_topic))
+                _apply_states(target, run, codec, state_topic)
+            if target.disk is not None:
+                reached[(topic, partition)] = (run[-1].offset() or 0) + 1
+                if target.read_records - committed[partition] >= _RESTORE_COMMIT_EVERY:
+                    committed[partition] = target.read_records
+                    _commit_restored(target, reached, dedup_topic, state_topic)
     for target in stores.values():
         if target.disk is not None:
-            _commit_restored(target, reached, dedup_topic, state_topic)
+            _commit_restored(target, reached, dedup_topic, state_topic, last=True)
         target.restored_keys = len(target.dedup)
 
 
+def _runs(batch: list[Message]) -> Iterator[tuple[str, int, list[Message]]]:
+    """The batch in runs of one changelog partition's records, in order: usually one run, as
+    partitions are fetched in turn (told by two list comprehensions rather than a loop)."""
+    partitions = [msg.partition() or 0 for msg in batch]
+    topics_ = [msg.topic() or "" for msg in batch]
+    if partitions.count(partitions[0]) == len(batch) and topics_.count(topics_[0]) == len(batch):
+        yield topics_[0], partitions[0], batch
+        return
+    first = 0
+    for i in range(1, len(batch) + 1):
+        if i == len(batch) or partitions[i] != partitions[first] or topics_[i] != topics_[first]:
+            yield topics_[first], partitions[first], batch[first:i]
+            first = i
+
+
+def _apply_dedup(
+    target: PartitionStores, run: list[Message], now_s: int, fast: ExpiryReader, codec: Codec, topic: str
+) -> None:
+    """A run of one dedup changelog partition's records: live keys added, tombstoned and expired
+    ones removed (the expired listed to tombstone), the anchor advanced."""
+    add, discard, expired = target.dedup.add_utf8, target.dedup.discard_utf8, target.expired
+    repair, advance = target.repair_from, anchor.advance
+    for msg in run:
+        # The key stays the UTF-8 bytes Kafka gives (the store keeps them so); checked as
+        # decode() would, so a key that is not UTF-8 still fails the restore.
+        raw = msg.key() or b""
+        if not raw.isascii():
+            raw.decode()
+        value = msg.value()
+        if value is None:
+            discard(raw)
+            if expired:
+                expired.discard(raw.decode())
+            continue
+        read = fast(value)  # expires_at (ms), events_offset; None: not the plain current encoding
+        if read is None:
+            record = dedup_from_record(codec.decode("DedupRecord", value, topic))
+            expires_s, events_offset = int(record.expires_at.timestamp()), record.events_offset
+        else:
+            expires_ms, events_offset = read
+            expires_s = expires_ms // 1000 if expires_ms >= 0 else -(-expires_ms // 1000)  # as timestamp()
+        repair = advance(repair, events_offset)
+        if expires_s > now_s:
+            add(raw, expires_s)
+            if expired:
+                expired.discard(raw.decode())  # seen again after its window: live, not to tombstone
+        else:
+            discard(raw)
+            expired.add(raw.decode())
+    target.repair_from = repair
+
+
+def _apply_states(target: PartitionStores, run: list[Message], codec: Codec, topic: str) -> None:
+    states = target.states
+    for msg in run:
+        if isinstance(states, RocksStates):
+            states.put_encoded(msg.key() or b"", msg.value())  # kept encoded: decoded when read
+        elif (value := msg.value()) is None:
+            states.pop((msg.key() or b"").decode(), None)
+        else:
+            states[(msg.key() or b"").decode()] = state_from_record(codec.decode("VerificationState", value, topic))
+
+
 def _commit_restored(
-    target: PartitionStores, reached: dict[tuple[str, int], int], dedup_topic: str, state_topic: str
+    target: PartitionStores,
+    reached: dict[tuple[str, int], int],
+    dedup_topic: str,
+    state_topic: str,
+    *,
+    last: bool = False,
 ) -> None:
     assert target.disk is not None
     p = target.partition
-    target.disk.commit(
+    (target.disk.end_rebuild if last else target.disk.commit)(
         dedup_next=reached.get((dedup_topic, p)) if target.dedup_on_disk else None,
         state_next=reached.get((state_topic, p)) if target.states_on_disk else None,
         anchor=target.repair_from if target.dedup_on_disk else None,

@@ -144,3 +144,60 @@ def test_a_closed_store_says_so(db: PartitionDB) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="closed"):
         _ = "a" in db.dedup
+
+
+def test_a_rebuild_reads_nothing_counts_at_its_end_and_leaves_stale_expiry_entries_to_pop(
+    db: PartitionDB, path: Path
+) -> None:
+    assert db.begin_rebuild()
+    db.dedup.add("k", BASE + 60)
+    db.dedup.add("k", BASE + 600)  # again, later: its first `e` entry is stale
+    db.dedup.add("gone", BASE + 60)
+    db.dedup.discard("gone")
+    db.states["xendit:v1"] = _state("xendit:v1")
+    with pytest.raises(RuntimeError, match="rebuilt"):
+        _ = "k" in db.dedup
+    db.end_rebuild(dedup_next=4, state_next=1)
+    assert (len(db.dedup), len(db.states), db.checkpoint.keys, db.checkpoint.dedup_next) == (1, 1, 1, 4)
+    assert db.dedup.pop_expired(BASE + 60) == []  # the stale entries dropped, nothing expired
+    assert db.dedup.pop_expired(BASE + 600) == ["k"]
+    assert not db.begin_rebuild()  # a store holding anything takes a tail key by key
+
+
+# A child writes a rebuild in batches of 1,000 keys, each committed with the offset after it (the
+# write-ahead log off), and kills itself before end_rebuild; `then_logged`: after end_rebuild, one
+# more key committed with the log on, then the kill.
+_CRASH = """
+import os, signal, sys
+from pathlib import Path
+from processors.diskstore import Memory, PartitionDB
+db = PartitionDB(Path(sys.argv[1]), Memory(8 << 20, 1 << 20), bytes, bytes)
+assert db.begin_rebuild()
+for i in range(30_000):
+    db.dedup.add(f"key-{i}", 2_000_000_000)
+    if i % 1000 == 999:
+        db.commit(dedup_next=i + 1)
+if sys.argv[2] == "then_logged":
+    db.end_rebuild(dedup_next=30_000)
+    db.dedup.add("logged", 2_000_000_000)
+    db.commit(dedup_next=30_001)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("then_logged", [False, True])
+def test_a_crash_leaves_a_checkpoint_whose_keys_are_all_there(path: Path, then_logged: bool) -> None:
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", _CRASH, str(path), "then_logged" if then_logged else "-"])
+    assert child.returncode == -9
+    again = _open(path)
+    try:
+        claimed = again.checkpoint.dedup_next  # offset 30,000 is the logged key's
+        assert all(f"key-{i}" in again.dedup for i in range(min(claimed, 30_000))), claimed
+        assert len(again.dedup) == sum(f"key-{i}" in again.dedup for i in range(30_000)) + ("logged" in again.dedup)
+        if then_logged:  # flushed at end_rebuild: the logged write cannot outlive the rebuild's
+            assert (claimed, len(again.dedup), "logged" in again.dedup) == (30_001, 30_001, True)
+    finally:
+        again.close()
