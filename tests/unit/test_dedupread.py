@@ -76,6 +76,43 @@ def test_random_records_read_as_decode_reads_them(
     assert (fast is not None) == plain
 
 
+# The usual record's fast paths: times of 6-byte varints (epoch ms mid-1970 to 2039, either sign),
+# events_offset of one to five bytes (tails of 13 to 17 bytes; 15 and 16 unpacked at once).
+_six_byte_ms = st.integers(2**34, 2**41 - 1) | st.integers(-(2**41), -(2**34) - 1)
+_short_offsets = st.integers(-(2**13), 2**13) | st.integers(-(2**27), 2**27) | st.integers(-(2**31), 2**31)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    first=_six_byte_ms, expires=_six_byte_ms, offset=_short_offsets, flip=st.integers(1, 17), byte=st.integers(0, 255)
+)
+def test_usual_records_read_as_decode_reads_them_whole_or_damaged(
+    first: int, expires: int, offset: int, flip: int, byte: int
+) -> None:
+    data = _encode(KEY, "evt-1", first, expires, offset)
+    assert READ(data) == (expires, offset)
+    damaged = bytearray(data)
+    damaged[-flip] = byte  # a byte of the tail (or the event id's last) changed
+    fast = READ(bytes(damaged))
+    if fast is not None:
+        assert (_seconds(fast[0]), fast[1]) == _full(bytes(damaged))
+
+
+def test_each_tail_byte_of_the_usual_records_damaged_agrees_with_decode() -> None:
+    """Every byte of the tail of 6-byte times and offsets of one to five bytes, set to each of four
+    values: the fast path answers the record as it was, or as decode() reads the damage, or None."""
+    for offset in (5, 300, 70_000, 5_000_000, 700_000_000, -70_000, -5_000_000):
+        data = _encode(KEY, "evt-1", 1_778_236_200_000, 1_778_841_000_123, offset)
+        assert READ(data) == (1_778_841_000_123, offset)
+        for back in range(1, 19):
+            for byte in (0x00, 0x01, 0x7F, 0x80, 0x81, 0xFF):
+                damaged = bytearray(data)
+                damaged[-back] = byte
+                fast = READ(bytes(damaged))
+                if fast is not None:
+                    assert (_seconds(fast[0]), fast[1]) == _full(bytes(damaged)), (offset, back, byte)
+
+
 @settings(max_examples=600, deadline=None)
 @given(body=st.binary(max_size=200))
 def test_bytes_after_the_header_agree_with_decode_or_go_to_it(body: bytes) -> None:
