@@ -21,7 +21,7 @@ from processors import logs
 from processors.avro.dedupread import ExpiryReader, expiry_reader
 from processors.avro.records import dedup_from_record, state_from_record, state_to_record
 from processors.dedup import DedupStore, MemoryDedupStore, SqliteDedupStore
-from processors.diskstore import READ_CACHE, Memory, PartitionDB, RocksStates
+from processors.diskstore import READ_CACHE, Memory, PartitionDB, RocksDedupStore, RocksStates
 from processors.errors import ConfigError
 from processors.kafka import (
     OFFSET_BEGINNING,
@@ -212,7 +212,9 @@ def _apply_dedup(
     """A run of one dedup changelog partition's records: live keys added, tombstoned and expired
     ones removed (the expired listed to tombstone), the anchor advanced."""
     add, discard, expired = target.dedup.add_utf8, target.dedup.discard_utf8, target.expired
-    repair, advance = target.repair_from, anchor.advance
+    if isinstance(target.dedup, RocksDedupStore):
+        add = target.dedup.rebuild_adder() or add  # the rebuild's batch written directly (diskstore.py)
+    repair = target.repair_from
     for msg in run:
         # The key stays the UTF-8 bytes Kafka gives (the store keeps them so); checked as
         # decode() would, so a key that is not UTF-8 still fails the restore.
@@ -232,7 +234,8 @@ def _apply_dedup(
         else:
             expires_ms, events_offset = read
             expires_s = expires_ms // 1000 if expires_ms >= 0 else -(-expires_ms // 1000)  # as timestamp()
-        repair = advance(repair, events_offset)
+        if events_offset > repair:  # anchor.advance, inline: a rebuild reads millions
+            repair = events_offset
         if expires_s > now_s:
             add(raw, expires_s)
             if expired:

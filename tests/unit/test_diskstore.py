@@ -164,6 +164,24 @@ def test_a_rebuild_reads_nothing_counts_at_its_end_and_leaves_stale_expiry_entri
     assert not db.begin_rebuild()  # a store holding anything takes a tail key by key
 
 
+def test_a_rebuild_adder_writes_as_add_does_into_the_current_batch(db: PartitionDB) -> None:
+    assert db.dedup.rebuild_adder() is None  # not rebuilding: add_utf8 reads first and counts
+    assert db.begin_rebuild()
+    add = db.dedup.rebuild_adder()
+    assert add is not None
+    add(b"k", BASE + 60)
+    add(b"k", BASE + 600)  # again, later: its first `e` entry is stale
+    db.commit(dedup_next=2)  # a new batch: the adder of the one before is not used again
+    add = db.dedup.rebuild_adder()
+    assert add is not None
+    add("m\u00e9".encode(), BASE + 60)
+    db.end_rebuild(dedup_next=3)
+    assert (len(db.dedup), "k" in db.dedup, "m\u00e9" in db.dedup) == (2, True, True)
+    assert db.dedup.pop_expired(BASE + 60) == ["m\u00e9"]
+    assert db.dedup.pop_expired(BASE + 600) == ["k"]
+    assert db.dedup.rebuild_adder() is None
+
+
 # A child writes a rebuild in batches of 1,000 keys, each committed with the offset after it (the
 # write-ahead log off), and kills itself before end_rebuild; `then_logged`: after end_rebuild, one
 # more key committed with the log on, then the kill.
