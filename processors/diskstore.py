@@ -111,6 +111,14 @@ class Memory:
         if rebuild:
             options.set_memtable_factory(MemtableFactory.vector())
             options.set_allow_concurrent_memtable_write(False)
+        else:
+            # A bloom filter of whole keys in each memtable (2 % of its size, in its arena: inside
+            # the write buffers' bound): most of the processor's reads are of absent keys (a new
+            # idempotency key, a new verification), and each searched the skip list. Engine.process,
+            # 30k records: RocksDB's reads 89 -> 42 ms, its writes 74 -> 93 ms (the filter filled),
+            # 1 us a record less. Not for a rebuild, which reads nothing.
+            options.set_memtable_whole_key_filtering(True)
+            options.set_memtable_prefix_bloom_ratio(0.02)
         return options
 
 
