@@ -12,7 +12,7 @@ offsets; otherwise it is wiped and rebuilt from the beginning.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -211,7 +211,8 @@ def _apply_dedup(
 ) -> None:
     """A run of one dedup changelog partition's records: live keys added, tombstoned and expired
     ones removed (the expired listed to tombstone), the anchor advanced."""
-    add, discard, expired = target.dedup.add_utf8, target.dedup.discard_utf8, target.expired
+    add: Callable[[bytes, int], None] = target.dedup.add_utf8
+    discard, expired = target.dedup.discard_utf8, target.expired
     if isinstance(target.dedup, RocksDedupStore):
         add = target.dedup.rebuild_adder() or add  # the rebuild's batch written directly (diskstore.py)
     repair = target.repair_from
