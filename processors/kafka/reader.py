@@ -200,15 +200,12 @@ def read_batches(consumer: Consumer, starts: list[tuple[str, int, int]], timeout
             batch = consumer.consume(10_000, 0.2)
             if not batch:
                 continue
-            errors = [msg for msg in batch if msg.error() is not None]
+            errors = [(msg, error) for msg in batch if (error := msg.error()) is not None]
             records = [msg for msg in batch if msg.error() is None] if errors else batch
-            for msg in errors:
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard((msg.topic() or "", msg.partition() or 0))
-                    else:
-                        raise BrokerError(f"reading {msg.topic()}[{msg.partition()}] failed: {error.str()}")
+            for msg, error in errors:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise BrokerError(f"reading {msg.topic()}[{msg.partition()}] failed: {error.str()}")
+                pending.discard((msg.topic() or "", msg.partition() or 0))
             if records:
                 yield records
     finally:
